@@ -1,0 +1,5 @@
+DROP TABLE IF EXISTS attributes;
+DROP TABLE IF EXISTS activities;
+DROP TABLE IF EXISTS history;
+DROP TABLE IF EXISTS pending_events;
+DROP TABLE IF EXISTS instances;

@@ -1,0 +1,167 @@
+//! The `pgwake` command: schema migrations today; workers, producers, stats
+//! and benchmarks as they land.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use pgwake::migrate::{self, DownSteps};
+use pgwake::{ConnectionConfig, MigrateError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgwake",
+    version,
+    about = "PostgreSQL tasks that start the moment they are written"
+)]
+struct Cli {
+    /// The database, as postgres://USER:PASSWORD@HOST:PORT/DATABASE or key=value pairs.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Schema migrations (golang-migrate compatible).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(subcommand)]
+    action: MigrateAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateAction {
+    /// Apply every pending migration, or those up to --to.
+    Up {
+        /// Stop at this version.
+        #[arg(long)]
+        to: Option<i64>,
+    },
+    /// Revert the newest migration, or --steps N of them, or --all.
+    Down {
+        /// How many versions to revert.
+        #[arg(long, default_value_t = 1, conflicts_with = "all")]
+        steps: u32,
+        /// Revert everything (drops pgwake's tables and their data).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show the applied version and what is pending.
+    Status,
+    /// Record VERSION as applied and clean without running SQL (0: none),
+    /// after checking by hand what a dirty database really holds.
+    Force {
+        /// The version the schema is really at.
+        version: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pgwake=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: could not start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let url = cli.database_url.ok_or_else(|| {
+        "no database given: pass --database-url postgres://USER:PASSWORD@HOST:PORT/DATABASE \
+         or set DATABASE_URL"
+            .to_string()
+    })?;
+    match cli.command {
+        Command::Migrate(args) => run_migrate(&url, args.action)
+            .await
+            .map_err(|e| e.to_string()),
+    }
+}
+
+async fn run_migrate(url: &str, action: MigrateAction) -> Result<(), MigrateError> {
+    let config = ConnectionConfig::from_url(url)?.with_application_name("pgwake-migrate");
+    let mut client = config.connect().await?;
+    match action {
+        MigrateAction::Up { to } => {
+            let report = migrate::up(&mut client, to).await?;
+            println!("{}", describe_report(&report, "applied"));
+        }
+        MigrateAction::Down { steps, all } => {
+            let steps = if all {
+                DownSteps::All
+            } else {
+                DownSteps::Steps(steps)
+            };
+            let report = migrate::down(&mut client, steps).await?;
+            println!("{}", describe_report(&report, "reverted"));
+        }
+        MigrateAction::Status => {
+            let status = migrate::status(&client).await?;
+            let pending: Vec<String> = status.pending().iter().map(i64::to_string).collect();
+            println!(
+                "version: {}{}\nnewest:  {}\npending: {}",
+                version_text(status.version),
+                if status.dirty {
+                    " (dirty: run `pgwake migrate force VERSION` after checking the schema)"
+                } else {
+                    ""
+                },
+                status.newest,
+                if pending.is_empty() {
+                    "none".to_string()
+                } else {
+                    pending.join(", ")
+                },
+            );
+        }
+        MigrateAction::Force { version } => {
+            migrate::force(&mut client, version).await?;
+            println!(
+                "version forced to {}",
+                version_text((version != 0).then_some(version))
+            );
+        }
+    }
+    Ok(())
+}
+
+fn describe_report(report: &migrate::MigrationReport, verb: &str) -> String {
+    if report.applied.is_empty() {
+        return format!("nothing to do: at version {}", version_text(report.to));
+    }
+    let versions: Vec<String> = report.applied.iter().map(i64::to_string).collect();
+    format!(
+        "{verb} {}: version {} -> {}",
+        versions.join(", "),
+        version_text(report.from),
+        version_text(report.to)
+    )
+}
+
+fn version_text(version: Option<i64>) -> String {
+    version.map_or_else(|| "none".to_string(), |v| v.to_string())
+}

@@ -1,0 +1,235 @@
+//! Opening connections: a URL parsed once, pgwake's defaults applied, and a
+//! printable form that never contains a password.
+//!
+//! Every connection pgwake opens (migrator, listeners, pool, CLI) goes through
+//! [`ConnectionConfig`], so a bad URL is rejected in one place with one error,
+//! and every log line names the server by [`ConnectionConfig::redacted`].
+//!
+//! ```
+//! use pgwake::ConnectionConfig;
+//!
+//! let config = ConnectionConfig::from_url("postgres://app:s3cret@db.internal:5433/orders").unwrap();
+//! assert_eq!(config.redacted(), "postgres://app@db.internal:5433/orders");
+//! assert!(!format!("{config:?}").contains("s3cret"));
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::ConnectError;
+
+/// How long a connection attempt may take when the URL does not say
+/// (`connect_timeout=SECONDS`): long enough for a busy server, short enough
+/// that an unreachable host is reported instead of hanging.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A parsed connection string: what to connect to, and how to name it in logs.
+///
+/// Accepts both forms libpq accepts: `postgres://user:password@host:port/db?opt=v`
+/// and `host=... user=... dbname=...`. Its `Debug` and [`redacted`](Self::redacted)
+/// forms never show the password.
+#[derive(Clone)]
+pub struct ConnectionConfig {
+    postgres: tokio_postgres::Config,
+    redacted: String,
+}
+
+impl ConnectionConfig {
+    /// Parses `url`, applying [`DEFAULT_CONNECT_TIMEOUT`] when the URL sets none.
+    ///
+    /// # Errors
+    /// [`ConnectError::InvalidUrl`] naming what is wrong, without echoing the URL.
+    ///
+    /// ```
+    /// let err = pgwake::ConnectionConfig::from_url("postgres://u:pw@host:notaport/db").unwrap_err();
+    /// assert!(err.to_string().contains("port"));
+    /// assert!(!err.to_string().contains("pw"));
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self, ConnectError> {
+        let mut postgres: tokio_postgres::Config =
+            url.parse()
+                .map_err(|err: tokio_postgres::Error| ConnectError::InvalidUrl {
+                    reason: crate::error::ErrorChain(&err).to_string(),
+                })?;
+        if postgres.get_hosts().is_empty() {
+            // libpq's default; tokio-postgres refuses a config without a host.
+            postgres.host("localhost");
+        }
+        if postgres.get_connect_timeout().is_none() {
+            postgres.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        let redacted = redact(&postgres);
+        Ok(Self { postgres, redacted })
+    }
+
+    /// The same server and credentials, announced to the server as
+    /// `application_name` (visible in `pg_stat_activity`).
+    pub fn with_application_name(&self, application_name: &str) -> Self {
+        let mut copy = self.clone();
+        copy.postgres.application_name(application_name);
+        copy
+    }
+
+    /// The underlying `tokio-postgres` configuration (for building pools).
+    pub fn postgres_config(&self) -> &tokio_postgres::Config {
+        &self.postgres
+    }
+
+    /// The database name, when the URL names one.
+    pub fn dbname(&self) -> Option<&str> {
+        self.postgres.get_dbname()
+    }
+
+    /// How long [`connect`](Self::connect) waits before giving up.
+    pub fn connect_timeout(&self) -> Duration {
+        self.postgres
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    /// `postgres://user@host:port/db`: safe to log, never holds the password.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    /// Opens one connection and drives it on the current tokio runtime until
+    /// the returned client is dropped or the server goes away.
+    ///
+    /// The whole attempt (TCP, TLS negotiation, authentication) is bounded by
+    /// [`connect_timeout`](Self::connect_timeout), not just the socket connect,
+    /// so a server that accepts but never answers is reported too.
+    ///
+    /// # Errors
+    /// [`ConnectError::Timeout`] or [`ConnectError::Refused`]; both name the
+    /// server by its redacted URL.
+    pub async fn connect(&self) -> Result<Client, ConnectError> {
+        let timeout = self.connect_timeout();
+        let attempt = self.postgres.connect(NoTls);
+        let (client, connection) = match tokio::time::timeout(timeout, attempt).await {
+            Err(_) => {
+                return Err(ConnectError::Timeout {
+                    server: self.redacted.clone(),
+                    timeout,
+                })
+            }
+            Ok(Err(source)) => {
+                return Err(ConnectError::Refused {
+                    server: self.redacted.clone(),
+                    source,
+                })
+            }
+            Ok(Ok(pair)) => pair,
+        };
+        let server = self.redacted.clone();
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%server, error = %err, "connection closed with an error");
+            }
+        });
+        Ok(client)
+    }
+}
+
+impl fmt::Debug for ConnectionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ConnectionConfig")
+            .field(&self.redacted)
+            .finish()
+    }
+}
+
+impl fmt::Display for ConnectionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+/// Rebuilds a URL from the parsed parts that identify the server, so that
+/// nothing typed into the password (or an option holding one) can appear.
+fn redact(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let name = match host {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            };
+            match ports.get(index).or_else(|| ports.first()) {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            }
+        })
+        .collect();
+    let user = config
+        .get_user()
+        .map(|user| format!("{user}@"))
+        .unwrap_or_default();
+    let dbname = config.get_dbname().unwrap_or("");
+    format!("postgres://{user}{}/{dbname}", hosts.join(","))
+}
+
+/// Returns `url` with its database name replaced by `dbname`, in whichever
+/// form (URL or `key=value`) it was written.
+pub(crate) fn with_dbname(url: &str, dbname: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        // key=value form: a later key overrides an earlier one.
+        return format!("{url} dbname={dbname}");
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(authority_end);
+    let query = after.find('?').map(|at| &after[at..]).unwrap_or("");
+    format!("{}{authority}/{dbname}{query}", &url[..scheme_end + 3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_form_drops_password_from_url_and_options() {
+        let config =
+            ConnectionConfig::from_url("postgres://u:hunter2@h1:1,h2:2/db?password=other").unwrap();
+        assert_eq!(config.redacted(), "postgres://u@h1:1,h2:2/db");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn key_value_form_is_redacted_too() {
+        let config =
+            ConnectionConfig::from_url("host=h port=5 user=u password=hunter2 dbname=d").unwrap();
+        assert_eq!(config.redacted(), "postgres://u@h:5/d");
+    }
+
+    #[test]
+    fn dbname_is_replaced_in_both_forms() {
+        assert_eq!(
+            with_dbname("postgres://u:p@h:5/a?x=1", "b"),
+            "postgres://u:p@h:5/b?x=1"
+        );
+        assert_eq!(with_dbname("postgres://h", "b"), "postgres://h/b");
+        assert_eq!(
+            with_dbname("postgresql://h?x=1", "b"),
+            "postgresql://h/b?x=1"
+        );
+        assert_eq!(
+            with_dbname("host=h dbname=a", "b"),
+            "host=h dbname=a dbname=b"
+        );
+    }
+
+    #[test]
+    fn url_without_timeout_gets_the_default() {
+        let config = ConnectionConfig::from_url("postgres://h/db").unwrap();
+        assert_eq!(config.connect_timeout(), DEFAULT_CONNECT_TIMEOUT);
+        let config = ConnectionConfig::from_url("postgres://h/db?connect_timeout=3").unwrap();
+        assert_eq!(config.connect_timeout(), Duration::from_secs(3));
+    }
+}

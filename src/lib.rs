@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+pub mod connection;
+pub mod error;
+pub mod migrate;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use connection::ConnectionConfig;
+pub use error::{ConnectError, MigrateError};

@@ -1,0 +1,97 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use pgwake::ConnectionConfig;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// A notification as a raw listener sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub channel: String,
+    pub payload: String,
+}
+
+/// A plain connection LISTENing on `channels`, its notifications forwarded
+/// to the returned receiver. The client must be kept alive.
+pub async fn listen(
+    url: &str,
+    channels: &[&str],
+) -> (tokio_postgres::Client, mpsc::UnboundedReceiver<Received>) {
+    let config = ConnectionConfig::from_url(url).unwrap();
+    let (client, mut connection) = config.postgres_config().connect(NoTls).await.unwrap();
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = sender.send(Received {
+                    channel: n.channel().to_string(),
+                    payload: n.payload().to_string(),
+                });
+            }
+        }
+    });
+    for channel in channels {
+        client
+            .batch_execute(&format!("LISTEN {channel}"))
+            .await
+            .unwrap();
+    }
+    (client, receiver)
+}
+
+/// Every notification that arrives before `sentinel` is sent on
+/// `probe_channel` (which `listener` must LISTEN on). NOTIFYs are delivered
+/// in commit order, so once the sentinel arrives nothing committed before it
+/// can still be on its way: no sleep-and-hope.
+pub async fn drain_until_sentinel(
+    notifier: &tokio_postgres::Client,
+    receiver: &mut mpsc::UnboundedReceiver<Received>,
+    probe_channel: &str,
+) -> Vec<Received> {
+    notifier
+        .batch_execute(&format!("NOTIFY {probe_channel}, 'sentinel'"))
+        .await
+        .unwrap();
+    let mut before = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let next = tokio::time::timeout_at(deadline, receiver.recv())
+            .await
+            .expect("the sentinel notification never arrived")
+            .expect("the listener stopped");
+        if next.channel == probe_channel && next.payload == "sentinel" {
+            return before;
+        }
+        before.push(next);
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A connected client for `url`.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    ConnectionConfig::from_url(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}

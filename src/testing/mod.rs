@@ -28,9 +28,11 @@
 
 mod cluster;
 mod databases;
+mod fault_proxy;
 
 pub use cluster::TestPostgres;
 pub use databases::{fresh_database, fresh_empty_database, TestDatabase, TestDatabases};
+pub use fault_proxy::FaultProxy;
 
 use std::path::PathBuf;
 

@@ -143,3 +143,122 @@ pub enum MigrateError {
         source: tokio_postgres::Error,
     },
 }
+
+/// Why a store operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A queue name breaks the rule.
+    #[error("invalid queue name {name:?}: a queue name is {rule}")]
+    InvalidQueueName {
+        /// The name (shortened if long).
+        name: String,
+        /// The rule.
+        rule: &'static str,
+    },
+    /// A list of queues was empty.
+    #[error("no queues given: name at least one queue")]
+    NoQueues,
+    /// An id is empty, too long for its column, or holds control characters.
+    #[error("invalid {what} {value:?}: it must be 1 to {max} bytes with no control characters")]
+    InvalidId {
+        /// Which id.
+        what: &'static str,
+        /// The value (shortened if long).
+        value: String,
+        /// The column's limit.
+        max: usize,
+    },
+    /// A payload (input, result, metadata) is larger than the store accepts.
+    #[error(
+        "payload of {size} bytes is larger than the {limit} bytes this store accepts: \
+         store large data elsewhere and pass a reference, or raise StoreOptions::max_payload_bytes"
+    )]
+    PayloadTooLarge {
+        /// The payload's size as JSON.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A lease or interval is zero, negative or absurdly long.
+    #[error("invalid {what}: {reason}")]
+    InvalidDuration {
+        /// Which setting.
+        what: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+    /// An active execution of this instance id exists already.
+    #[error("workflow instance {instance_id:?} already has an active execution")]
+    AlreadyExists {
+        /// The instance id.
+        instance_id: String,
+    },
+    /// No such instance (or no active execution, where one is needed).
+    #[error("workflow instance {instance_id:?} not found{}", if *.needs_active { " (or not active)" } else { "" })]
+    NotFound {
+        /// The instance id.
+        instance_id: String,
+        /// Whether an active execution was required.
+        needs_active: bool,
+    },
+    /// The instance is still running and cannot be removed.
+    #[error("workflow instance {instance_id:?} is still active: cancel it and wait for it to finish first")]
+    NotFinished {
+        /// The instance id.
+        instance_id: String,
+    },
+    /// The caller's lease is gone: the task expired and was claimed by
+    /// another worker, or was already completed. Nothing was changed.
+    #[error(
+        "the lease on {task} is no longer held by worker {worker}: it expired and another worker \
+         claimed the task, or it was completed already; nothing was changed"
+    )]
+    LeaseLost {
+        /// Which task.
+        task: String,
+        /// The caller.
+        worker: String,
+    },
+    /// A payload could not be (de)serialized.
+    #[error("payload is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The schema is missing, old, dirty or too new.
+    #[error(transparent)]
+    Schema(#[from] MigrateError),
+    /// The URL was bad or the server unreachable.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// No connection could be had from the pool in time.
+    #[error("no database connection available: {0}")]
+    Pool(String),
+    /// A query failed.
+    #[error("{context}: {}", ErrorChain(.source))]
+    Database {
+        /// What we were doing.
+        context: &'static str,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed: the server or network failed, as
+    /// opposed to the request being wrong.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Pool(_) | StoreError::Connect(_) => true,
+            StoreError::Database { source, .. } => {
+                source.is_closed()
+                    || source.as_db_error().is_none()
+                    || source.code().is_some_and(|code| {
+                        let class = &code.code()[..2];
+                        // connection, resources, operator intervention, serialization
+                        matches!(class, "08" | "53" | "57" | "40")
+                    })
+            }
+            _ => false,
+        }
+    }
+}

@@ -10,8 +10,14 @@
 pub mod connection;
 pub mod error;
 pub mod migrate;
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use connection::ConnectionConfig;
-pub use error::{ConnectError, MigrateError};
+pub use error::{ConnectError, MigrateError, StoreError};
+pub use store::{
+    queues, ActivityTask, CancelOutcome, Event, EventType, InstanceRef, InstanceSnapshot,
+    InstanceState, Lease, NewInstance, Queue, QueueStats, Store, StoreOptions, WorkerId,
+    WorkflowCompletion, WorkflowOutcome, WorkflowTask,
+};

@@ -54,6 +54,7 @@ macro_rules! migration {
 pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "initial", "000001_initial"),
     migration!(2, "add_notify_triggers", "000002_add_notify_triggers"),
+    migration!(3, "add_due_time_indexes", "000003_add_due_time_indexes"),
 ];
 
 /// The newest version this binary carries: what [`up`] goes to by default

@@ -1,0 +1,257 @@
+//! Activity tasks: claiming them in batches, reporting their results back
+//! to their workflow, and keeping or giving back their leases.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::events::{insert_pending, NewEvent};
+use super::model::{ActivityTask, EventType, InstanceRef, Lease};
+use super::names::{Queue, WorkerId};
+use super::{db, lease_seconds, Store};
+use crate::error::StoreError;
+
+impl Store {
+    /// Claims up to `max` visible, unleased activities of `queues`, oldest
+    /// first, in one statement, and leases them to `worker` for `lease`.
+    /// Batching is what lets a worker drain tens of thousands a second.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// let worker = pgwake::WorkerId::unique("docs");
+    /// let queues = pgwake::queues(["emails"])?;
+    /// for task in store.claim_activity_tasks(&worker, &queues, 32, std::time::Duration::from_secs(120)).await? {
+    ///     println!("{} {}", task.name, task.input);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// An empty queue list, a zero lease, a database failure.
+    pub async fn claim_activity_tasks(
+        &self,
+        worker: &WorkerId,
+        queues: &[Queue],
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ActivityTask>, StoreError> {
+        if queues.is_empty() {
+            return Err(StoreError::NoQueues);
+        }
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let lease_secs = lease_seconds(lease)?;
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let queue_names: Vec<&str> = queues.iter().map(Queue::as_str).collect();
+        let client = self.client().await?;
+        // Locks up to `max` activities rows, FOR UPDATE SKIP LOCKED: it never
+        // waits, so it cannot deadlock, and concurrent claimers take
+        // disjoint rows.
+        let rows = client
+            .query(
+                "WITH candidate AS (
+                   SELECT id FROM activities
+                    WHERE queue = ANY($1)
+                      AND (locked_until IS NULL OR locked_until < now())
+                      AND (visible_at IS NULL OR visible_at <= now())
+                    ORDER BY id LIMIT $4
+                    FOR UPDATE SKIP LOCKED),
+                 claimed AS (
+                   UPDATE activities a
+                      SET locked_until = now() + make_interval(secs => $3), worker = $2
+                     FROM candidate c WHERE a.id = c.id
+                   RETURNING a.id, a.activity_id, a.instance_id, a.execution_id, a.queue,
+                             a.schedule_event_id, a.locked_until)
+                 SELECT c.*, at.data FROM claimed c
+                   LEFT JOIN attributes at ON at.instance_id = c.instance_id
+                        AND at.execution_id = c.execution_id AND at.event_id = c.activity_id
+                  ORDER BY c.id",
+                &[&queue_names, &worker.as_str(), &lease_secs, &limit],
+            )
+            .await
+            .map_err(db("claiming activity tasks"))?;
+        let tasks = rows
+            .iter()
+            .map(|row| {
+                let data: Option<Vec<u8>> = row.get(7);
+                let scheduled: Value = match data {
+                    Some(bytes) => serde_json::from_slice(&bytes)?,
+                    None => Value::Null,
+                };
+                Ok(ActivityTask {
+                    row_id: row.get(0),
+                    activity_id: row.get(1),
+                    instance: InstanceRef {
+                        instance_id: row.get(2),
+                        execution_id: row.get(3),
+                    },
+                    queue: Queue::new(row.get::<_, String>(4)).unwrap_or_default(),
+                    schedule_event_id: row.get(5),
+                    name: scheduled["name"].as_str().unwrap_or_default().to_string(),
+                    input: scheduled.get("input").cloned().unwrap_or(Value::Null),
+                    lease: Lease {
+                        worker: worker.clone(),
+                        locked_until: row.get(6),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        if !tasks.is_empty() {
+            tracing::debug!(count = tasks.len(), worker = %worker, "activity tasks claimed");
+        }
+        Ok(tasks)
+    }
+
+    /// Records an activity's result (`Ok`) or error (`Err`): deletes the
+    /// activity and queues `ActivityCompleted` (`{"result"}`) or
+    /// `ActivityFailed` (`{"error"}`) for its workflow in one transaction,
+    /// which is what wakes the workflow.
+    ///
+    /// Only the lease holder may complete ([`StoreError::LeaseLost`]
+    /// otherwise). If the workflow has finished meanwhile (canceled, say),
+    /// the result is dropped and `Ok` returned: nobody is left to read it.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, task: pgwake::ActivityTask) -> Result<(), pgwake::StoreError> {
+    /// store.complete_activity_task(&task, Ok(serde_json::json!({"sent": true}))).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`], a payload too large, a database failure.
+    pub async fn complete_activity_task(
+        &self,
+        task: &ActivityTask,
+        result: Result<Value, String>,
+    ) -> Result<(), StoreError> {
+        let (event_type, attributes) = match result {
+            Ok(value) => (EventType::ActivityCompleted, json!({ "result": value })),
+            Err(error) => (EventType::ActivityFailed, json!({ "error": error })),
+        };
+        let data = self.encode(&attributes)?;
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a transaction"))?;
+        // Locks the owning instances row (shared) before the activities row,
+        // the order every waiting transaction follows: a workflow completion
+        // that finishes this instance holds it exclusively first, so the two
+        // serialize instead of deadlocking.
+        let owner = tx
+            .query_opt(
+                "SELECT state FROM instances WHERE instance_id = $1 AND execution_id = $2 FOR SHARE",
+                &[&task.instance.instance_id, &task.instance.execution_id],
+            )
+            .await
+            .map_err(db("locking the activity's workflow"))?;
+        let owner_active = owner.is_some_and(|row| row.get::<_, i32>(0) == 0);
+        let deleted = tx
+            .execute(
+                "DELETE FROM activities WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                &[
+                    &task.row_id,
+                    &task.lease.worker.as_str(),
+                    &task.lease.locked_until,
+                ],
+            )
+            .await
+            .map_err(db("deleting the completed activity"))?;
+        if deleted == 0 {
+            if !owner_active {
+                tracing::debug!(activity_id = %task.activity_id, "workflow finished meanwhile; result dropped");
+                return Ok(());
+            }
+            return Err(StoreError::LeaseLost {
+                task: format!(
+                    "activity {} of {}",
+                    task.activity_id, task.instance.instance_id
+                ),
+                worker: task.lease.worker.to_string(),
+            });
+        }
+        if owner_active {
+            let event = NewEvent::new(event_type, task.schedule_event_id, data);
+            insert_pending(&tx, &task.instance, &[event]).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(db("committing the activity result"))?;
+        tracing::debug!(activity_id = %task.activity_id, ?event_type, "activity task completed");
+        Ok(())
+    }
+
+    /// Extends the lease on an activity task by `lease` from now (database
+    /// clock) and records the new fencing token in `task`. Unlike
+    /// go-workflows', it fails when the lease is no longer held, so a worker
+    /// learns that its work will be discarded.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, mut task: pgwake::ActivityTask) -> Result<(), pgwake::StoreError> {
+    /// store.extend_activity_task(&mut task, std::time::Duration::from_secs(120)).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`].
+    pub async fn extend_activity_task(
+        &self,
+        task: &mut ActivityTask,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let lease_secs = lease_seconds(lease)?;
+        let client = self.client().await?;
+        // Locks one activities row by primary key and nothing else.
+        let row = client
+            .query_opt(
+                "UPDATE activities SET locked_until = now() + make_interval(secs => $4)
+                  WHERE id = $1 AND worker = $2 AND locked_until = $3
+                  RETURNING locked_until",
+                &[
+                    &task.row_id,
+                    &task.lease.worker.as_str(),
+                    &task.lease.locked_until,
+                    &lease_secs,
+                ],
+            )
+            .await
+            .map_err(db("extending the activity task's lease"))?;
+        match row {
+            Some(row) => {
+                task.lease.locked_until = row.get(0);
+                Ok(())
+            }
+            None => Err(StoreError::LeaseLost {
+                task: format!(
+                    "activity {} of {}",
+                    task.activity_id, task.instance.instance_id
+                ),
+                worker: task.lease.worker.to_string(),
+            }),
+        }
+    }
+
+    /// Gives an activity task back unprocessed, claimable at once. Returns
+    /// whether the lease was still held.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn release_activity_task(&self, task: &ActivityTask) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        // Locks one activities row by primary key and nothing else.
+        let released = client
+            .execute(
+                "UPDATE activities SET locked_until = NULL
+                  WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                &[
+                    &task.row_id,
+                    &task.lease.worker.as_str(),
+                    &task.lease.locked_until,
+                ],
+            )
+            .await
+            .map_err(db("releasing the activity task"))?;
+        Ok(released == 1)
+    }
+}

@@ -1,0 +1,402 @@
+//! Creating, signalling, cancelling, reading and removing instances.
+
+use std::time::Duration;
+
+use deadpool_postgres::GenericClient;
+use serde_json::json;
+
+use super::events::{event_from_row, insert_pending, NewEvent, ATTRIBUTES_JOIN, EVENT_COLUMNS};
+use super::model::{
+    CancelOutcome, EventType, InstanceRef, InstanceSnapshot, InstanceState, NewInstance,
+};
+use super::names::{check_id, Queue};
+use super::{db, new_id, Store};
+use crate::error::StoreError;
+
+/// Class id of pgwake's advisory locks on instance ids (the second key is
+/// `hashtext(instance_id)`): apart from applications' own advisory locks.
+const INSTANCE_ID_LOCK_CLASS: i32 = 0x7067_7761; // "pgwa"
+
+/// Deletes the instances selected by `doomed` (a query yielding `id,
+/// instance_id, execution_id`) with every row that belongs to them.
+fn delete_instances_sql(doomed: &str) -> String {
+    format!(
+        "WITH doomed AS ({doomed}),
+         h AS (DELETE FROM history x USING doomed d
+                WHERE x.instance_id = d.instance_id AND x.execution_id = d.execution_id),
+         p AS (DELETE FROM pending_events x USING doomed d
+                WHERE x.instance_id = d.instance_id AND x.execution_id = d.execution_id),
+         ac AS (DELETE FROM activities x USING doomed d
+                WHERE x.instance_id = d.instance_id AND x.execution_id = d.execution_id),
+         at AS (DELETE FROM attributes x USING doomed d
+                WHERE x.instance_id = d.instance_id AND x.execution_id = d.execution_id)
+         DELETE FROM instances i USING doomed d WHERE i.id = d.id"
+    )
+}
+
+impl Store {
+    /// Creates a workflow instance and its `WorkflowExecutionStarted` event
+    /// in one transaction. One active execution per instance id: a second
+    /// is refused, a finished one may be started again.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// let new = pgwake::NewInstance::new("order-7", pgwake::Queue::new("orders")?);
+    /// let execution = store.create_instance(new).await?;
+    /// println!("started execution {}", execution.execution_id);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`], an invalid id, a payload too large.
+    pub async fn create_instance(&self, new: NewInstance) -> Result<InstanceRef, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a transaction"))?;
+        let created = self.insert_instance(&tx, &new, None).await?;
+        let Some(instance) = created else {
+            return Err(StoreError::AlreadyExists {
+                instance_id: new.instance_id,
+            });
+        };
+        tx.commit()
+            .await
+            .map_err(db("committing the new instance"))?;
+        tracing::debug!(instance_id = %instance.instance_id, queue = %new.queue, "instance created");
+        Ok(instance)
+    }
+
+    /// Inserts an instance unless an active execution of its id exists
+    /// (`None` then). Serialized per instance id by a transaction-level
+    /// advisory lock: without it two concurrent creates would both find no
+    /// active execution and both insert one (go-workflows' race).
+    pub(crate) async fn insert_instance(
+        &self,
+        client: &impl GenericClient,
+        new: &NewInstance,
+        parent: Option<(&InstanceRef, i64)>,
+    ) -> Result<Option<InstanceRef>, StoreError> {
+        check_id("instance id", &new.instance_id, 128)?;
+        let metadata = new.metadata.as_ref().map(|m| self.encode(m)).transpose()?;
+        let start = NewEvent::new(
+            EventType::WorkflowExecutionStarted,
+            0,
+            self.encode(&new.input)?,
+        );
+        client
+            .execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[&INSTANCE_ID_LOCK_CLASS, &new.instance_id],
+            )
+            .await
+            .map_err(db("locking the instance id"))?;
+        let active = client
+            .query_opt(
+                "SELECT 1 FROM instances WHERE instance_id = $1 AND state = 0 LIMIT 1",
+                &[&new.instance_id],
+            )
+            .await
+            .map_err(db("looking for an active execution"))?;
+        if active.is_some() {
+            return Ok(None);
+        }
+        let instance = InstanceRef {
+            instance_id: new.instance_id.clone(),
+            execution_id: new_id(),
+        };
+        let (parent_instance, parent_execution, parent_schedule) = match parent {
+            Some((p, schedule)) => (
+                Some(p.instance_id.as_str()),
+                Some(p.execution_id.as_str()),
+                Some(schedule.to_string()),
+            ),
+            None => (None, None, None),
+        };
+        client
+            .execute(
+                "INSERT INTO instances (instance_id, execution_id, parent_instance_id,
+                   parent_execution_id, parent_schedule_event_id, metadata, state, queue)
+                 VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 0, $7)",
+                &[
+                    &instance.instance_id,
+                    &instance.execution_id,
+                    &parent_instance,
+                    &parent_execution,
+                    &parent_schedule,
+                    &metadata,
+                    &new.queue.as_str(),
+                ],
+            )
+            .await
+            .map_err(db("inserting the instance"))?;
+        insert_pending(client, &instance, &[start]).await?;
+        Ok(Some(instance))
+    }
+
+    /// Queues a `SignalReceived` event (`{"name", "payload"}`) for the
+    /// active execution of `instance_id`.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// store.signal_instance("order-7", "address-changed", serde_json::json!({"zip": "1010"})).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when no execution of it is active.
+    pub async fn signal_instance(
+        &self,
+        instance_id: &str,
+        name: &str,
+        payload: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        check_id("instance id", instance_id, 128)?;
+        let data = self.encode(&json!({ "name": name, "payload": payload }))?;
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a transaction"))?;
+        // Locks the one active instance row (shared): a concurrent
+        // completion cannot finish it between this check and the insert.
+        let row = tx
+            .query_opt(
+                "SELECT execution_id FROM instances WHERE instance_id = $1 AND state = 0
+                 ORDER BY id DESC LIMIT 1 FOR SHARE",
+                &[&instance_id],
+            )
+            .await
+            .map_err(db("looking for the instance"))?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound {
+                instance_id: instance_id.to_string(),
+                needs_active: true,
+            });
+        };
+        let instance = InstanceRef {
+            instance_id: instance_id.to_string(),
+            execution_id: row.get(0),
+        };
+        insert_pending(
+            &tx,
+            &instance,
+            &[NewEvent::new(EventType::SignalReceived, 0, data)],
+        )
+        .await?;
+        tx.commit().await.map_err(db("committing the signal"))?;
+        Ok(())
+    }
+
+    /// Asks the active execution of `instance_id` to cancel (a
+    /// `WorkflowExecutionCanceled` event its workflow reacts to). A finished
+    /// instance is left as it is.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// let outcome = store.cancel_instance("order-7").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the instance never existed.
+    pub async fn cancel_instance(&self, instance_id: &str) -> Result<CancelOutcome, StoreError> {
+        check_id("instance id", instance_id, 128)?;
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a transaction"))?;
+        // Locks the newest instance row (shared), preferring the active one.
+        let row = tx
+            .query_opt(
+                "SELECT execution_id, state FROM instances WHERE instance_id = $1
+                 ORDER BY (state = 0) DESC, id DESC LIMIT 1 FOR SHARE",
+                &[&instance_id],
+            )
+            .await
+            .map_err(db("looking for the instance"))?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound {
+                instance_id: instance_id.to_string(),
+                needs_active: false,
+            });
+        };
+        if InstanceState::from_db(row.get(1)) != InstanceState::Active {
+            return Ok(CancelOutcome::AlreadyFinished);
+        }
+        let instance = InstanceRef {
+            instance_id: instance_id.to_string(),
+            execution_id: row.get(0),
+        };
+        let event = NewEvent::new(EventType::WorkflowExecutionCanceled, 0, b"null".to_vec());
+        insert_pending(&tx, &instance, &[event]).await?;
+        tx.commit()
+            .await
+            .map_err(db("committing the cancel request"))?;
+        Ok(CancelOutcome::Requested)
+    }
+
+    /// The newest execution of `instance_id` (the active one if any), with
+    /// its history and pending events; `None` if it never existed.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// if let Some(snapshot) = store.instance("order-7").await? {
+    ///     println!("{:?}: {} events", snapshot.state, snapshot.history.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A database failure or an unreadable payload.
+    pub async fn instance(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<InstanceSnapshot>, StoreError> {
+        check_id("instance id", instance_id, 128)?;
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT execution_id, queue, state, metadata, created_at, completed_at
+                   FROM instances WHERE instance_id = $1
+                  ORDER BY (state = 0) DESC, id DESC LIMIT 1",
+                &[&instance_id],
+            )
+            .await
+            .map_err(db("reading the instance"))?;
+        let Some(row) = row else { return Ok(None) };
+        let instance = InstanceRef {
+            instance_id: instance_id.to_string(),
+            execution_id: row.get(0),
+        };
+        let metadata: Option<Vec<u8>> = row.get(3);
+        let events = |table: &str, order: &str| {
+            format!(
+                "SELECT {EVENT_COLUMNS} FROM {table} e {ATTRIBUTES_JOIN}
+                  WHERE e.instance_id = $1 AND e.execution_id = $2 ORDER BY {order}"
+            )
+        };
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&instance.instance_id, &instance.execution_id];
+        let history = client
+            .query(&events("history", "e.sequence_id"), &params)
+            .await
+            .map_err(db("reading the history"))?;
+        let pending = client
+            .query(&events("pending_events", "e.id"), &params)
+            .await
+            .map_err(db("reading pending events"))?;
+        Ok(Some(InstanceSnapshot {
+            queue: Queue::new(row.get::<_, String>(1)).unwrap_or_default(),
+            state: InstanceState::from_db(row.get(2)),
+            metadata: metadata.map(|m| serde_json::from_slice(&m)).transpose()?,
+            created_at: row.get(4),
+            completed_at: row.get(5),
+            history: history
+                .iter()
+                .map(event_from_row)
+                .collect::<Result<_, _>>()?,
+            pending: pending
+                .iter()
+                .map(event_from_row)
+                .collect::<Result<_, _>>()?,
+            instance,
+        }))
+    }
+
+    /// Removes every finished execution of `instance_id` with all its rows:
+    /// history, pending events, activities and attributes (go-workflows
+    /// leaves the last three behind).
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// store.remove_instance("order-7").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::NotFinished`] while an execution is active,
+    /// [`StoreError::NotFound`] when there is none.
+    pub async fn remove_instance(&self, instance_id: &str) -> Result<(), StoreError> {
+        check_id("instance id", instance_id, 128)?;
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a transaction"))?;
+        // Locks the instance's rows in id order, before any other table.
+        let rows = tx
+            .query(
+                "SELECT id, state FROM instances WHERE instance_id = $1 ORDER BY id FOR UPDATE",
+                &[&instance_id],
+            )
+            .await
+            .map_err(db("locking the instance"))?;
+        if rows.is_empty() {
+            return Err(StoreError::NotFound {
+                instance_id: instance_id.to_string(),
+                needs_active: false,
+            });
+        }
+        if rows
+            .iter()
+            .any(|r| r.get::<_, i32>(1) == InstanceState::Active as i32)
+        {
+            return Err(StoreError::NotFinished {
+                instance_id: instance_id.to_string(),
+            });
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        tx.execute(
+            &delete_instances_sql(
+                "SELECT id, instance_id, execution_id FROM instances WHERE id = ANY($1)",
+            ),
+            &[&ids],
+        )
+        .await
+        .map_err(db("removing the instance"))?;
+        tx.commit().await.map_err(db("committing the removal"))?;
+        Ok(())
+    }
+
+    /// Removes executions that finished more than `older_than` ago (database
+    /// clock), `batch_size` per transaction so that no transaction grows
+    /// large; returns how many were removed. Safe to run from several
+    /// processes at once (rows are taken with `SKIP LOCKED`).
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// let removed = store.remove_finished_instances(std::time::Duration::from_secs(7 * 86400), 500).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A database failure; batches already committed stay removed.
+    pub async fn remove_finished_instances(
+        &self,
+        older_than: Duration,
+        batch_size: usize,
+    ) -> Result<u64, StoreError> {
+        let batch = i64::try_from(batch_size.max(1)).unwrap_or(i64::MAX);
+        let age = older_than.as_secs_f64();
+        let sql = delete_instances_sql(
+            "SELECT id, instance_id, execution_id FROM instances
+              WHERE state <> 0 AND completed_at < now() - make_interval(secs => $1)
+              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        );
+        let client = self.client().await?;
+        let mut removed = 0;
+        loop {
+            let count = client
+                .execute(&sql, &[&age, &batch])
+                .await
+                .map_err(db("removing finished instances"))?;
+            removed += count;
+            if count < batch as u64 {
+                return Ok(removed);
+            }
+        }
+    }
+}

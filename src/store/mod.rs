@@ -1,0 +1,216 @@
+//! The task backend: go-workflows' PostgreSQL schema, read and written with
+//! its semantics and without its known defects.
+//!
+//! A [`Store`] is a cheap handle on a connection pool. Everything that
+//! creates, claims, extends and completes work is a method on it, each in
+//! one transaction, each timed by the database clock (`now()`), never the
+//! application's.
+//!
+//! ```no_run
+//! use pgwake::{NewInstance, Queue, Store, StoreOptions, WorkerId, WorkflowCompletion};
+//! use serde_json::json;
+//! use std::time::Duration;
+//!
+//! # async fn run() -> Result<(), pgwake::StoreError> {
+//! let store = Store::connect("postgres://postgres@localhost/app", StoreOptions::default()).await?;
+//! let orders = Queue::new("orders")?;
+//! store.create_instance(NewInstance::new("order-1", orders.clone()).with_input(json!({"sku": 7}))).await?;
+//!
+//! let worker = WorkerId::unique("example");
+//! if let Some(task) = store.claim_workflow_task(&worker, &[orders.clone()], Duration::from_secs(60)).await? {
+//!     let decision = WorkflowCompletion::default().schedule_activity("charge", json!(500), None);
+//!     store.complete_workflow_task(&task, decision).await?;
+//! }
+//! for task in store.claim_activity_tasks(&worker, &[orders], 10, Duration::from_secs(120)).await? {
+//!     store.complete_activity_task(&task, Ok(json!("charged"))).await?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! ## Locking
+//! Claims lock with `FOR UPDATE SKIP LOCKED` and never wait. Every
+//! transaction that waits for row locks takes its `instances` rows first, in
+//! ascending `id` order, before any `pending_events` or `activities` row; so
+//! no two transactions can wait for each other in a cycle.
+
+mod activity_tasks;
+mod events;
+mod instances;
+mod model;
+mod names;
+mod stats;
+mod workflow_tasks;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde_json::Value;
+use tokio_postgres::NoTls;
+
+pub use model::{
+    ActivityTask, CancelOutcome, Event, EventType, InstanceRef, InstanceSnapshot, InstanceState,
+    Lease, NewInstance, QueueStats, ScheduleActivity, SendSignal, StartSubWorkflow, StartTimer,
+    WorkflowCompletion, WorkflowOutcome, WorkflowTask,
+};
+pub use names::{queues, Queue, WorkerId, MAX_QUEUE_NAME_LEN, QUEUE_NAME_RULE};
+
+use crate::connection::ConnectionConfig;
+use crate::error::StoreError;
+
+/// Settings of a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The largest JSON payload (input, result, metadata, signal) accepted,
+    /// in bytes. Default 1 MiB: rows this large already slow every claim.
+    pub max_payload_bytes: usize,
+    /// After a workflow task completes, its instance is reserved for the
+    /// same worker this long (go-workflows' stickiness, for workers that
+    /// cache state). Default zero: pgwake's workers keep no cache. Claims
+    /// always honour `sticky_until` set by any worker.
+    pub sticky_timeout: Duration,
+    /// Connections in the pool built by [`Store::connect`]. Default 16.
+    pub pool_size: usize,
+    /// How long an operation waits for a pooled connection. Default 10 s.
+    pub pool_wait_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1024 * 1024,
+            sticky_timeout: Duration::ZERO,
+            pool_size: 16,
+            pool_wait_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The longest lease accepted: a task reserved longer than a day is a bug.
+const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// The task backend. Cloning is cheap and shares the pool.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    options: StoreOptions,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("pool", &self.pool.status())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl Store {
+    /// A store on an existing pool. The schema is not checked; call
+    /// [`check_schema`](Self::check_schema) if the pool's database may not be migrated.
+    pub fn new(pool: Pool, options: StoreOptions) -> Self {
+        Self { pool, options }
+    }
+
+    /// Builds a pool for `url` and checks that the schema is at the version
+    /// this pgwake needs.
+    ///
+    /// # Errors
+    /// A bad URL, an unreachable server, or [`StoreError::Schema`] saying to
+    /// run `pgwake migrate up`.
+    pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+        let config = ConnectionConfig::from_url(url)?.with_application_name("pgwake-store");
+        let store = Self::new(build_pool(&config, &options)?, options);
+        store.check_schema().await?;
+        Ok(store)
+    }
+
+    /// Refuses a database whose schema is missing, old, dirty or too new.
+    ///
+    /// # Errors
+    /// [`StoreError::Schema`] saying which `pgwake migrate` command fixes it.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        crate::migrate::check(&client).await?;
+        Ok(())
+    }
+
+    /// The pool (shared with anything else that needs a connection).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|err| match err {
+            deadpool_postgres::PoolError::Backend(source) => StoreError::Database {
+                context: "opening a pooled connection",
+                source,
+            },
+            other => StoreError::Pool(other.to_string()),
+        })
+    }
+
+    /// JSON bytes for a payload, refused above the size limit.
+    pub(crate) fn encode(&self, value: &Value) -> Result<Vec<u8>, StoreError> {
+        let bytes = serde_json::to_vec(value)?;
+        if bytes.len() > self.options.max_payload_bytes {
+            return Err(StoreError::PayloadTooLarge {
+                size: bytes.len(),
+                limit: self.options.max_payload_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// A pool on `config` with pgwake's settings: connections checked only by
+/// `is_closed` on reuse (a dead one fails its first query and is dropped).
+pub(crate) fn build_pool(
+    config: &ConnectionConfig,
+    options: &StoreOptions,
+) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config.postgres_config().clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(options.pool_size.max(1))
+        .wait_timeout(Some(options.pool_wait_timeout))
+        .create_timeout(Some(config.connect_timeout()))
+        .recycle_timeout(Some(config.connect_timeout()))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|err| StoreError::Pool(err.to_string()))
+}
+
+/// Seconds for `make_interval`, refusing zero and absurd leases.
+pub(crate) fn lease_seconds(lease: Duration) -> Result<f64, StoreError> {
+    if lease.is_zero() {
+        return Err(StoreError::InvalidDuration {
+            what: "lease",
+            reason: "it must be longer than zero",
+        });
+    }
+    if lease > MAX_LEASE {
+        return Err(StoreError::InvalidDuration {
+            what: "lease",
+            reason: "it must be at most 24 hours; extend it while working instead",
+        });
+    }
+    Ok(lease.as_secs_f64())
+}
+
+pub(crate) fn db(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |source| StoreError::Database { context, source }
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

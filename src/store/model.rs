@@ -1,0 +1,372 @@
+//! What the store reads and writes: instances, events, tasks and leases,
+//! with go-workflows' numbering for states and event types.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use super::names::{Queue, WorkerId};
+
+/// An instance's state, numbered as go-workflows numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstanceState {
+    /// Running: may receive events and be claimed.
+    Active = 0,
+    /// Ended and replaced by a new execution of the same instance id.
+    ContinuedAsNew = 1,
+    /// Ended (completed, failed or canceled).
+    Finished = 2,
+}
+
+impl InstanceState {
+    pub(crate) fn from_db(value: i32) -> Self {
+        match value {
+            0 => Self::Active,
+            1 => Self::ContinuedAsNew,
+            _ => Self::Finished,
+        }
+    }
+}
+
+/// An event's type, numbered as go-workflows numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)] // the names are go-workflows' own
+pub enum EventType {
+    WorkflowExecutionStarted = 1,
+    WorkflowExecutionFinished = 2,
+    WorkflowExecutionContinuedAsNew = 3,
+    WorkflowExecutionTerminated = 4,
+    WorkflowExecutionCanceled = 5,
+    WorkflowTaskStarted = 6,
+    SubWorkflowScheduled = 7,
+    SubWorkflowCancellationRequested = 8,
+    SubWorkflowCompleted = 9,
+    SubWorkflowFailed = 10,
+    ActivityScheduled = 11,
+    ActivityCompleted = 12,
+    ActivityFailed = 13,
+    TimerScheduled = 14,
+    TimerFired = 15,
+    TimerCanceled = 16,
+    SignalReceived = 17,
+    SideEffectResult = 18,
+    TraceStarted = 19,
+}
+
+impl EventType {
+    const ALL: [EventType; 19] = [
+        Self::WorkflowExecutionStarted,
+        Self::WorkflowExecutionFinished,
+        Self::WorkflowExecutionContinuedAsNew,
+        Self::WorkflowExecutionTerminated,
+        Self::WorkflowExecutionCanceled,
+        Self::WorkflowTaskStarted,
+        Self::SubWorkflowScheduled,
+        Self::SubWorkflowCancellationRequested,
+        Self::SubWorkflowCompleted,
+        Self::SubWorkflowFailed,
+        Self::ActivityScheduled,
+        Self::ActivityCompleted,
+        Self::ActivityFailed,
+        Self::TimerScheduled,
+        Self::TimerFired,
+        Self::TimerCanceled,
+        Self::SignalReceived,
+        Self::SideEffectResult,
+        Self::TraceStarted,
+    ];
+
+    /// The number stored in `event_type`.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// The type for a stored number, if it is one of go-workflows'.
+    pub fn from_code(code: i32) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.code() == code)
+    }
+}
+
+/// One execution of a workflow instance: `(instance_id, execution_id)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceRef {
+    /// The id the caller chose.
+    pub instance_id: String,
+    /// The execution, generated when it started.
+    pub execution_id: String,
+}
+
+/// An event of an instance, pending or in its history. Its attributes are
+/// stored as JSON in `attributes.data`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Unique id (`event_id`), also the key of its attributes.
+    pub event_id: String,
+    /// Position in the history (history events); insertion order (pending).
+    pub sequence_id: i64,
+    /// What happened.
+    pub event_type: EventType,
+    /// When it was written (database clock).
+    pub timestamp: SystemTime,
+    /// The sequence id of the event this one answers (an `ActivityScheduled`
+    /// for `ActivityCompleted`, a `TimerScheduled` for `TimerFired` ...), else 0.
+    pub schedule_event_id: i64,
+    /// Not claimable before this time (timers).
+    pub visible_at: Option<SystemTime>,
+    /// The event's payload.
+    pub attributes: Value,
+}
+
+/// A lease on a claimed task. The pair (worker, `locked_until` as written at
+/// the claim or last extension) is a fencing token: whoever re-claims the
+/// task writes a new `locked_until`, so a late completion by the previous
+/// holder matches nothing and is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder.
+    pub worker: WorkerId,
+    /// Until when (database clock) the task is reserved.
+    pub locked_until: SystemTime,
+}
+
+/// A claimed workflow task: an instance and the events it has to react to.
+#[derive(Debug, Clone)]
+pub struct WorkflowTask {
+    /// `instances.id`.
+    pub(crate) row_id: i64,
+    /// The execution.
+    pub instance: InstanceRef,
+    /// Its queue.
+    pub queue: Queue,
+    /// Its metadata (JSON), if any.
+    pub metadata: Option<Value>,
+    /// The parent execution and its `SubWorkflowScheduled` sequence id, for sub-workflows.
+    pub parent: Option<(InstanceRef, i64)>,
+    /// The visible pending events, oldest first.
+    pub new_events: Vec<Event>,
+    /// The sequence id of the last history event (0 for none).
+    pub last_sequence_id: i64,
+    /// The lease.
+    pub lease: Lease,
+}
+
+/// A claimed activity task.
+#[derive(Debug, Clone)]
+pub struct ActivityTask {
+    /// `activities.id`.
+    pub(crate) row_id: i64,
+    /// The activity's id (its `ActivityScheduled` event id).
+    pub activity_id: String,
+    /// The execution that scheduled it.
+    pub instance: InstanceRef,
+    /// Its queue.
+    pub queue: Queue,
+    /// The sequence id of its `ActivityScheduled` event.
+    pub schedule_event_id: i64,
+    /// The activity's name, as scheduled.
+    pub name: String,
+    /// Its input, as scheduled.
+    pub input: Value,
+    /// The lease.
+    pub lease: Lease,
+}
+
+/// A workflow instance to create.
+///
+/// ```
+/// let new = pgwake::NewInstance::new("order-42", pgwake::Queue::new("orders")?)
+///     .with_input(serde_json::json!({"items": 3}))
+///     .with_metadata(serde_json::json!({"tenant": "acme"}));
+/// assert_eq!(new.instance_id, "order-42");
+/// # Ok::<(), pgwake::StoreError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    /// The id (1 to 128 characters); one active execution per id.
+    pub instance_id: String,
+    /// The queue its workflow tasks go to.
+    pub queue: Queue,
+    /// Stored in `instances.metadata` as JSON.
+    pub metadata: Option<Value>,
+    /// The attributes of its `WorkflowExecutionStarted` event.
+    pub input: Value,
+}
+
+impl NewInstance {
+    /// An instance with no metadata and a `null` input.
+    pub fn new(instance_id: impl Into<String>, queue: Queue) -> Self {
+        Self {
+            instance_id: instance_id.into(),
+            queue,
+            metadata: None,
+            input: Value::Null,
+        }
+    }
+
+    /// Sets the start event's attributes.
+    pub fn with_input(mut self, input: Value) -> Self {
+        self.input = input;
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn with_metadata(mut self, metadata: Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+}
+
+/// What a workflow task decided; [`Store::complete_workflow_task`](super::Store::complete_workflow_task)
+/// applies all of it in one transaction.
+///
+/// ```
+/// use pgwake::{WorkflowCompletion, Queue};
+/// use serde_json::json;
+/// let decision = WorkflowCompletion::default()
+///     .schedule_activity("charge", json!({"cents": 500}), None)
+///     .start_timer(std::time::Duration::from_secs(30), json!("reminder"));
+/// assert_eq!(decision.activities.len(), 1);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct WorkflowCompletion {
+    /// Activities to schedule.
+    pub activities: Vec<ScheduleActivity>,
+    /// Timers to start.
+    pub timers: Vec<StartTimer>,
+    /// Timers to cancel, by the sequence id of their `TimerScheduled` event.
+    pub canceled_timers: Vec<i64>,
+    /// Sub-workflows to start.
+    pub sub_workflows: Vec<StartSubWorkflow>,
+    /// Signals to send to other instances.
+    pub signals: Vec<SendSignal>,
+    /// Other instances to cancel.
+    pub cancellations: Vec<String>,
+    /// Extra events to append to the history (side effects, markers).
+    pub history_events: Vec<(EventType, Value)>,
+    /// How the execution ends, if it does.
+    pub outcome: Option<WorkflowOutcome>,
+}
+
+impl WorkflowCompletion {
+    /// Schedules an activity named `name` on `queue` (default: the instance's).
+    pub fn schedule_activity(mut self, name: &str, input: Value, queue: Option<Queue>) -> Self {
+        self.activities.push(ScheduleActivity {
+            name: name.to_string(),
+            input,
+            queue,
+        });
+        self
+    }
+
+    /// Starts a timer that fires after `delay` (database clock).
+    pub fn start_timer(mut self, delay: Duration, payload: Value) -> Self {
+        self.timers.push(StartTimer { delay, payload });
+        self
+    }
+
+    /// Ends the execution.
+    pub fn finish(mut self, outcome: WorkflowOutcome) -> Self {
+        self.outcome = Some(outcome);
+        self
+    }
+}
+
+/// An activity to schedule.
+#[derive(Debug, Clone)]
+pub struct ScheduleActivity {
+    /// The activity's name (handlers dispatch on it).
+    pub name: String,
+    /// Its input.
+    pub input: Value,
+    /// Its queue; the instance's when `None`.
+    pub queue: Option<Queue>,
+}
+
+/// A timer to start.
+#[derive(Debug, Clone)]
+pub struct StartTimer {
+    /// When it fires, from the completion's commit (database clock).
+    pub delay: Duration,
+    /// Attributes of its `TimerScheduled` / `TimerFired` events.
+    pub payload: Value,
+}
+
+/// A sub-workflow to start: a child instance whose end is reported back as
+/// `SubWorkflowCompleted` or `SubWorkflowFailed`.
+#[derive(Debug, Clone)]
+pub struct StartSubWorkflow {
+    /// The child.
+    pub instance: NewInstance,
+}
+
+/// A signal for another instance's active execution.
+#[derive(Debug, Clone)]
+pub struct SendSignal {
+    /// The receiving instance id.
+    pub instance_id: String,
+    /// The signal's name.
+    pub name: String,
+    /// Its payload.
+    pub payload: Value,
+}
+
+/// How an execution ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkflowOutcome {
+    /// Finished with a result.
+    Completed(Value),
+    /// Finished with an error.
+    Failed(String),
+    /// Finished on cancellation.
+    Canceled,
+    /// Ended and replaced by a new execution started with this input.
+    ContinueAsNew(Value),
+}
+
+/// What [`Store::cancel_instance`](super::Store::cancel_instance) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// A cancel event was queued for the active execution.
+    Requested,
+    /// The instance had already finished; it was left as it was.
+    AlreadyFinished,
+}
+
+/// Figures for one queue, from [`Store::stats`](super::Store::stats).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The queue.
+    pub queue: String,
+    /// Active instances.
+    pub active_instances: i64,
+    /// Active instances with a claimable workflow task now (unlocked, with
+    /// at least one visible pending event), counted once per instance.
+    pub claimable_workflow_tasks: i64,
+    /// Activities claimable now (visible, not leased).
+    pub ready_activities: i64,
+    /// Activities under a live lease.
+    pub running_activities: i64,
+    /// Pending events and activities that become visible later (timers).
+    pub scheduled_later: i64,
+}
+
+/// A finished or running execution, as [`Store::instance`](super::Store::instance) reads it.
+#[derive(Debug, Clone)]
+pub struct InstanceSnapshot {
+    /// The execution.
+    pub instance: InstanceRef,
+    /// Its queue.
+    pub queue: Queue,
+    /// Its state.
+    pub state: InstanceState,
+    /// Metadata, if any.
+    pub metadata: Option<Value>,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// When it finished.
+    pub completed_at: Option<SystemTime>,
+    /// Its history, in order.
+    pub history: Vec<Event>,
+    /// Events waiting to be processed, oldest first.
+    pub pending: Vec<Event>,
+}

@@ -1,0 +1,116 @@
+//! Read-only figures: per-queue counts, and when the next timer is due.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::model::QueueStats;
+use super::names::Queue;
+use super::{db, Store};
+use crate::error::StoreError;
+
+impl Store {
+    /// Per-queue counts, for every queue that has instances or activities,
+    /// sorted by queue name. Takes no locks.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// for queue in store.stats().await? {
+    ///     println!("{}: {} ready activities", queue.queue, queue.ready_activities);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        let client = self.client().await?;
+        let instances = client
+            .query(
+                "SELECT i.queue,
+                        count(*) FILTER (WHERE i.state = 0),
+                        count(*) FILTER (WHERE i.state = 0
+                          AND (i.locked_until IS NULL OR i.locked_until < now())
+                          AND EXISTS (SELECT 1 FROM pending_events pe
+                                       WHERE pe.instance_id = i.instance_id AND pe.execution_id = i.execution_id
+                                         AND (pe.visible_at IS NULL OR pe.visible_at <= now()))),
+                        (SELECT count(*) FROM pending_events pe JOIN instances j
+                             ON j.instance_id = pe.instance_id AND j.execution_id = pe.execution_id
+                          WHERE j.queue = i.queue AND j.state = 0 AND pe.visible_at > now())
+                   FROM instances i GROUP BY i.queue",
+                &[],
+            )
+            .await
+            .map_err(db("counting instances"))?;
+        let activities = client
+            .query(
+                "SELECT queue,
+                        count(*) FILTER (WHERE (locked_until IS NULL OR locked_until < now())
+                                           AND (visible_at IS NULL OR visible_at <= now())),
+                        count(*) FILTER (WHERE locked_until >= now()),
+                        count(*) FILTER (WHERE visible_at > now())
+                   FROM activities GROUP BY queue",
+                &[],
+            )
+            .await
+            .map_err(db("counting activities"))?;
+        let mut by_queue: BTreeMap<String, QueueStats> = BTreeMap::new();
+        for row in &instances {
+            let entry = by_queue.entry(row.get(0)).or_default();
+            entry.active_instances = row.get(1);
+            entry.claimable_workflow_tasks = row.get(2);
+            entry.scheduled_later += row.get::<_, i64>(3);
+        }
+        for row in &activities {
+            let entry = by_queue.entry(row.get(0)).or_default();
+            entry.ready_activities = row.get(1);
+            entry.running_activities = row.get(2);
+            entry.scheduled_later += row.get::<_, i64>(3);
+        }
+        Ok(by_queue
+            .into_iter()
+            .map(|(queue, mut stats)| {
+                stats.queue = queue;
+                stats
+            })
+            .collect())
+    }
+
+    /// How long (database clock) until the earliest pending event or
+    /// activity of `queues` that is not visible yet becomes visible: a
+    /// worker sleeps exactly that long, so a timer fires on time with no
+    /// insert and no notification. `None` when nothing is scheduled.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// if let Some(due_in) = store.next_due_in(&pgwake::queues(["orders"])?).await? {
+    ///     println!("next timer in {due_in:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn next_due_in(&self, queues: &[Queue]) -> Result<Option<Duration>, StoreError> {
+        let queue_names: Vec<&str> = queues.iter().map(Queue::as_str).collect();
+        let client = self.client().await?;
+        // Both halves walk a partial index on visible_at (migration 3) and
+        // stop at the first row that qualifies.
+        let row = client
+            .query_one(
+                "SELECT EXTRACT(EPOCH FROM (min(due) - now()))::float8 FROM (
+                   (SELECT pe.visible_at AS due FROM pending_events pe
+                      JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
+                     WHERE pe.visible_at > now() AND i.state = 0 AND i.queue = ANY($1)
+                     ORDER BY pe.visible_at LIMIT 1)
+                   UNION ALL
+                   (SELECT visible_at FROM activities
+                     WHERE visible_at > now() AND queue = ANY($1)
+                     ORDER BY visible_at LIMIT 1)) due_times",
+                &[&queue_names],
+            )
+            .await
+            .map_err(db("finding the next due time"))?;
+        let seconds: Option<f64> = row.get(0);
+        Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+}

@@ -1,0 +1,649 @@
+//! Workflow tasks: claiming an instance with work, applying its decision,
+//! and keeping or giving back its lease.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::events::{
+    append_history, event_from_row, insert_pending, NewEvent, ATTRIBUTES_JOIN, EVENT_COLUMNS,
+};
+use super::model::{
+    EventType, InstanceRef, InstanceState, Lease, NewInstance, WorkflowCompletion, WorkflowOutcome,
+    WorkflowTask,
+};
+use super::names::{check_id, Queue, WorkerId};
+use super::{db, lease_seconds, Store};
+use crate::error::StoreError;
+
+impl Store {
+    /// Claims the instance whose oldest visible pending event is oldest,
+    /// among active, unleased instances of `queues` that are not sticky to
+    /// another worker; leases it to `worker` for `lease`.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// let worker = pgwake::WorkerId::unique("docs");
+    /// let queues = pgwake::queues(["orders"])?;
+    /// if let Some(task) = store.claim_workflow_task(&worker, &queues, std::time::Duration::from_secs(60)).await? {
+    ///     println!("{} new events for {}", task.new_events.len(), task.instance.instance_id);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// An empty queue list, a zero lease, a database failure.
+    pub async fn claim_workflow_task(
+        &self,
+        worker: &WorkerId,
+        queues: &[Queue],
+        lease: Duration,
+    ) -> Result<Option<WorkflowTask>, StoreError> {
+        if queues.is_empty() {
+            return Err(StoreError::NoQueues);
+        }
+        let lease_secs = lease_seconds(lease)?;
+        let queue_names: Vec<&str> = queues.iter().map(Queue::as_str).collect();
+        let client = self.client().await?;
+        // Locks one instances row, FOR UPDATE SKIP LOCKED: it never waits,
+        // so it cannot deadlock; the row's conditions are re-checked on its
+        // newest version once locked. Oldest pending event first is fair
+        // across instances.
+        let claimed = client
+            .query_opt(
+                "WITH candidate AS (
+                   SELECT i.id FROM pending_events pe
+                     JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
+                    WHERE (pe.visible_at IS NULL OR pe.visible_at <= now())
+                      AND i.state = 0 AND i.queue = ANY($1)
+                      AND (i.locked_until IS NULL OR i.locked_until < now())
+                      AND (i.sticky_until IS NULL OR i.sticky_until < now() OR i.worker = $2)
+                    ORDER BY pe.id
+                    LIMIT 1
+                    FOR UPDATE OF i SKIP LOCKED)
+                 UPDATE instances i
+                    SET locked_until = now() + make_interval(secs => $3), worker = $2
+                   FROM candidate c WHERE i.id = c.id
+                 RETURNING i.id, i.instance_id, i.execution_id, i.queue, i.metadata,
+                           i.parent_instance_id, i.parent_execution_id,
+                           i.parent_schedule_event_id::bigint, i.locked_until",
+                &[&queue_names, &worker.as_str(), &lease_secs],
+            )
+            .await
+            .map_err(db("claiming a workflow task"))?;
+        let Some(row) = claimed else { return Ok(None) };
+        let instance = InstanceRef {
+            instance_id: row.get(1),
+            execution_id: row.get(2),
+        };
+        // Read after the claim's commit: only the lease holder deletes an
+        // instance's pending events, so these cannot change under us.
+        let events = client
+            .query(
+                &format!(
+                    "SELECT {EVENT_COLUMNS},
+                            (SELECT COALESCE(max(sequence_id), 0) FROM history h
+                              WHERE h.instance_id = $1 AND h.execution_id = $2)
+                       FROM pending_events e {ATTRIBUTES_JOIN}
+                      WHERE e.instance_id = $1 AND e.execution_id = $2
+                        AND (e.visible_at IS NULL OR e.visible_at <= now())
+                      ORDER BY e.id"
+                ),
+                &[&instance.instance_id, &instance.execution_id],
+            )
+            .await
+            .map_err(db("reading the task's events"))?;
+        let last_sequence_id = events.first().map_or(0, |r| r.get::<_, i64>(7));
+        let metadata: Option<Vec<u8>> = row.get(4);
+        let parent = match (
+            row.get::<_, Option<String>>(5),
+            row.get::<_, Option<String>>(6),
+        ) {
+            (Some(instance_id), Some(execution_id)) => Some((
+                InstanceRef {
+                    instance_id,
+                    execution_id,
+                },
+                row.get::<_, Option<i64>>(7).unwrap_or(0),
+            )),
+            _ => None,
+        };
+        let task = WorkflowTask {
+            row_id: row.get(0),
+            queue: Queue::new(row.get::<_, String>(3)).unwrap_or_default(),
+            metadata: metadata.map(|m| serde_json::from_slice(&m)).transpose()?,
+            parent,
+            new_events: events
+                .iter()
+                .map(event_from_row)
+                .collect::<Result<_, _>>()?,
+            last_sequence_id,
+            lease: Lease {
+                worker: worker.clone(),
+                locked_until: row.get(8),
+            },
+            instance,
+        };
+        tracing::debug!(
+            instance_id = %task.instance.instance_id,
+            queue = %task.queue,
+            events = task.new_events.len(),
+            "workflow task claimed"
+        );
+        Ok(Some(task))
+    }
+
+    /// Applies a workflow task's decision in one transaction: the task's
+    /// events move to the history, followed by the events the decision
+    /// records; activities, timers, sub-workflows, signals and cancellations
+    /// are written; the instance's state is set, and its lease released.
+    ///
+    /// Only the lease holder may complete: a task whose lease was taken over
+    /// fails with [`StoreError::LeaseLost`] and changes nothing. A holder
+    /// whose lease expired but was not taken over still completes (the
+    /// fencing token proves nobody else started on it).
+    ///
+    /// When the execution ends, its remaining pending events and unfinished
+    /// activities are deleted (nothing would ever process them), and its
+    /// parent, if any, receives `SubWorkflowCompleted` or `SubWorkflowFailed`.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, task: pgwake::WorkflowTask) -> Result<(), pgwake::StoreError> {
+    /// use pgwake::{WorkflowCompletion, WorkflowOutcome};
+    /// let decision = WorkflowCompletion::default().finish(WorkflowOutcome::Completed(serde_json::json!("ok")));
+    /// store.complete_workflow_task(&task, decision).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`], an invalid queue or id, a payload too large.
+    pub async fn complete_workflow_task(
+        &self,
+        task: &WorkflowTask,
+        completion: WorkflowCompletion,
+    ) -> Result<(), StoreError> {
+        // Everything that can be refused is refused before the transaction.
+        let plan = self.plan_completion(task, &completion)?;
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a transaction"))?;
+
+        // 1. Find the other executions this completion writes to, without
+        //    locking (only ids are read here).
+        let target_ids: Vec<&str> = completion
+            .signals
+            .iter()
+            .map(|s| s.instance_id.as_str())
+            .chain(completion.cancellations.iter().map(String::as_str))
+            .collect();
+        let parent = task.parent.as_ref().filter(|_| plan.ends_execution);
+        let parent_instance = parent.map(|(p, _)| p.instance_id.as_str());
+        let parent_execution = parent.map(|(p, _)| p.execution_id.as_str());
+        let others = tx
+            .query(
+                "SELECT id, instance_id, execution_id FROM instances
+                  WHERE (instance_id = ANY($1) AND state = 0)
+                     OR (instance_id = $2 AND execution_id = $3)",
+                &[&target_ids, &parent_instance, &parent_execution],
+            )
+            .await
+            .map_err(db("finding the instances to write to"))?;
+
+        // 2. Lock this instance and those, in ascending id order (the order
+        //    every waiting transaction follows), then re-read their states.
+        let mut lock_ids: Vec<i64> = others.iter().map(|r| r.get(0)).collect();
+        lock_ids.push(task.row_id);
+        let locked = tx
+            .query(
+                "SELECT id, instance_id, execution_id, state FROM instances
+                  WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&lock_ids],
+            )
+            .await
+            .map_err(db("locking the instances"))?;
+        let active_execution = |instance_id: &str| {
+            locked
+                .iter()
+                .filter(|r| r.get::<_, i64>(0) != task.row_id)
+                .find(|r| r.get::<_, &str>(1) == instance_id && r.get::<_, i32>(3) == 0)
+                .map(|r| InstanceRef {
+                    instance_id: r.get(1),
+                    execution_id: r.get(2),
+                })
+        };
+
+        // 3. The lease: holder and fencing token must both match.
+        let sticky_secs = (!self.options().sticky_timeout.is_zero() && !plan.ends_execution)
+            .then(|| self.options().sticky_timeout.as_secs_f64());
+        let updated = tx
+            .execute(
+                "UPDATE instances
+                    SET locked_until = NULL,
+                        sticky_until = now() + make_interval(secs => $4),
+                        state = $5,
+                        completed_at = CASE WHEN $5 <> 0 THEN now() END
+                  WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                &[
+                    &task.row_id,
+                    &task.lease.worker.as_str(),
+                    &task.lease.locked_until,
+                    &sticky_secs,
+                    &(plan.state as i32),
+                ],
+            )
+            .await
+            .map_err(db("releasing the workflow task's lease"))?;
+        if updated == 0 {
+            return Err(StoreError::LeaseLost {
+                task: format!("the workflow task of {}", task.instance.instance_id),
+                worker: task.lease.worker.to_string(),
+            });
+        }
+
+        // 4. The task's events move to the history, in their order.
+        let moved_ids: Vec<&str> = task
+            .new_events
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .collect();
+        let moved = tx
+            .execute(
+                "WITH moved AS (
+                   DELETE FROM pending_events
+                    WHERE instance_id = $1 AND execution_id = $2 AND event_id = ANY($3)
+                   RETURNING *)
+                 INSERT INTO history (event_id, sequence_id, instance_id, execution_id,
+                                      event_type, timestamp, schedule_event_id, visible_at)
+                 SELECT event_id, $4 + row_number() OVER (ORDER BY id), instance_id, execution_id,
+                        event_type, timestamp, schedule_event_id, visible_at
+                   FROM moved",
+                &[
+                    &task.instance.instance_id,
+                    &task.instance.execution_id,
+                    &moved_ids,
+                    &task.last_sequence_id,
+                ],
+            )
+            .await
+            .map_err(db("moving the task's events to the history"))?;
+        let first_new_sequence = task.last_sequence_id + moved as i64 + 1;
+
+        // 5. What the decision records, numbered after them.
+        let recorded = plan.history_with_sequence(first_new_sequence);
+        append_history(&tx, &task.instance, first_new_sequence, &plan.history).await?;
+
+        if !completion.canceled_timers.is_empty() {
+            tx.execute(
+                "DELETE FROM pending_events
+                  WHERE instance_id = $1 AND execution_id = $2 AND event_type = $3
+                    AND schedule_event_id = ANY($4)",
+                &[
+                    &task.instance.instance_id,
+                    &task.instance.execution_id,
+                    &EventType::TimerFired.code(),
+                    &completion.canceled_timers,
+                ],
+            )
+            .await
+            .map_err(db("canceling timers"))?;
+        }
+
+        if plan.ends_execution {
+            // Nothing would ever process these: leave no orphans behind.
+            for table in ["pending_events", "activities"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE instance_id = $1 AND execution_id = $2"),
+                    &[&task.instance.instance_id, &task.instance.execution_id],
+                )
+                .await
+                .map_err(db("clearing a finished execution's work"))?;
+            }
+        }
+
+        // 6. Activities, timers and sub-workflows, keyed by their scheduling
+        //    event's sequence id.
+        let mut activity_ids = Vec::new();
+        let mut activity_queues = Vec::new();
+        let mut activity_schedule_ids = Vec::new();
+        let mut own_pending = Vec::new();
+        for (scheduled, sequence_id) in &recorded {
+            match &scheduled.kind {
+                Scheduled::Activity { queue } => {
+                    activity_ids.push(scheduled.event.event_id.clone());
+                    activity_queues.push(queue.as_str().to_string());
+                    activity_schedule_ids.push(*sequence_id);
+                }
+                Scheduled::Timer { delay, payload } => {
+                    let mut fired =
+                        NewEvent::new(EventType::TimerFired, *sequence_id, payload.clone());
+                    fired.visible_after = Some(*delay);
+                    own_pending.push(fired);
+                }
+                Scheduled::SubWorkflow(child) => {
+                    let created = self
+                        .insert_instance(&tx, child, Some((&task.instance, *sequence_id)))
+                        .await?;
+                    if created.is_none() {
+                        let error = json!({ "error": format!("instance {:?} already has an active execution", child.instance_id) });
+                        own_pending.push(NewEvent::new(
+                            EventType::SubWorkflowFailed,
+                            *sequence_id,
+                            self.encode(&error)?,
+                        ));
+                    }
+                }
+                Scheduled::Other => {}
+            }
+        }
+        if !activity_ids.is_empty() {
+            tx.execute(
+                "INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue,
+                                         timestamp, schedule_event_id)
+                 SELECT activity_id, $1, $2, $3, queue, now(), schedule_event_id
+                   FROM unnest($4::text[], $5::text[], $6::bigint[])
+                        WITH ORDINALITY AS t(activity_id, queue, schedule_event_id, ord)
+                  ORDER BY ord",
+                &[
+                    &task.instance.instance_id,
+                    &task.instance.execution_id,
+                    &EventType::ActivityScheduled.code(),
+                    &activity_ids,
+                    &activity_queues,
+                    &activity_schedule_ids,
+                ],
+            )
+            .await
+            .map_err(db("scheduling activities"))?;
+        }
+        if !plan.ends_execution {
+            insert_pending(&tx, &task.instance, &own_pending).await?;
+        }
+
+        // 7. Events for other executions: signals, cancellations, the parent.
+        for (signal, data) in completion.signals.iter().zip(&plan.signal_data) {
+            match active_execution(&signal.instance_id) {
+                Some(target) => {
+                    insert_pending(
+                        &tx,
+                        &target,
+                        &[NewEvent::new(EventType::SignalReceived, 0, data.clone())],
+                    )
+                    .await?
+                }
+                None => {
+                    tracing::debug!(target = %signal.instance_id, "signal for an inactive instance dropped")
+                }
+            }
+        }
+        for instance_id in &completion.cancellations {
+            if let Some(target) = active_execution(instance_id) {
+                let cancel =
+                    NewEvent::new(EventType::WorkflowExecutionCanceled, 0, b"null".to_vec());
+                insert_pending(&tx, &target, &[cancel]).await?;
+            }
+        }
+        if let (Some((parent_ref, schedule_id)), Some(report)) = (parent, &plan.parent_report) {
+            let parent_active = locked.iter().any(|r| {
+                r.get::<_, &str>(1) == parent_ref.instance_id
+                    && r.get::<_, &str>(2) == parent_ref.execution_id
+                    && r.get::<_, i32>(3) == 0
+            });
+            if parent_active {
+                insert_pending(
+                    &tx,
+                    parent_ref,
+                    &[NewEvent::new(report.0, *schedule_id, report.1.clone())],
+                )
+                .await?;
+            }
+        }
+        if let Some(WorkflowOutcome::ContinueAsNew(input)) = &completion.outcome {
+            let next = NewInstance {
+                instance_id: task.instance.instance_id.clone(),
+                queue: task.queue.clone(),
+                metadata: task.metadata.clone(),
+                input: input.clone(),
+            };
+            let parent = task.parent.as_ref().map(|(p, s)| (p, *s));
+            self.insert_instance(&tx, &next, parent).await?;
+        }
+
+        tx.commit()
+            .await
+            .map_err(db("committing the workflow task"))?;
+        tracing::debug!(
+            instance_id = %task.instance.instance_id,
+            state = ?plan.state,
+            activities = activity_ids.len(),
+            "workflow task completed"
+        );
+        Ok(())
+    }
+
+    /// Extends the lease on a workflow task by `lease` from now (database
+    /// clock) and records the new fencing token in `task`.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, mut task: pgwake::WorkflowTask) -> Result<(), pgwake::StoreError> {
+    /// store.extend_workflow_task(&mut task, std::time::Duration::from_secs(60)).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when the lease was taken over.
+    pub async fn extend_workflow_task(
+        &self,
+        task: &mut WorkflowTask,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let lease_secs = lease_seconds(lease)?;
+        let client = self.client().await?;
+        // Locks one instances row by primary key and nothing else.
+        let row = client
+            .query_opt(
+                "UPDATE instances SET locked_until = now() + make_interval(secs => $4)
+                  WHERE id = $1 AND worker = $2 AND locked_until = $3 AND state = 0
+                  RETURNING locked_until",
+                &[
+                    &task.row_id,
+                    &task.lease.worker.as_str(),
+                    &task.lease.locked_until,
+                    &lease_secs,
+                ],
+            )
+            .await
+            .map_err(db("extending the workflow task's lease"))?;
+        match row {
+            Some(row) => {
+                task.lease.locked_until = row.get(0);
+                Ok(())
+            }
+            None => Err(StoreError::LeaseLost {
+                task: format!("the workflow task of {}", task.instance.instance_id),
+                worker: task.lease.worker.to_string(),
+            }),
+        }
+    }
+
+    /// Gives a workflow task back unprocessed, so another worker can claim
+    /// it at once instead of waiting for the lease to expire. Returns
+    /// whether the lease was still held.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn release_workflow_task(&self, task: &WorkflowTask) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        // Locks one instances row by primary key and nothing else.
+        let released = client
+            .execute(
+                "UPDATE instances SET locked_until = NULL
+                  WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                &[
+                    &task.row_id,
+                    &task.lease.worker.as_str(),
+                    &task.lease.locked_until,
+                ],
+            )
+            .await
+            .map_err(db("releasing the workflow task"))?;
+        Ok(released == 1)
+    }
+
+    fn plan_completion(
+        &self,
+        task: &WorkflowTask,
+        completion: &WorkflowCompletion,
+    ) -> Result<CompletionPlan, StoreError> {
+        let mut history = Vec::new();
+        let mut kinds = Vec::new();
+        let mut record = |event: NewEvent, kind: Scheduled| {
+            history.push(event);
+            kinds.push(kind);
+        };
+        for activity in &completion.activities {
+            let queue = activity.queue.clone().unwrap_or_else(|| task.queue.clone());
+            let data = self.encode(&json!({
+                "name": activity.name, "input": activity.input, "queue": queue.as_str()
+            }))?;
+            record(
+                NewEvent::new(EventType::ActivityScheduled, 0, data),
+                Scheduled::Activity { queue },
+            );
+        }
+        for timer in &completion.timers {
+            let payload = self.encode(&timer.payload)?;
+            let data = self.encode(&json!({
+                "payload": timer.payload, "delay_ms": timer.delay.as_millis() as u64
+            }))?;
+            record(
+                NewEvent::new(EventType::TimerScheduled, 0, data),
+                Scheduled::Timer {
+                    delay: timer.delay,
+                    payload,
+                },
+            );
+        }
+        for canceled in &completion.canceled_timers {
+            record(
+                NewEvent::new(EventType::TimerCanceled, *canceled, b"null".to_vec()),
+                Scheduled::Other,
+            );
+        }
+        for sub in &completion.sub_workflows {
+            check_id("instance id", &sub.instance.instance_id, 128)?;
+            let data = self.encode(&json!({
+                "instance_id": sub.instance.instance_id,
+                "queue": sub.instance.queue.as_str(),
+                "input": sub.instance.input,
+            }))?;
+            record(
+                NewEvent::new(EventType::SubWorkflowScheduled, 0, data),
+                Scheduled::SubWorkflow(sub.instance.clone()),
+            );
+        }
+        for (event_type, value) in &completion.history_events {
+            record(
+                NewEvent::new(*event_type, 0, self.encode(value)?),
+                Scheduled::Other,
+            );
+        }
+        let mut signal_data = Vec::new();
+        for signal in &completion.signals {
+            check_id("instance id", &signal.instance_id, 128)?;
+            signal_data
+                .push(self.encode(&json!({ "name": signal.name, "payload": signal.payload }))?);
+        }
+        for instance_id in &completion.cancellations {
+            check_id("instance id", instance_id, 128)?;
+        }
+        let (state, parent_report) = match &completion.outcome {
+            None => (InstanceState::Active, None),
+            Some(outcome) => {
+                let (event_type, attributes, report) = match outcome {
+                    WorkflowOutcome::Completed(result) => (
+                        EventType::WorkflowExecutionFinished,
+                        json!({ "result": result }),
+                        (EventType::SubWorkflowCompleted, json!({ "result": result })),
+                    ),
+                    WorkflowOutcome::Failed(error) => (
+                        EventType::WorkflowExecutionFinished,
+                        json!({ "error": error }),
+                        (EventType::SubWorkflowFailed, json!({ "error": error })),
+                    ),
+                    WorkflowOutcome::Canceled => (
+                        EventType::WorkflowExecutionFinished,
+                        json!({ "canceled": true }),
+                        (EventType::SubWorkflowFailed, json!({ "error": "canceled" })),
+                    ),
+                    WorkflowOutcome::ContinueAsNew(input) => (
+                        EventType::WorkflowExecutionContinuedAsNew,
+                        json!({ "input": input }),
+                        (
+                            EventType::SubWorkflowCompleted,
+                            json!({ "continued_as_new": true }),
+                        ),
+                    ),
+                };
+                record(
+                    NewEvent::new(event_type, 0, self.encode(&attributes)?),
+                    Scheduled::Other,
+                );
+                let state = if matches!(outcome, WorkflowOutcome::ContinueAsNew(_)) {
+                    InstanceState::ContinuedAsNew
+                } else {
+                    InstanceState::Finished
+                };
+                // A continued execution lives on under the same id: the parent
+                // hears only of the end of the last one.
+                let report = (state == InstanceState::Finished)
+                    .then(|| Ok::<_, StoreError>((report.0, self.encode(&report.1)?)))
+                    .transpose()?;
+                (state, report)
+            }
+        };
+        Ok(CompletionPlan {
+            ends_execution: state != InstanceState::Active,
+            state,
+            history,
+            kinds,
+            signal_data,
+            parent_report,
+        })
+    }
+}
+
+/// What a scheduling history event sets in motion once its sequence id is known.
+enum Scheduled {
+    Activity { queue: Queue },
+    Timer { delay: Duration, payload: Vec<u8> },
+    SubWorkflow(NewInstance),
+    Other,
+}
+
+/// A completion, validated and encoded before its transaction starts.
+struct CompletionPlan {
+    state: InstanceState,
+    ends_execution: bool,
+    history: Vec<NewEvent>,
+    kinds: Vec<Scheduled>,
+    signal_data: Vec<Vec<u8>>,
+    parent_report: Option<(EventType, Vec<u8>)>,
+}
+
+struct Recorded<'a> {
+    event: &'a NewEvent,
+    kind: &'a Scheduled,
+}
+
+impl CompletionPlan {
+    fn history_with_sequence(&self, first: i64) -> Vec<(Recorded<'_>, i64)> {
+        self.history
+            .iter()
+            .zip(&self.kinds)
+            .enumerate()
+            .map(|(offset, (event, kind))| (Recorded { event, kind }, first + offset as i64))
+            .collect()
+    }
+}

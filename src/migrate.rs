@@ -55,6 +55,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "initial", "000001_initial"),
     migration!(2, "add_notify_triggers", "000002_add_notify_triggers"),
     migration!(3, "add_due_time_indexes", "000003_add_due_time_indexes"),
+    migration!(4, "statement_level_notify", "000004_statement_level_notify"),
 ];
 
 /// The newest version this binary carries: what [`up`] goes to by default

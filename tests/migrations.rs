@@ -190,8 +190,15 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
     assert_eq!(
         triggers(&client).await,
         [
-            "activities:activities_notify_activity_task",
-            "pending_events:pending_events_notify_workflow_task"
+            "activities:pgwake_activities_notify",
+            "pending_events:pgwake_pending_events_notify"
+        ]
+    );
+    assert_eq!(
+        functions(&client).await,
+        [
+            "pgwake_notify_activity_tasks",
+            "pgwake_notify_workflow_tasks"
         ]
     );
 
@@ -209,7 +216,13 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
 
     migrate::up(&mut client, None).await.unwrap();
     assert_eq!(columns(&client).await, EXPECTED_COLUMNS);
-    assert_eq!(triggers(&client).await.len(), 2);
+    assert_eq!(
+        triggers(&client).await,
+        [
+            "activities:pgwake_activities_notify",
+            "pending_events:pgwake_pending_events_notify"
+        ]
+    );
     migrate::check(&client).await.unwrap();
 }
 
@@ -338,7 +351,13 @@ async fn a_database_left_at_version_one_by_go_workflows_is_upgraded() {
     let report = migrate::up(&mut client, None).await.unwrap();
     assert_eq!(report.from, Some(1));
     assert_eq!(report.to, Some(migrate::newest_version()));
-    assert_eq!(triggers(&client).await.len(), 2);
+    assert_eq!(
+        triggers(&client).await,
+        [
+            "activities:pgwake_activities_notify",
+            "pending_events:pgwake_pending_events_notify"
+        ]
+    );
 }
 
 #[actix_rt::test]

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::events::{insert_pending, NewEvent};
 use super::model::{ActivityTask, EventType, InstanceRef, Lease};
 use super::names::{Queue, WorkerId};
-use super::{db, lease_seconds, Store};
+use super::{db, lease_seconds, Store, TouchedQueues};
 use crate::error::StoreError;
 
 impl Store {
@@ -131,22 +131,23 @@ impl Store {
         };
         let data = self.encode(&attributes)?;
         let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db("starting a transaction"))?;
+        let tx = self.begin_write(&mut client).await?;
         // Locks the owning instances row (shared) before the activities row,
         // the order every waiting transaction follows: a workflow completion
         // that finishes this instance holds it exclusively first, so the two
         // serialize instead of deadlocking.
         let owner = tx
             .query_opt(
-                "SELECT state FROM instances WHERE instance_id = $1 AND execution_id = $2 FOR SHARE",
+                "SELECT state, queue FROM instances
+                  WHERE instance_id = $1 AND execution_id = $2 FOR SHARE",
                 &[&task.instance.instance_id, &task.instance.execution_id],
             )
             .await
             .map_err(db("locking the activity's workflow"))?;
-        let owner_active = owner.is_some_and(|row| row.get::<_, i32>(0) == 0);
+        let owner_queue = owner
+            .filter(|row| row.get::<_, i32>(0) == 0)
+            .map(|row| Queue::new(row.get::<_, String>(1)).unwrap_or_default());
+        let owner_active = owner_queue.is_some();
         let deleted = tx
             .execute(
                 "DELETE FROM activities WHERE id = $1 AND worker = $2 AND locked_until = $3",
@@ -171,13 +172,14 @@ impl Store {
                 worker: task.lease.worker.to_string(),
             });
         }
-        if owner_active {
+        let mut touched = TouchedQueues::default();
+        if let Some(queue) = &owner_queue {
             let event = NewEvent::new(event_type, task.schedule_event_id, data);
             insert_pending(&tx, &task.instance, &[event]).await?;
+            touched.add_workflow(queue);
         }
-        tx.commit()
-            .await
-            .map_err(db("committing the activity result"))?;
+        self.commit_write(tx, touched, "committing the activity result")
+            .await?;
         tracing::debug!(activity_id = %task.activity_id, ?event_type, "activity task completed");
         Ok(())
     }

@@ -10,7 +10,7 @@ use super::model::{
     CancelOutcome, EventType, InstanceRef, InstanceSnapshot, InstanceState, NewInstance,
 };
 use super::names::{check_id, Queue};
-use super::{db, new_id, Store};
+use super::{db, new_id, Store, TouchedQueues};
 use crate::error::StoreError;
 
 /// Class id of pgwake's advisory locks on instance ids (the second key is
@@ -51,19 +51,17 @@ impl Store {
     /// [`StoreError::AlreadyExists`], an invalid id, a payload too large.
     pub async fn create_instance(&self, new: NewInstance) -> Result<InstanceRef, StoreError> {
         let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db("starting a transaction"))?;
+        let tx = self.begin_write(&mut client).await?;
         let created = self.insert_instance(&tx, &new, None).await?;
         let Some(instance) = created else {
             return Err(StoreError::AlreadyExists {
                 instance_id: new.instance_id,
             });
         };
-        tx.commit()
-            .await
-            .map_err(db("committing the new instance"))?;
+        let mut touched = TouchedQueues::default();
+        touched.add_workflow(&new.queue);
+        self.commit_write(tx, touched, "committing the new instance")
+            .await?;
         tracing::debug!(instance_id = %instance.instance_id, queue = %new.queue, "instance created");
         Ok(instance)
     }
@@ -155,15 +153,12 @@ impl Store {
         check_id("instance id", instance_id, 128)?;
         let data = self.encode(&json!({ "name": name, "payload": payload }))?;
         let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db("starting a transaction"))?;
+        let tx = self.begin_write(&mut client).await?;
         // Locks the one active instance row (shared): a concurrent
         // completion cannot finish it between this check and the insert.
         let row = tx
             .query_opt(
-                "SELECT execution_id FROM instances WHERE instance_id = $1 AND state = 0
+                "SELECT execution_id, queue FROM instances WHERE instance_id = $1 AND state = 0
                  ORDER BY id DESC LIMIT 1 FOR SHARE",
                 &[&instance_id],
             )
@@ -185,7 +180,10 @@ impl Store {
             &[NewEvent::new(EventType::SignalReceived, 0, data)],
         )
         .await?;
-        tx.commit().await.map_err(db("committing the signal"))?;
+        let mut touched = TouchedQueues::default();
+        touched.add_workflow(&Queue::new(row.get::<_, String>(1)).unwrap_or_default());
+        self.commit_write(tx, touched, "committing the signal")
+            .await?;
         Ok(())
     }
 
@@ -204,14 +202,11 @@ impl Store {
     pub async fn cancel_instance(&self, instance_id: &str) -> Result<CancelOutcome, StoreError> {
         check_id("instance id", instance_id, 128)?;
         let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db("starting a transaction"))?;
+        let tx = self.begin_write(&mut client).await?;
         // Locks the newest instance row (shared), preferring the active one.
         let row = tx
             .query_opt(
-                "SELECT execution_id, state FROM instances WHERE instance_id = $1
+                "SELECT execution_id, state, queue FROM instances WHERE instance_id = $1
                  ORDER BY (state = 0) DESC, id DESC LIMIT 1 FOR SHARE",
                 &[&instance_id],
             )
@@ -232,9 +227,10 @@ impl Store {
         };
         let event = NewEvent::new(EventType::WorkflowExecutionCanceled, 0, b"null".to_vec());
         insert_pending(&tx, &instance, &[event]).await?;
-        tx.commit()
-            .await
-            .map_err(db("committing the cancel request"))?;
+        let mut touched = TouchedQueues::default();
+        touched.add_workflow(&Queue::new(row.get::<_, String>(2)).unwrap_or_default());
+        self.commit_write(tx, touched, "committing the cancel request")
+            .await?;
         Ok(CancelOutcome::Requested)
     }
 

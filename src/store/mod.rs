@@ -41,6 +41,7 @@ mod names;
 mod stats;
 mod workflow_tasks;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -88,11 +89,42 @@ impl Default for StoreOptions {
 /// The longest lease accepted: a task reserved longer than a day is a bug.
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 
+/// The queues a committed write put work on: what the commit hook receives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TouchedQueues {
+    /// Queues whose instances got pending events (workflow tasks), timers included.
+    pub workflow: Vec<Queue>,
+    /// Queues that got activities.
+    pub activity: Vec<Queue>,
+}
+
+impl TouchedQueues {
+    fn add_workflow(&mut self, queue: &Queue) {
+        if !self.workflow.contains(queue) {
+            self.workflow.push(queue.clone());
+        }
+    }
+
+    fn add_activity(&mut self, queue: &Queue) {
+        if !self.activity.contains(queue) {
+            self.activity.push(queue.clone());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.workflow.is_empty() && self.activity.is_empty()
+    }
+}
+
+/// Called after each committed write with the queues it touched.
+pub type CommitHook = Arc<dyn Fn(TouchedQueues) + Send + Sync>;
+
 /// The task backend. Cloning is cheap and shares the pool.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
     options: StoreOptions,
+    commit_hook: Option<CommitHook>,
 }
 
 impl std::fmt::Debug for Store {
@@ -100,6 +132,7 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("pool", &self.pool.status())
             .field("options", &self.options)
+            .field("commit_hook", &self.commit_hook.is_some())
             .finish()
     }
 }
@@ -108,7 +141,64 @@ impl Store {
     /// A store on an existing pool. The schema is not checked; call
     /// [`check_schema`](Self::check_schema) if the pool's database may not be migrated.
     pub fn new(pool: Pool, options: StoreOptions) -> Self {
-        Self { pool, options }
+        Self {
+            pool,
+            options,
+            commit_hook: None,
+        }
+    }
+
+    /// The same store, reporting every committed write's queues to `hook`
+    /// instead of letting the database triggers notify: its transactions
+    /// set `pgwake.defer_notify`, which the triggers of migration 4 honour,
+    /// so writers never queue on NOTIFY's commit lock. The runtime installs
+    /// a hook that wakes this process's workers at once and sends one
+    /// debounced NOTIFY for the other processes.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) {
+    /// let store = store.with_commit_hook(std::sync::Arc::new(|touched: pgwake::store::TouchedQueues| {
+    ///     println!("work on {:?}", touched.activity);
+    /// }));
+    /// # }
+    /// ```
+    pub fn with_commit_hook(mut self, hook: CommitHook) -> Self {
+        self.commit_hook = Some(hook);
+        self
+    }
+
+    /// Starts a write transaction: with a commit hook, one that the
+    /// notification triggers skip.
+    pub(crate) async fn begin_write<'a>(
+        &self,
+        client: &'a mut deadpool_postgres::Object,
+    ) -> Result<deadpool_postgres::Transaction<'a>, StoreError> {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a transaction"))?;
+        if self.commit_hook.is_some() {
+            tx.batch_execute("SET LOCAL pgwake.defer_notify = on")
+                .await
+                .map_err(db("deferring notifications"))?;
+        }
+        Ok(tx)
+    }
+
+    /// Commits a write transaction and reports what it touched.
+    pub(crate) async fn commit_write(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        touched: TouchedQueues,
+        context: &'static str,
+    ) -> Result<(), StoreError> {
+        tx.commit().await.map_err(db(context))?;
+        if let Some(hook) = &self.commit_hook {
+            if !touched.is_empty() {
+                hook(touched);
+            }
+        }
+        Ok(())
     }
 
     /// Builds a pool for `url` and checks that the schema is at the version

@@ -13,7 +13,7 @@ use super::model::{
     WorkflowTask,
 };
 use super::names::{check_id, Queue, WorkerId};
-use super::{db, lease_seconds, Store};
+use super::{db, lease_seconds, Store, TouchedQueues};
 use crate::error::StoreError;
 
 impl Store {
@@ -165,10 +165,8 @@ impl Store {
         // Everything that can be refused is refused before the transaction.
         let plan = self.plan_completion(task, &completion)?;
         let mut client = self.client().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db("starting a transaction"))?;
+        let tx = self.begin_write(&mut client).await?;
+        let mut touched = TouchedQueues::default();
 
         // 1. Find the other executions this completion writes to, without
         //    locking (only ids are read here).
@@ -197,7 +195,7 @@ impl Store {
         lock_ids.push(task.row_id);
         let locked = tx
             .query(
-                "SELECT id, instance_id, execution_id, state FROM instances
+                "SELECT id, instance_id, execution_id, state, queue FROM instances
                   WHERE id = ANY($1) ORDER BY id FOR UPDATE",
                 &[&lock_ids],
             )
@@ -208,9 +206,15 @@ impl Store {
                 .iter()
                 .filter(|r| r.get::<_, i64>(0) != task.row_id)
                 .find(|r| r.get::<_, &str>(1) == instance_id && r.get::<_, i32>(3) == 0)
-                .map(|r| InstanceRef {
-                    instance_id: r.get(1),
-                    execution_id: r.get(2),
+                .map(|r| {
+                    let queue = Queue::new(r.get::<_, String>(4)).unwrap_or_default();
+                    (
+                        InstanceRef {
+                            instance_id: r.get(1),
+                            execution_id: r.get(2),
+                        },
+                        queue,
+                    )
                 })
         };
 
@@ -311,6 +315,7 @@ impl Store {
         for (scheduled, sequence_id) in &recorded {
             match &scheduled.kind {
                 Scheduled::Activity { queue } => {
+                    touched.add_activity(queue);
                     activity_ids.push(scheduled.event.event_id.clone());
                     activity_queues.push(queue.as_str().to_string());
                     activity_schedule_ids.push(*sequence_id);
@@ -325,6 +330,7 @@ impl Store {
                     let created = self
                         .insert_instance(&tx, child, Some((&task.instance, *sequence_id)))
                         .await?;
+                    touched.add_workflow(&child.queue);
                     if created.is_none() {
                         let error = json!({ "error": format!("instance {:?} already has an active execution", child.instance_id) });
                         own_pending.push(NewEvent::new(
@@ -357,20 +363,19 @@ impl Store {
             .await
             .map_err(db("scheduling activities"))?;
         }
-        if !plan.ends_execution {
+        if !plan.ends_execution && !own_pending.is_empty() {
             insert_pending(&tx, &task.instance, &own_pending).await?;
+            // Timers too: other processes learn of a due time only by polling.
+            touched.add_workflow(&task.queue);
         }
 
         // 7. Events for other executions: signals, cancellations, the parent.
         for (signal, data) in completion.signals.iter().zip(&plan.signal_data) {
             match active_execution(&signal.instance_id) {
-                Some(target) => {
-                    insert_pending(
-                        &tx,
-                        &target,
-                        &[NewEvent::new(EventType::SignalReceived, 0, data.clone())],
-                    )
-                    .await?
+                Some((target, queue)) => {
+                    let signal = NewEvent::new(EventType::SignalReceived, 0, data.clone());
+                    insert_pending(&tx, &target, &[signal]).await?;
+                    touched.add_workflow(&queue);
                 }
                 None => {
                     tracing::debug!(target = %signal.instance_id, "signal for an inactive instance dropped")
@@ -378,25 +383,24 @@ impl Store {
             }
         }
         for instance_id in &completion.cancellations {
-            if let Some(target) = active_execution(instance_id) {
+            if let Some((target, queue)) = active_execution(instance_id) {
                 let cancel =
                     NewEvent::new(EventType::WorkflowExecutionCanceled, 0, b"null".to_vec());
                 insert_pending(&tx, &target, &[cancel]).await?;
+                touched.add_workflow(&queue);
             }
         }
         if let (Some((parent_ref, schedule_id)), Some(report)) = (parent, &plan.parent_report) {
-            let parent_active = locked.iter().any(|r| {
+            let parent_row = locked.iter().find(|r| {
                 r.get::<_, &str>(1) == parent_ref.instance_id
                     && r.get::<_, &str>(2) == parent_ref.execution_id
                     && r.get::<_, i32>(3) == 0
             });
-            if parent_active {
-                insert_pending(
-                    &tx,
-                    parent_ref,
-                    &[NewEvent::new(report.0, *schedule_id, report.1.clone())],
-                )
-                .await?;
+            if let Some(parent_row) = parent_row {
+                let report_event = NewEvent::new(report.0, *schedule_id, report.1.clone());
+                insert_pending(&tx, parent_ref, &[report_event]).await?;
+                touched
+                    .add_workflow(&Queue::new(parent_row.get::<_, String>(4)).unwrap_or_default());
             }
         }
         if let Some(WorkflowOutcome::ContinueAsNew(input)) = &completion.outcome {
@@ -408,11 +412,11 @@ impl Store {
             };
             let parent = task.parent.as_ref().map(|(p, s)| (p, *s));
             self.insert_instance(&tx, &next, parent).await?;
+            touched.add_workflow(&task.queue);
         }
 
-        tx.commit()
-            .await
-            .map_err(db("committing the workflow task"))?;
+        self.commit_write(tx, touched, "committing the workflow task")
+            .await?;
         tracing::debug!(
             instance_id = %task.instance.instance_id,
             state = ?plan.state,

@@ -38,10 +38,10 @@ impl Store {
         if queues.is_empty() {
             return Err(StoreError::NoQueues);
         }
+        let lease_secs = lease_seconds(lease)?;
         if max == 0 {
             return Ok(Vec::new());
         }
-        let lease_secs = lease_seconds(lease)?;
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let queue_names: Vec<&str> = queues.iter().map(Queue::as_str).collect();
         let client = self.client().await?;

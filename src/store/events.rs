@@ -138,21 +138,26 @@ pub(crate) const ATTRIBUTES_JOIN: &str = "LEFT JOIN attributes a
     ON a.instance_id = e.instance_id AND a.execution_id = e.execution_id AND a.event_id = e.event_id";
 
 pub(crate) fn event_from_row(row: &Row) -> Result<Event, StoreError> {
-    let code: i32 = row.get(2);
-    let data: Option<Vec<u8>> = row.get(6);
+    event_from_row_at(row, 0)
+}
+
+/// [`event_from_row`] for [`EVENT_COLUMNS`] starting at column `first`.
+pub(crate) fn event_from_row_at(row: &Row, first: usize) -> Result<Event, StoreError> {
+    let code: i32 = row.get(first + 2);
+    let data: Option<Vec<u8>> = row.get(first + 6);
     let attributes = match data {
         Some(bytes) if !bytes.is_empty() => serde_json::from_slice(&bytes)?,
         _ => serde_json::Value::Null,
     };
     Ok(Event {
-        event_id: row.get(0),
-        sequence_id: row.get(1),
+        event_id: row.get(first),
+        sequence_id: row.get(first + 1),
         // Event types outside go-workflows' numbering are not written by
         // pgwake; read them as the nearest meaning rather than failing a claim.
         event_type: EventType::from_code(code).unwrap_or(EventType::SideEffectResult),
-        timestamp: row.get(3),
-        schedule_event_id: row.get(4),
-        visible_at: row.get(5),
+        timestamp: row.get(first + 3),
+        schedule_event_id: row.get(first + 4),
+        visible_at: row.get(first + 5),
         attributes,
     })
 }

@@ -123,16 +123,21 @@ impl WorkerId {
         Ok(Self(name))
     }
 
-    /// A name unique to this process: `host:pid:random`.
+    /// A name unique to this process and call: `prefix:host:pid:random`,
+    /// with `prefix:host` shortened (on a character boundary) to fit
+    /// `varchar(64)`, never the part that makes it unique.
     pub fn unique(prefix: &str) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_string());
         let random = uuid::Uuid::new_v4().simple().to_string();
-        let mut name = format!("{prefix}:{host}:{}:{}", std::process::id(), &random[..8]);
-        // Keep within varchar(64), cutting on a character boundary.
-        while name.len() > 64 {
-            name.remove(prefix.len().min(name.len() - 1));
+        let tail = format!(":{}:{}", std::process::id(), &random[..12]);
+        let mut head: String = format!("{prefix}:{host}")
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
+        while head.len() + tail.len() > 64 {
+            head.pop();
         }
-        Self(name)
+        Self(format!("{head}{tail}"))
     }
 
     /// The name.

@@ -6,11 +6,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::events::{
-    append_history, event_from_row, insert_pending, NewEvent, ATTRIBUTES_JOIN, EVENT_COLUMNS,
+    append_history, event_from_row_at, insert_pending, NewEvent, ATTRIBUTES_JOIN, EVENT_COLUMNS,
 };
 use super::model::{
-    EventType, InstanceRef, InstanceState, Lease, NewInstance, WorkflowCompletion, WorkflowOutcome,
-    WorkflowTask,
+    Event, EventType, InstanceRef, InstanceState, Lease, NewInstance, WorkflowCompletion,
+    WorkflowOutcome, WorkflowTask,
 };
 use super::names::{check_id, Queue, WorkerId};
 use super::{db, lease_seconds, Store, TouchedQueues};
@@ -76,16 +76,20 @@ impl Store {
             instance_id: row.get(1),
             execution_id: row.get(2),
         };
-        // Read after the claim's commit: only the lease holder deletes an
-        // instance's pending events, so these cannot change under us.
-        let events = client
+        // Read in a new statement, so with a snapshot taken after the claim
+        // committed: a previous holder's late completion that committed
+        // while we were claiming is visible here (its events are in the
+        // history, not pending). The history's last sequence id comes from
+        // the first row, which exists even when no event does.
+        let rows = client
             .query(
                 &format!(
-                    "SELECT {EVENT_COLUMNS},
-                            (SELECT COALESCE(max(sequence_id), 0) FROM history h
-                              WHERE h.instance_id = $1 AND h.execution_id = $2)
-                       FROM pending_events e {ATTRIBUTES_JOIN}
-                      WHERE e.instance_id = $1 AND e.execution_id = $2
+                    "WITH last AS (
+                       SELECT COALESCE(max(sequence_id), 0) AS sequence_id FROM history
+                        WHERE instance_id = $1 AND execution_id = $2)
+                     SELECT last.sequence_id, {EVENT_COLUMNS}
+                       FROM last LEFT JOIN (pending_events e {ATTRIBUTES_JOIN})
+                         ON e.instance_id = $1 AND e.execution_id = $2
                         AND (e.visible_at IS NULL OR e.visible_at <= now())
                       ORDER BY e.id"
                 ),
@@ -93,7 +97,27 @@ impl Store {
             )
             .await
             .map_err(db("reading the task's events"))?;
-        let last_sequence_id = events.first().map_or(0, |r| r.get::<_, i64>(7));
+        let last_sequence_id: i64 = rows.first().map_or(0, |r| r.get(0));
+        let events: Vec<Event> = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<String>>(1).is_some())
+            .map(|r| event_from_row_at(r, 1))
+            .collect::<Result<_, _>>()?;
+        let locked_until: std::time::SystemTime = row.get(8);
+        if events.is_empty() {
+            // The events we were claimed for were processed by the previous
+            // holder, whose completion won the race: nothing to do. Give the
+            // instance back rather than sit on it until the lease expires.
+            client
+                .execute(
+                    "UPDATE instances SET locked_until = NULL
+                      WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                    &[&row.get::<_, i64>(0), &worker.as_str(), &locked_until],
+                )
+                .await
+                .map_err(db("releasing an empty claim"))?;
+            return Ok(None);
+        }
         let metadata: Option<Vec<u8>> = row.get(4);
         let parent = match (
             row.get::<_, Option<String>>(5),
@@ -113,14 +137,11 @@ impl Store {
             queue: Queue::new(row.get::<_, String>(3)).unwrap_or_default(),
             metadata: metadata.map(|m| serde_json::from_slice(&m)).transpose()?,
             parent,
-            new_events: events
-                .iter()
-                .map(event_from_row)
-                .collect::<Result<_, _>>()?,
+            new_events: events,
             last_sequence_id,
             lease: Lease {
                 worker: worker.clone(),
-                locked_until: row.get(8),
+                locked_until,
             },
             instance,
         };
@@ -482,7 +503,7 @@ impl Store {
         // Locks one instances row by primary key and nothing else.
         let released = client
             .execute(
-                "UPDATE instances SET locked_until = NULL
+                "UPDATE instances SET locked_until = NULL, sticky_until = NULL
                   WHERE id = $1 AND worker = $2 AND locked_until = $3",
                 &[
                     &task.row_id,

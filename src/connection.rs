@@ -26,6 +26,10 @@ use crate::error::ConnectError;
 /// that an unreachable host is reported instead of hanging.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connection whose messages (notifications included) the caller polls.
+pub type RawConnection =
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
+
 /// A parsed connection string: what to connect to, and how to name it in logs.
 ///
 /// Accepts both forms libpq accepts: `postgres://user:password@host:port/db?opt=v`
@@ -107,23 +111,7 @@ impl ConnectionConfig {
     /// [`ConnectError::Timeout`] or [`ConnectError::Refused`]; both name the
     /// server by its redacted URL.
     pub async fn connect(&self) -> Result<Client, ConnectError> {
-        let timeout = self.connect_timeout();
-        let attempt = self.postgres.connect(NoTls);
-        let (client, connection) = match tokio::time::timeout(timeout, attempt).await {
-            Err(_) => {
-                return Err(ConnectError::Timeout {
-                    server: self.redacted.clone(),
-                    timeout,
-                })
-            }
-            Ok(Err(source)) => {
-                return Err(ConnectError::Refused {
-                    server: self.redacted.clone(),
-                    source,
-                })
-            }
-            Ok(Ok(pair)) => pair,
-        };
+        let (client, connection) = self.connect_raw().await?;
         let server = self.redacted.clone();
         tokio::spawn(async move {
             if let Err(err) = connection.await {
@@ -131,6 +119,28 @@ impl ConnectionConfig {
             }
         });
         Ok(client)
+    }
+
+    /// Like [`connect`](Self::connect), but hands back the connection for
+    /// the caller to drive: a listener polls it itself to receive
+    /// notifications, and drops it to disconnect.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn connect_raw(&self) -> Result<(Client, RawConnection), ConnectError> {
+        let timeout = self.connect_timeout();
+        let attempt = self.postgres.connect(NoTls);
+        match tokio::time::timeout(timeout, attempt).await {
+            Err(_) => Err(ConnectError::Timeout {
+                server: self.redacted.clone(),
+                timeout,
+            }),
+            Ok(Err(source)) => Err(ConnectError::Refused {
+                server: self.redacted.clone(),
+                source,
+            }),
+            Ok(Ok(pair)) => Ok(pair),
+        }
     }
 }
 

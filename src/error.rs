@@ -262,3 +262,42 @@ impl StoreError {
         }
     }
 }
+
+/// Why a runtime configuration was refused before anything connected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A URL could not be parsed.
+    #[error(transparent)]
+    Url(#[from] ConnectError),
+    /// A setting is out of range.
+    #[error("invalid setting {name}: {reason}")]
+    Setting {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A worker's queues, concurrency or lease are invalid.
+    #[error("invalid worker #{index} ({kind}): {reason}")]
+    Worker {
+        /// Its position among the registered workers (0-based).
+        index: usize,
+        /// `activity` or `workflow`.
+        kind: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The configuration was refused (nothing connected).
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The database is reachable but its schema is not usable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -7,15 +7,22 @@
     rust_2018_idioms
 )]
 
+pub mod config;
 pub mod connection;
 pub mod error;
 pub mod migrate;
+pub mod runtime;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use config::RuntimeConfig;
 pub use connection::ConnectionConfig;
-pub use error::{ConnectError, MigrateError, StoreError};
+pub use error::{BuildError, ConnectError, MigrateError, RuntimeError, StoreError};
+pub use runtime::{
+    ActivityWorker, Health, ListenerState, Runtime, RuntimeBuilder, RuntimeHandle, TaskAvailable,
+    TaskKind, WorkflowWorker,
+};
 pub use store::{
     queues, ActivityTask, CancelOutcome, Event, EventType, InstanceRef, InstanceSnapshot,
     InstanceState, Lease, NewInstance, Queue, QueueStats, Store, StoreOptions, WorkerId,

@@ -1,0 +1,163 @@
+//! The runtime's settings, validated before anything connects.
+
+use std::time::Duration;
+
+use crate::connection::ConnectionConfig;
+use crate::error::BuildError;
+use crate::store::StoreOptions;
+
+/// Everything the runtime needs to know besides its workers.
+///
+/// ```
+/// use std::time::Duration;
+/// let mut config = pgwake::RuntimeConfig::new("postgres://postgres@localhost/app");
+/// config.fallback_while_listening = Duration::from_secs(30);
+/// config.validate()?;
+/// # Ok::<(), pgwake::BuildError>(())
+/// ```
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// The database (pool, notifier).
+    pub database_url: String,
+    /// Where listeners connect, when it differs from `database_url`: behind
+    /// PgBouncer in transaction mode, point this at PostgreSQL itself
+    /// (LISTEN needs a session of its own).
+    pub listener_url: Option<String>,
+    /// LISTEN/NOTIFY on (default) or off. Off is poll-only mode: no
+    /// listener connections and no NOTIFY; workers poll every
+    /// `fallback_while_degraded`.
+    pub notifications: bool,
+    /// How long an idle worker sleeps between polls while its channel's
+    /// listener is listening, when no timer is due sooner. Only a safety
+    /// net then (notifications and resyncs carry the work); default 60 s.
+    pub fallback_while_listening: Duration,
+    /// The same while the listener is not listening (connecting, backing
+    /// off) or notifications are off; default 500 ms.
+    pub fallback_while_degraded: Duration,
+    /// A listener pings its connection after this long without traffic,
+    /// to find half-open sockets; default 5 s.
+    pub listener_ping_after: Duration,
+    /// A ping not answered within this is a lost connection; default 3 s.
+    pub listener_ping_timeout: Duration,
+    /// The first reconnect delay; doubles per failed attempt, with jitter.
+    /// Default 100 ms.
+    pub reconnect_backoff_min: Duration,
+    /// The longest reconnect delay; default 30 s.
+    pub reconnect_backoff_max: Duration,
+    /// The notifier sends at most one NOTIFY per queue per this window
+    /// (the first at once, the last at the window's end); default 25 ms.
+    pub notify_debounce: Duration,
+    /// Settings of the store (pool size, payload limit ...).
+    pub store: StoreOptions,
+    /// The schema holding pgwake's tables, when not `public`: channel
+    /// names are then `<schema>.workflow_tasks` and `<schema>.activity_tasks`.
+    pub schema: Option<String>,
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |url: &str| {
+            ConnectionConfig::from_url(url)
+                .map(|c| c.redacted().to_string())
+                .unwrap_or_else(|_| "<invalid URL>".to_string())
+        };
+        f.debug_struct("RuntimeConfig")
+            .field("database_url", &redacted(&self.database_url))
+            .field("listener_url", &self.listener_url.as_deref().map(redacted))
+            .field("notifications", &self.notifications)
+            .field("fallback_while_listening", &self.fallback_while_listening)
+            .field("fallback_while_degraded", &self.fallback_while_degraded)
+            .field("listener_ping_after", &self.listener_ping_after)
+            .field("listener_ping_timeout", &self.listener_ping_timeout)
+            .field("reconnect_backoff_min", &self.reconnect_backoff_min)
+            .field("reconnect_backoff_max", &self.reconnect_backoff_max)
+            .field("notify_debounce", &self.notify_debounce)
+            .field("store", &self.store)
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+impl RuntimeConfig {
+    /// Defaults for `database_url`.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            listener_url: None,
+            notifications: true,
+            fallback_while_listening: Duration::from_secs(60),
+            fallback_while_degraded: Duration::from_millis(500),
+            listener_ping_after: Duration::from_secs(5),
+            listener_ping_timeout: Duration::from_secs(3),
+            reconnect_backoff_min: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(30),
+            notify_debounce: Duration::from_millis(25),
+            store: StoreOptions::default(),
+            schema: None,
+        }
+    }
+
+    /// Checks every setting; what [`Runtime::builder`](crate::Runtime::builder)'s
+    /// `start` calls before connecting.
+    ///
+    /// # Errors
+    /// The first [`BuildError`] found, naming the setting.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        ConnectionConfig::from_url(&self.database_url)?;
+        if let Some(url) = &self.listener_url {
+            ConnectionConfig::from_url(url)?;
+        }
+        let positive = [
+            ("fallback_while_listening", self.fallback_while_listening),
+            ("fallback_while_degraded", self.fallback_while_degraded),
+            ("listener_ping_after", self.listener_ping_after),
+            ("listener_ping_timeout", self.listener_ping_timeout),
+            ("reconnect_backoff_min", self.reconnect_backoff_min),
+            ("reconnect_backoff_max", self.reconnect_backoff_max),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return Err(BuildError::Setting {
+                    name,
+                    reason: "must be longer than zero".into(),
+                });
+            }
+        }
+        if self.reconnect_backoff_min > self.reconnect_backoff_max {
+            return Err(BuildError::Setting {
+                name: "reconnect_backoff_min",
+                reason: "must not exceed reconnect_backoff_max".into(),
+            });
+        }
+        if self.store.pool_size == 0 {
+            return Err(BuildError::Setting {
+                name: "store.pool_size",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if let Some(schema) = &self.schema {
+            let valid = !schema.is_empty()
+                && schema.len() + ".workflow_tasks".len() <= 63
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !valid {
+                return Err(BuildError::Setting {
+                    name: "schema",
+                    reason: "must be 1 to 48 characters of a-z, 0-9 and '_' (channel names \
+                             '<schema>.workflow_tasks' must fit PostgreSQL's 63 bytes)"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The channel a kind of task is announced on.
+    pub fn channel(&self, kind: crate::runtime::TaskKind) -> String {
+        match &self.schema {
+            Some(schema) if schema != "public" => format!("{schema}.{}", kind.base_channel()),
+            _ => kind.base_channel().to_string(),
+        }
+    }
+}

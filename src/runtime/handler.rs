@@ -1,0 +1,186 @@
+//! What users register: activity and workflow handlers, and the workers
+//! that run them (queues, concurrency, lease).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
+use serde_json::Value;
+
+use crate::error::BuildError;
+use crate::store::{ActivityTask, Queue, WorkflowCompletion, WorkflowTask};
+
+/// What a handler may fail with: anything that displays.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+pub(crate) type ActivityFn =
+    Arc<dyn Fn(ActivityTask) -> LocalBoxFuture<'static, Result<Value, HandlerError>> + Send + Sync>;
+pub(crate) type WorkflowFn = Arc<
+    dyn Fn(WorkflowTask) -> LocalBoxFuture<'static, Result<WorkflowCompletion, HandlerError>>
+        + Send
+        + Sync,
+>;
+
+/// The default activity lease (go-workflows' default).
+pub const DEFAULT_ACTIVITY_LEASE: Duration = Duration::from_secs(120);
+/// The default workflow-task lease (go-workflows' default).
+pub const DEFAULT_WORKFLOW_LEASE: Duration = Duration::from_secs(60);
+
+/// Activity workers: run `handler` for each activity of `queues`, up to
+/// `concurrency` at a time.
+///
+/// The handler gets the task and returns its result as JSON, or an error
+/// (recorded as `ActivityFailed`). A handler that panics is caught and
+/// recorded as a failure too; the worker lives on. While it runs, the
+/// worker extends its lease every third of the lease.
+///
+/// ```
+/// use pgwake::ActivityWorker;
+/// let worker = ActivityWorker::new(["emails"], |task: pgwake::ActivityTask| async move {
+///     Ok::<_, String>(serde_json::json!({ "sent_to": task.input["to"] }))
+/// })
+/// .concurrency(16);
+/// ```
+#[derive(Clone)]
+pub struct ActivityWorker {
+    pub(crate) queues: Vec<String>,
+    pub(crate) handler: ActivityFn,
+    pub(crate) concurrency: usize,
+    pub(crate) lease: Duration,
+}
+
+impl std::fmt::Debug for ActivityWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActivityWorker")
+            .field("queues", &self.queues)
+            .field("concurrency", &self.concurrency)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActivityWorker {
+    /// A worker for `queues` running `handler`, concurrency 1, lease 120 s.
+    pub fn new<I, S, F, Fut, E>(queues: I, handler: F) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+        F: Fn(ActivityTask) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, E>> + 'static,
+        E: Into<HandlerError>,
+    {
+        let handler: ActivityFn =
+            Arc::new(move |task| handler(task).map(|r| r.map_err(Into::into)).boxed_local());
+        Self {
+            queues: queues.into_iter().map(Into::into).collect(),
+            handler,
+            concurrency: 1,
+            lease: DEFAULT_ACTIVITY_LEASE,
+        }
+    }
+
+    /// How many activities it runs at once (claimed in one batch).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// How long a claimed activity stays reserved without a heartbeat.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+}
+
+/// Workflow workers: run `handler` for each workflow task of `queues`.
+///
+/// The handler gets the instance, its new events and its history position,
+/// and returns the decision ([`WorkflowCompletion`]) that the worker applies
+/// through the store. An error or a panic fails the task: its lease is kept
+/// for a second and it is retried.
+///
+/// ```
+/// use pgwake::{WorkflowCompletion, WorkflowOutcome, WorkflowWorker};
+/// let worker = WorkflowWorker::new(["orders"], |task: pgwake::WorkflowTask| async move {
+///     Ok::<_, String>(WorkflowCompletion::default().finish(WorkflowOutcome::Completed(serde_json::json!(null))))
+/// });
+/// ```
+#[derive(Clone)]
+pub struct WorkflowWorker {
+    pub(crate) queues: Vec<String>,
+    pub(crate) handler: WorkflowFn,
+    pub(crate) concurrency: usize,
+    pub(crate) lease: Duration,
+}
+
+impl std::fmt::Debug for WorkflowWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkflowWorker")
+            .field("queues", &self.queues)
+            .field("concurrency", &self.concurrency)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkflowWorker {
+    /// A worker for `queues` running `handler`, concurrency 1, lease 60 s.
+    pub fn new<I, S, F, Fut, E>(queues: I, handler: F) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+        F: Fn(WorkflowTask) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<WorkflowCompletion, E>> + 'static,
+        E: Into<HandlerError>,
+    {
+        let handler: WorkflowFn =
+            Arc::new(move |task| handler(task).map(|r| r.map_err(Into::into)).boxed_local());
+        Self {
+            queues: queues.into_iter().map(Into::into).collect(),
+            handler,
+            concurrency: 1,
+            lease: DEFAULT_WORKFLOW_LEASE,
+        }
+    }
+
+    /// How many workflow tasks it runs at once.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// How long a claimed workflow task stays reserved without a heartbeat.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+}
+
+/// Checks one worker's settings; `index` and `kind` name it in the error.
+pub(crate) fn validate_worker(
+    index: usize,
+    kind: &'static str,
+    queues: &[String],
+    concurrency: usize,
+    lease: Duration,
+) -> Result<Vec<Queue>, BuildError> {
+    let fail = |reason: String| BuildError::Worker {
+        index,
+        kind,
+        reason,
+    };
+    let validated =
+        crate::store::queues(queues.iter().cloned()).map_err(|e| fail(e.to_string()))?;
+    if concurrency == 0 {
+        return Err(fail("concurrency must be at least 1".into()));
+    }
+    if concurrency > 10_000 {
+        return Err(fail("concurrency must be at most 10000".into()));
+    }
+    if lease < Duration::from_secs(1) || lease > Duration::from_secs(24 * 3600) {
+        return Err(fail("lease must be between 1 second and 24 hours".into()));
+    }
+    Ok(validated)
+}

@@ -1,0 +1,196 @@
+//! What the runtime reports about itself: listener states and per-queue
+//! counters, shared by the actors that update them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::messages::TaskKind;
+
+/// A listener's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerState {
+    /// Opening its connection or running `LISTEN`.
+    Connecting,
+    /// `LISTEN` succeeded; notifications flow.
+    Listening,
+    /// Waiting before the next attempt after a failure.
+    Backoff {
+        /// The failed attempts in a row.
+        attempt: u32,
+        /// The delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// Notifications are off (poll-only mode), or the runtime shut down.
+    Disabled,
+}
+
+/// One listener's health.
+#[derive(Debug, Clone)]
+pub struct ListenerHealth {
+    /// Its channel.
+    pub channel: String,
+    /// Its kind of task.
+    pub kind: TaskKind,
+    /// Its state.
+    pub state: ListenerState,
+    /// How long it has been in that state.
+    pub for_how_long: Duration,
+    /// Reconnections since the runtime started.
+    pub reconnects: u64,
+}
+
+/// Counters for one queue since the runtime started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueCounters {
+    /// Wake-ups delivered to this queue's workers.
+    pub wakeups: u64,
+    /// Polls (claim queries) by workers serving this queue.
+    pub polls: u64,
+    /// Polls that claimed nothing.
+    pub empty_polls: u64,
+    /// Tasks claimed.
+    pub claimed: u64,
+    /// Tasks completed successfully.
+    pub completed: u64,
+    /// Handlers that returned an error.
+    pub failed: u64,
+    /// Handlers that panicked.
+    pub panicked: u64,
+    /// Leases lost before completion (the work was discarded).
+    pub leases_lost: u64,
+}
+
+/// A snapshot of the runtime's health.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// One entry per listener (empty in poll-only mode).
+    pub listeners: Vec<ListenerHealth>,
+    /// Counters per queue (`kind:queue`, e.g. `activity:emails`).
+    pub queues: BTreeMap<String, QueueCounters>,
+}
+
+impl Health {
+    /// Whether every listener is listening (true in poll-only mode).
+    pub fn all_listening(&self) -> bool {
+        self.listeners
+            .iter()
+            .all(|l| matches!(l.state, ListenerState::Listening | ListenerState::Disabled))
+    }
+
+    /// The counters of `queue` for `kind`, zero if it saw no activity.
+    pub fn counters(&self, kind: TaskKind, queue: &str) -> QueueCounters {
+        self.queues
+            .get(&counter_key(kind, queue))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+pub(crate) fn counter_key(kind: TaskKind, queue: &str) -> String {
+    let prefix = match kind {
+        TaskKind::Workflow => "workflow",
+        TaskKind::Activity => "activity",
+    };
+    format!("{prefix}:{queue}")
+}
+
+#[derive(Debug)]
+struct ListenerEntry {
+    channel: String,
+    state: ListenerState,
+    since: Instant,
+    reconnects: u64,
+    ever_listened: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    listeners: BTreeMap<TaskKind, ListenerEntry>,
+    queues: BTreeMap<String, QueueCounters>,
+}
+
+/// The shared, updatable health (cheap to clone).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HealthBoard(Arc<Mutex<State>>);
+
+impl HealthBoard {
+    pub(crate) fn set_listener(&self, kind: TaskKind, channel: &str, state: ListenerState) {
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = guard
+            .listeners
+            .entry(kind)
+            .or_insert_with(|| ListenerEntry {
+                channel: channel.to_string(),
+                state: ListenerState::Connecting,
+                since: Instant::now(),
+                reconnects: 0,
+                ever_listened: false,
+            });
+        if entry.state != state {
+            if state == ListenerState::Listening {
+                if entry.ever_listened {
+                    entry.reconnects += 1;
+                }
+                entry.ever_listened = true;
+            }
+            entry.state = state;
+            entry.since = Instant::now();
+        }
+    }
+
+    pub(crate) fn listening(&self, kind: TaskKind) -> bool {
+        let guard = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard
+            .listeners
+            .get(&kind)
+            .is_some_and(|l| l.state == ListenerState::Listening)
+    }
+
+    pub(crate) fn count(
+        &self,
+        kind: TaskKind,
+        queues: &[crate::Queue],
+        update: impl Fn(&mut QueueCounters),
+    ) {
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for queue in queues {
+            update(
+                guard
+                    .queues
+                    .entry(counter_key(kind, queue.as_str()))
+                    .or_default(),
+            );
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Health {
+        let guard = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Health {
+            listeners: guard
+                .listeners
+                .iter()
+                .map(|(kind, l)| ListenerHealth {
+                    channel: l.channel.clone(),
+                    kind: *kind,
+                    state: l.state.clone(),
+                    for_how_long: l.since.elapsed(),
+                    reconnects: l.reconnects,
+                })
+                .collect(),
+            queues: guard.queues.clone(),
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! The runtime: actix actors that start work the moment it is written.
+//!
+//! ```text
+//!  writers (any process, psql, go-workflows)        pgwake's own writes (Store)
+//!        | INSERT                                        | COMMIT (triggers skipped)
+//!        v                                               v
+//!   PostgreSQL --- pg_notify(channel, queue) ---+    Notifier --- debounced NOTIFY --> other processes
+//!        |                                       |       |
+//!        |                 ListenerActor (1 per channel, own connection, supervised)
+//!        |                                       |       | in-process wake-up, no round trip
+//!        |                                       v       v
+//!        |                                    QueueRouter  -- TaskAvailable to idle workers of that queue only
+//!        |                                           |
+//!        |   FOR UPDATE SKIP LOCKED claims           v
+//!        +<-------------------------------------- WorkerActors (fallback timer, due-time timer, heartbeats)
+//!                     completions (one transaction each)
+//! ```
+//!
+//! A [`ListenerActor`] per channel owns one dedicated connection, runs
+//! `LISTEN`, turns each notification (its payload is the queue) into a
+//! [`TaskAvailable`] for the [`QueueRouter`], and after every successful
+//! `LISTEN`, first or after a reconnect, publishes a resync: every worker of
+//! its channel polls once, because notifications sent while it was away are
+//! gone. Errors, the end of the stream, or an unanswered ping stop it; its
+//! supervisor restarts it after a jittered exponential backoff.
+//!
+//! A [`WorkerActor`] polls on start, on every wake-up, after every task it
+//! finishes, and when its own timer fires: the earlier of the fallback
+//! interval (long while its listener listens, short while it does not) and
+//! the next due time of its queues, so a timer fires on time with no
+//! notification at all. A database outage makes it back off and retry; it
+//! never dies of one.
+//!
+//! ```no_run
+//! use pgwake::{ActivityWorker, Runtime, RuntimeConfig};
+//! use std::time::Duration;
+//!
+//! #[actix_rt::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let runtime = Runtime::builder(RuntimeConfig::new("postgres://postgres@localhost/app"))
+//!         .activity_worker(ActivityWorker::new(["emails"], |task: pgwake::ActivityTask| async move {
+//!             Ok::<_, String>(serde_json::json!({ "sent": task.input }))
+//!         }).concurrency(8))
+//!         .start()
+//!         .await?;
+//!     println!("{:?}", runtime.health());
+//!     runtime.shutdown(Duration::from_secs(10)).await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Guarantees
+//! - At-least-once execution: a task whose worker dies is claimed again when
+//!   its lease expires; one whose runtime shuts down is released at once.
+//! - Exactly-once completion: a result is recorded only under the lease
+//!   that produced it (fenced by `locked_until`), so a task run twice is
+//!   recorded once.
+//! - Bounded wake-up after loss: a lost listener reconnects with backoff and
+//!   resyncs; meanwhile workers poll every `fallback_while_degraded`.
+
+mod backoff;
+mod handler;
+mod health;
+mod ledger;
+mod listener;
+mod messages;
+mod notifier;
+mod router;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+pub use handler::{
+    ActivityWorker, HandlerError, WorkflowWorker, DEFAULT_ACTIVITY_LEASE, DEFAULT_WORKFLOW_LEASE,
+};
+pub use health::{Health, ListenerHealth, ListenerState, QueueCounters};
+pub use listener::ListenerActor;
+pub use messages::{
+    AbandonInFlight, InFlightCount, ListenerStateChanged, MoreWorkLikely, QueuesTouched,
+    RegisterWorker, StopClaiming, StopListening, TaskAvailable, TaskKind, UnregisterWorker,
+    WakePolicy, WakeReason, WorkerIdle,
+};
+pub use notifier::Notifier;
+pub use router::QueueRouter;
+pub use worker::WorkerActor;
+
+use self::backoff::Backoff;
+use self::health::HealthBoard;
+use self::ledger::NotificationLedger;
+use self::listener::ListenerSettings;
+use self::worker::{Job, WorkerSettings};
+use crate::config::RuntimeConfig;
+use crate::connection::ConnectionConfig;
+use crate::error::{BuildError, RuntimeError, StoreError};
+use crate::store::{build_pool, Store, WorkerId};
+
+/// Entry point: [`Runtime::builder`].
+#[derive(Debug)]
+pub struct Runtime;
+
+impl Runtime {
+    /// Starts describing a runtime.
+    pub fn builder(config: RuntimeConfig) -> RuntimeBuilder {
+        RuntimeBuilder {
+            config,
+            activity_workers: Vec::new(),
+            workflow_workers: Vec::new(),
+        }
+    }
+}
+
+/// Workers and settings, validated as a whole by [`start`](Self::start).
+#[derive(Debug)]
+pub struct RuntimeBuilder {
+    config: RuntimeConfig,
+    activity_workers: Vec<ActivityWorker>,
+    workflow_workers: Vec<WorkflowWorker>,
+}
+
+impl RuntimeBuilder {
+    /// Adds activity workers.
+    pub fn activity_worker(mut self, worker: ActivityWorker) -> Self {
+        self.activity_workers.push(worker);
+        self
+    }
+
+    /// Adds workflow workers.
+    pub fn workflow_worker(mut self, worker: WorkflowWorker) -> Self {
+        self.workflow_workers.push(worker);
+        self
+    }
+
+    /// Checks the whole configuration without connecting.
+    ///
+    /// # Errors
+    /// The first problem found, naming the setting or the worker.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        self.config.validate()?;
+        for (index, w) in self.activity_workers.iter().enumerate() {
+            handler::validate_worker(index, "activity", &w.queues, w.concurrency, w.lease)?;
+        }
+        for (index, w) in self.workflow_workers.iter().enumerate() {
+            handler::validate_worker(index, "workflow", &w.queues, w.concurrency, w.lease)?;
+        }
+        Ok(())
+    }
+
+    /// Validates, then starts the router, notifier, listeners and workers in
+    /// the current actix `System`.
+    ///
+    /// An unreachable database does not fail the start: listeners and
+    /// workers keep retrying with backoff and [`RuntimeHandle::health`] says
+    /// so. A reachable database whose schema is missing or out of date does.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Build`] before anything connects;
+    /// [`RuntimeError::Store`] for an unusable schema.
+    pub async fn start(self) -> Result<RuntimeHandle, RuntimeError> {
+        self.validate()?;
+        let config = self.config;
+        let health = HealthBoard::default();
+        let ledger = NotificationLedger::default();
+        let notifier_pid = Arc::new(AtomicI32::new(0));
+        let notifications_sent = Arc::new(AtomicU64::new(0));
+        let database =
+            ConnectionConfig::from_url(&config.database_url).map_err(BuildError::from)?;
+        let listener_connection = match &config.listener_url {
+            Some(url) => ConnectionConfig::from_url(url).map_err(BuildError::from)?,
+            None => database.clone(),
+        };
+        let channels: HashMap<TaskKind, String> = [TaskKind::Workflow, TaskKind::Activity]
+            .into_iter()
+            .map(|kind| (kind, config.channel(kind)))
+            .collect();
+
+        let router = QueueRouter::new(health.clone()).start();
+        let notifier = Notifier::new(
+            router.clone(),
+            config
+                .notifications
+                .then(|| database.with_application_name("pgwake-notifier")),
+            channels.clone(),
+            config.notify_debounce,
+            ledger.clone(),
+            notifier_pid.clone(),
+            notifications_sent.clone(),
+        )
+        .start();
+
+        let pool = build_pool(
+            &database.with_application_name("pgwake-worker"),
+            &config.store,
+        )?;
+        let hook_target = notifier.clone();
+        let store =
+            Store::new(pool, config.store.clone()).with_commit_hook(Arc::new(move |touched| {
+                hook_target.do_send(QueuesTouched {
+                    workflow: touched.workflow,
+                    activity: touched.activity,
+                    at: Some(Instant::now()),
+                });
+            }));
+        match store.check_schema().await {
+            Ok(()) => {}
+            Err(err @ StoreError::Schema(_)) => return Err(err.into()),
+            Err(err) => {
+                tracing::warn!(error = %err, "database not reachable yet; workers will keep retrying")
+            }
+        }
+
+        let backoff = Backoff::new(config.reconnect_backoff_min, config.reconnect_backoff_max);
+        let mut listeners = Vec::new();
+        if config.notifications {
+            for (kind, channel) in &channels {
+                let settings = ListenerSettings {
+                    kind: *kind,
+                    channel: channel.clone(),
+                    connection: listener_connection
+                        .with_application_name(&format!("pgwake-listener:{channel}")),
+                    ping_after: config.listener_ping_after,
+                    ping_timeout: config.listener_ping_timeout,
+                    backoff,
+                };
+                let (router, health, ledger, pid) = (
+                    router.clone(),
+                    health.clone(),
+                    ledger.clone(),
+                    notifier_pid.clone(),
+                );
+                listeners.push(Supervisor::start(move |_| {
+                    ListenerActor::new(settings, router, health, ledger, pid)
+                }));
+            }
+        } else {
+            for (kind, channel) in &channels {
+                health.set_listener(*kind, channel, ListenerState::Disabled);
+            }
+        }
+
+        let worker_settings =
+            |kind: TaskKind, index: usize, queues, concurrency, lease| WorkerSettings {
+                kind,
+                worker_id: WorkerId::unique(&format!(
+                    "pgwake-{}{index}",
+                    kind.base_channel().split('_').next().unwrap_or("w")
+                )),
+                queues,
+                concurrency,
+                lease,
+                notifications: config.notifications,
+                fallback_while_listening: config.fallback_while_listening,
+                fallback_while_degraded: config.fallback_while_degraded,
+                error_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            };
+        let mut workers = Vec::new();
+        for (index, w) in self.activity_workers.into_iter().enumerate() {
+            let queues =
+                handler::validate_worker(index, "activity", &w.queues, w.concurrency, w.lease)?;
+            let settings =
+                worker_settings(TaskKind::Activity, index, queues, w.concurrency, w.lease);
+            workers.push(
+                WorkerActor::new(
+                    settings,
+                    Job::Activity(w.handler),
+                    store.clone(),
+                    router.clone(),
+                    health.clone(),
+                )
+                .start(),
+            );
+        }
+        for (index, w) in self.workflow_workers.into_iter().enumerate() {
+            let queues =
+                handler::validate_worker(index, "workflow", &w.queues, w.concurrency, w.lease)?;
+            let settings =
+                worker_settings(TaskKind::Workflow, index, queues, w.concurrency, w.lease);
+            workers.push(
+                WorkerActor::new(
+                    settings,
+                    Job::Workflow(w.handler),
+                    store.clone(),
+                    router.clone(),
+                    health.clone(),
+                )
+                .start(),
+            );
+        }
+        tracing::info!(
+            workers = workers.len(),
+            notifications = config.notifications,
+            "pgwake runtime started"
+        );
+        Ok(RuntimeHandle {
+            store,
+            router,
+            notifier,
+            listeners,
+            workers,
+            health,
+            notifications_sent,
+        })
+    }
+}
+
+/// A running runtime: its store (writes through it wake this process's
+/// workers at once), its router (for your own actors), health, shutdown.
+#[derive(Debug, Clone)]
+pub struct RuntimeHandle {
+    store: Store,
+    router: Addr<QueueRouter>,
+    notifier: Addr<Notifier>,
+    listeners: Vec<Addr<ListenerActor>>,
+    workers: Vec<Addr<WorkerActor>>,
+    health: HealthBoard,
+    notifications_sent: Arc<AtomicU64>,
+}
+
+/// What [`RuntimeHandle::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Tasks still running at the deadline whose leases were given back.
+    pub released_leases: usize,
+    /// Whether every handler finished before the deadline.
+    pub drained: bool,
+}
+
+impl RuntimeHandle {
+    /// The store, with the commit hook that wakes this process's workers and
+    /// notifies the others.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The router: register your own actors for queues with [`RegisterWorker`].
+    pub fn router(&self) -> &Addr<QueueRouter> {
+        &self.router
+    }
+
+    /// The notifier (what the store's commit hook talks to).
+    pub fn notifier(&self) -> &Addr<Notifier> {
+        &self.notifier
+    }
+
+    /// Listener states and per-queue counters.
+    pub fn health(&self) -> Health {
+        self.health.snapshot()
+    }
+
+    /// NOTIFYs this process's notifier has sent (one per queue per send).
+    pub fn notifications_sent(&self) -> u64 {
+        self.notifications_sent.load(Ordering::Relaxed)
+    }
+
+    /// Stops claiming, lets running handlers finish until `timeout`, then
+    /// releases the leases of those still running (another worker can
+    /// claim them at once instead of waiting for expiry) and stops the
+    /// actors.
+    pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        let deadline = Instant::now() + timeout;
+        for worker in &self.workers {
+            let _ = worker.send(StopClaiming).await;
+        }
+        let drained = loop {
+            let mut running = 0;
+            for worker in &self.workers {
+                running += worker.send(InFlightCount).await.unwrap_or(0);
+            }
+            if running == 0 {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let mut released_leases = 0;
+        for worker in &self.workers {
+            released_leases += worker.send(AbandonInFlight).await.unwrap_or(0);
+        }
+        for listener in &self.listeners {
+            let _ = listener.send(StopListening).await;
+        }
+        tracing::info!(released_leases, drained, "pgwake runtime stopped");
+        ShutdownReport {
+            released_leases,
+            drained,
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The `Notifier`: after pgwake's own commits, wakes this process's workers
+//! at once and sends one debounced NOTIFY per queue for the other processes,
+//! from its own connection, outside every writer's transaction.
+
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio_postgres::Client;
+
+use super::ledger::NotificationLedger;
+use super::messages::{QueuesTouched, TaskAvailable, TaskKind, WakeReason};
+use super::router::QueueRouter;
+use crate::connection::ConnectionConfig;
+use crate::store::Queue;
+
+/// Per queue: when it was last notified, and whether a touch is waiting
+/// for the window's trailing edge.
+#[derive(Debug, Default)]
+struct Debounce {
+    last_sent: Option<Instant>,
+    /// The first commit after the last NOTIFY, if any.
+    waiting_since: Option<Instant>,
+    trailing_armed: bool,
+}
+
+/// Sends the NOTIFYs of pgwake's own writes, debounced per queue.
+///
+/// The first touch of a queue is notified at once (leading edge); touches
+/// within `debounce` of a NOTIFY are notified once when the window ends
+/// (trailing edge), so none is lost, and each process sends at most one
+/// NOTIFY per queue per window whatever its write rate. A trailing NOTIFY is
+/// skipped when this process's listener received one for the queue after
+/// the commit it covers: every listening process got that one too.
+pub struct Notifier {
+    router: Addr<QueueRouter>,
+    /// `None` in poll-only mode: local wake-ups only.
+    connection: Option<ConnectionConfig>,
+    channels: HashMap<TaskKind, String>,
+    debounce: Duration,
+    ledger: NotificationLedger,
+    pid: Arc<AtomicI32>,
+    sent: Arc<AtomicU64>,
+    client: Option<Rc<Client>>,
+    connecting: bool,
+    sending: bool,
+    windows: HashMap<(TaskKind, Queue), Debounce>,
+    outbox: BTreeSet<(String, String)>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("connected", &self.client.is_some())
+            .field("outbox", &self.outbox.len())
+            .finish()
+    }
+}
+
+impl Notifier {
+    pub(crate) fn new(
+        router: Addr<QueueRouter>,
+        connection: Option<ConnectionConfig>,
+        channels: HashMap<TaskKind, String>,
+        debounce: Duration,
+        ledger: NotificationLedger,
+        pid: Arc<AtomicI32>,
+        sent: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            router,
+            connection,
+            channels,
+            debounce,
+            ledger,
+            pid,
+            sent,
+            client: None,
+            connecting: false,
+            sending: false,
+            windows: HashMap::new(),
+            outbox: BTreeSet::new(),
+        }
+    }
+
+    fn touch(&mut self, kind: TaskKind, queue: Queue, at: Instant, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let debounce = self.debounce;
+        let window = self.windows.entry((kind, queue.clone())).or_default();
+        let open = window
+            .last_sent
+            .is_none_or(|sent| now.duration_since(sent) >= debounce);
+        if open && !window.trailing_armed {
+            window.last_sent = Some(now);
+            self.enqueue(kind, &queue);
+            self.flush(ctx);
+            return;
+        }
+        window.waiting_since.get_or_insert(at);
+        if !window.trailing_armed {
+            window.trailing_armed = true;
+            let wait = window.last_sent.map_or(Duration::ZERO, |sent| {
+                (sent + debounce).saturating_duration_since(now)
+            });
+            ctx.run_later(wait, move |act, ctx| act.trailing_edge(kind, queue, ctx));
+        }
+    }
+
+    fn trailing_edge(&mut self, kind: TaskKind, queue: Queue, ctx: &mut Context<Self>) {
+        let Some(window) = self.windows.get_mut(&(kind, queue.clone())) else {
+            return;
+        };
+        window.trailing_armed = false;
+        let Some(since) = window.waiting_since.take() else {
+            return;
+        };
+        if self.ledger.received_since(kind, &queue, since) {
+            tracing::trace!(?kind, %queue, "trailing NOTIFY skipped: the others were woken after our commit");
+            return;
+        }
+        window.last_sent = Some(Instant::now());
+        self.enqueue(kind, &queue);
+        self.flush(ctx);
+    }
+
+    fn enqueue(&mut self, kind: TaskKind, queue: &Queue) {
+        if let Some(channel) = self.channels.get(&kind) {
+            self.outbox
+                .insert((channel.clone(), queue.as_str().to_string()));
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.sending || self.outbox.is_empty() {
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            self.connect(ctx);
+            return;
+        };
+        self.sending = true;
+        let batch: Vec<(String, String)> = std::mem::take(&mut self.outbox).into_iter().collect();
+        let channels: Vec<String> = batch.iter().map(|(c, _)| c.clone()).collect();
+        let queues: Vec<String> = batch.iter().map(|(_, q)| q.clone()).collect();
+        // One statement, one transaction that writes nothing: no WAL flush,
+        // and the commit lock is held by this connection only, for microseconds.
+        let send = async move {
+            client
+                .execute(
+                    "SELECT pg_notify(c, q) FROM unnest($1::text[], $2::text[]) AS t(c, q)",
+                    &[&channels, &queues],
+                )
+                .await
+        };
+        ctx.spawn(send.into_actor(self).map(move |result, act, ctx| {
+            act.sending = false;
+            match result {
+                Ok(_) => {
+                    act.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    act.flush(ctx);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %crate::error::ErrorChain(&err), "NOTIFY failed; retrying on a new connection");
+                    act.client = None;
+                    act.outbox.extend(batch);
+                    ctx.run_later(Duration::from_secs(1), |act, ctx| act.flush(ctx));
+                }
+            }
+        }));
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        let Some(config) = self.connection.clone() else {
+            self.outbox.clear();
+            return;
+        };
+        if self.connecting {
+            return;
+        }
+        self.connecting = true;
+        let connect = async move {
+            let client = config.connect().await?;
+            let pid: i32 = client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .map_err(|source| crate::ConnectError::Refused {
+                    server: config.redacted().to_string(),
+                    source,
+                })?
+                .get(0);
+            Ok::<_, crate::ConnectError>((client, pid))
+        };
+        ctx.spawn(connect.into_actor(self).map(|result, act, ctx| {
+            act.connecting = false;
+            match result {
+                Ok((client, pid)) => {
+                    act.pid.store(pid, Ordering::Relaxed);
+                    act.client = Some(Rc::new(client));
+                    act.flush(ctx);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "notifier could not connect; retrying in 1 s");
+                    ctx.run_later(Duration::from_secs(1), |act, ctx| act.flush(ctx));
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for Notifier {
+    type Context = Context<Self>;
+}
+
+impl Handler<QueuesTouched> for Notifier {
+    type Result = ();
+
+    fn handle(&mut self, msg: QueuesTouched, ctx: &mut Context<Self>) {
+        let at = msg.at.unwrap_or_else(Instant::now);
+        let touched = msg
+            .workflow
+            .into_iter()
+            .map(|q| (TaskKind::Workflow, q))
+            .chain(msg.activity.into_iter().map(|q| (TaskKind::Activity, q)));
+        for (kind, queue) in touched {
+            // This process's workers first, with no database round trip.
+            self.router.do_send(TaskAvailable {
+                kind,
+                queue: Some(queue.clone()),
+                reason: WakeReason::Local,
+            });
+            if self.connection.is_some() {
+                self.touch(kind, queue, at, ctx);
+            }
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The `WorkerActor`: claims tasks of its queues when woken, runs their
+//! handlers within its concurrency, completes them through the store, and
+//! keeps its own fallback timer so that work is found even when no
+//! notification ever arrives.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::FutureExt;
+
+use super::backoff::{jittered, Backoff};
+use super::handler::{ActivityFn, WorkflowFn};
+use super::health::{HealthBoard, QueueCounters};
+use super::messages::{
+    AbandonInFlight, InFlightCount, ListenerStateChanged, MoreWorkLikely, RegisterWorker,
+    StopClaiming, TaskAvailable, TaskKind, UnregisterWorker, WakePolicy, WorkerIdle,
+};
+use super::router::QueueRouter;
+use crate::error::StoreError;
+use crate::store::{ActivityTask, Lease, Queue, Store, WorkerId, WorkflowTask};
+
+/// How long a failed workflow task waits before it is retried.
+const WORKFLOW_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Attempts at recording a result through a passing database failure.
+const COMPLETION_ATTEMPTS: u32 = 6;
+
+#[derive(Clone)]
+pub(crate) enum Job {
+    Activity(ActivityFn),
+    Workflow(WorkflowFn),
+}
+
+/// A worker's settings, validated by the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerSettings {
+    pub(crate) kind: TaskKind,
+    pub(crate) worker_id: WorkerId,
+    pub(crate) queues: Vec<Queue>,
+    pub(crate) concurrency: usize,
+    pub(crate) lease: Duration,
+    pub(crate) notifications: bool,
+    pub(crate) fallback_while_listening: Duration,
+    pub(crate) fallback_while_degraded: Duration,
+    pub(crate) error_backoff: Backoff,
+}
+
+#[derive(Debug, Clone)]
+enum Claimed {
+    Activity(ActivityTask),
+    Workflow(WorkflowTask),
+}
+
+impl Claimed {
+    fn queue(&self) -> &Queue {
+        match self {
+            Claimed::Activity(task) => &task.queue,
+            Claimed::Workflow(task) => &task.queue,
+        }
+    }
+
+    fn lease(&self) -> &Lease {
+        match self {
+            Claimed::Activity(task) => &task.lease,
+            Claimed::Workflow(task) => &task.lease,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Completed,
+    Failed,
+    Panicked,
+    LeaseLost,
+    NotRecorded,
+}
+
+struct InFlight {
+    handle: SpawnHandle,
+    task: Claimed,
+    /// The newest fencing token, as the heartbeat renews it.
+    lease: Rc<RefCell<Lease>>,
+}
+
+/// Runs one kind of handler for a set of queues.
+pub struct WorkerActor {
+    settings: WorkerSettings,
+    job: Job,
+    store: Store,
+    router: Addr<QueueRouter>,
+    health: HealthBoard,
+    registration: Option<u64>,
+    in_flight: HashMap<u64, InFlight>,
+    next_task_number: u64,
+    polling: bool,
+    /// A wake-up came while polling: poll again right after.
+    repoll: bool,
+    fallback: Option<SpawnHandle>,
+    failed_polls: u32,
+    draining: bool,
+}
+
+impl std::fmt::Debug for WorkerActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerActor")
+            .field("worker", &self.settings.worker_id)
+            .field("queues", &self.settings.queues)
+            .field("in_flight", &self.in_flight.len())
+            .field("draining", &self.draining)
+            .finish()
+    }
+}
+
+impl WorkerActor {
+    pub(crate) fn new(
+        settings: WorkerSettings,
+        job: Job,
+        store: Store,
+        router: Addr<QueueRouter>,
+        health: HealthBoard,
+    ) -> Self {
+        Self {
+            settings,
+            job,
+            store,
+            router,
+            health,
+            registration: None,
+            in_flight: HashMap::new(),
+            next_task_number: 0,
+            polling: false,
+            repoll: false,
+            fallback: None,
+            failed_polls: 0,
+            draining: false,
+        }
+    }
+
+    fn count(&self, queues: &[Queue], update: impl Fn(&mut QueueCounters)) {
+        self.health.count(self.settings.kind, queues, update);
+    }
+
+    fn capacity(&self) -> usize {
+        self.settings
+            .concurrency
+            .saturating_sub(self.in_flight.len())
+    }
+
+    /// Claims as much as there is room for, unless a poll is under way (then
+    /// once more right after it) or there is no room (then after the next
+    /// completion).
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        if self.polling {
+            self.repoll = true;
+            return;
+        }
+        let capacity = self.capacity();
+        if capacity == 0 {
+            return;
+        }
+        if let Some(handle) = self.fallback.take() {
+            ctx.cancel_future(handle);
+        }
+        self.polling = true;
+        self.repoll = false;
+        self.count(&self.settings.queues, |c| c.polls += 1);
+        let store = self.store.clone();
+        let settings = self.settings.clone();
+        let is_activity = matches!(self.job, Job::Activity(_));
+        let claim = async move {
+            let (worker, queues, lease) = (&settings.worker_id, &settings.queues, settings.lease);
+            let mut claimed = Vec::new();
+            if is_activity {
+                let tasks = store
+                    .claim_activity_tasks(worker, queues, capacity, lease)
+                    .await?;
+                claimed.extend(tasks.into_iter().map(Claimed::Activity));
+            } else {
+                while claimed.len() < capacity {
+                    match store.claim_workflow_task(worker, queues, lease).await {
+                        Ok(Some(task)) => claimed.push(Claimed::Workflow(task)),
+                        Ok(None) => break,
+                        // Keep what was claimed; the next poll reports the error.
+                        Err(err) if !claimed.is_empty() => {
+                            tracing::debug!(error = %err, "claim failed after some succeeded");
+                            break;
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+            }
+            // Only an idle worker needs to know when the next timer is due.
+            let next_due = if claimed.len() < capacity {
+                store.next_due_in(queues).await.unwrap_or(None)
+            } else {
+                None
+            };
+            Ok::<_, StoreError>((claimed, next_due))
+        };
+        ctx.spawn(claim.into_actor(self).map(move |result, act, ctx| {
+            act.polling = false;
+            act.polled(result, capacity, ctx);
+        }));
+    }
+
+    fn polled(
+        &mut self,
+        result: Result<(Vec<Claimed>, Option<Duration>), StoreError>,
+        requested: usize,
+        ctx: &mut Context<Self>,
+    ) {
+        let (claimed, next_due) = match result {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                self.failed_polls = self.failed_polls.saturating_add(1);
+                let delay = self.settings.error_backoff.delay(self.failed_polls);
+                tracing::warn!(
+                    worker = %self.settings.worker_id,
+                    attempt = self.failed_polls,
+                    retry_in = ?delay,
+                    error = %err,
+                    "poll failed; retrying"
+                );
+                self.arm_timer(delay, ctx);
+                return;
+            }
+        };
+        self.failed_polls = 0;
+        if claimed.is_empty() {
+            self.count(&self.settings.queues, |c| c.empty_polls += 1);
+        }
+        let got = claimed.len();
+        for task in claimed {
+            self.start_task(task, ctx);
+        }
+        if self.draining {
+            return;
+        }
+        if got == requested {
+            // As much as we asked for: probably more waiting.
+            if self.capacity() > 0 {
+                self.poll(ctx);
+            } else {
+                self.router.do_send(MoreWorkLikely {
+                    kind: self.settings.kind,
+                    queues: self.settings.queues.clone(),
+                });
+            }
+            return;
+        }
+        if self.repoll {
+            self.poll(ctx);
+            return;
+        }
+        if let Some(id) = self.registration {
+            self.router.do_send(WorkerIdle { id });
+        }
+        let base = if self.settings.notifications && self.health.listening(self.settings.kind) {
+            self.settings.fallback_while_listening
+        } else {
+            self.settings.fallback_while_degraded
+        };
+        let mut delay = jittered(base);
+        if let Some(due) = next_due {
+            // A hair after the due time: visible_at <= now() must hold.
+            delay = delay.min(due + Duration::from_millis(2));
+        }
+        self.arm_timer(delay, ctx);
+    }
+
+    fn arm_timer(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.fallback.take() {
+            ctx.cancel_future(handle);
+        }
+        self.fallback = Some(ctx.run_later(delay, |act, ctx| {
+            act.fallback = None;
+            act.poll(ctx);
+        }));
+    }
+
+    fn start_task(&mut self, task: Claimed, ctx: &mut Context<Self>) {
+        self.count(std::slice::from_ref(task.queue()), |c| c.claimed += 1);
+        let number = self.next_task_number;
+        self.next_task_number += 1;
+        let lease = Rc::new(RefCell::new(task.lease().clone()));
+        let run = match (&self.job, task.clone()) {
+            (Job::Activity(handler), Claimed::Activity(task)) => run_activity(
+                self.store.clone(),
+                handler.clone(),
+                task,
+                self.settings.lease,
+                lease.clone(),
+            )
+            .boxed_local(),
+            (Job::Workflow(handler), Claimed::Workflow(task)) => run_workflow(
+                self.store.clone(),
+                handler.clone(),
+                task,
+                self.settings.lease,
+                lease.clone(),
+            )
+            .boxed_local(),
+            _ => unreachable!("a worker claims only its own kind of task"),
+        };
+        let queue = task.queue().clone();
+        let handle = ctx.spawn(run.into_actor(self).map(move |outcome, act, ctx| {
+            act.in_flight.remove(&number);
+            act.finished(&queue, outcome, ctx);
+        }));
+        self.in_flight.insert(
+            number,
+            InFlight {
+                handle,
+                task,
+                lease,
+            },
+        );
+    }
+
+    fn finished(&mut self, queue: &Queue, outcome: Outcome, ctx: &mut Context<Self>) {
+        self.count(std::slice::from_ref(queue), |c| match outcome {
+            Outcome::Completed => c.completed += 1,
+            Outcome::Failed => c.failed += 1,
+            Outcome::Panicked => c.panicked += 1,
+            Outcome::LeaseLost => c.leases_lost += 1,
+            Outcome::NotRecorded => {}
+        });
+        let retry_later = matches!(self.job, Job::Workflow(_))
+            && matches!(outcome, Outcome::Failed | Outcome::Panicked);
+        if retry_later && self.capacity() == self.settings.concurrency {
+            // The failed task is claimable again after its delay; nobody
+            // will announce it, so come back for it ourselves.
+            self.arm_timer(WORKFLOW_RETRY_DELAY + Duration::from_millis(5), ctx);
+        }
+        self.poll(ctx);
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_string())
+}
+
+/// Runs an activity handler while extending its lease, then records its
+/// result. A panic inside the handler is caught here.
+async fn run_activity(
+    store: Store,
+    handler: ActivityFn,
+    mut task: ActivityTask,
+    lease: Duration,
+    shared_lease: Rc<RefCell<Lease>>,
+) -> Outcome {
+    let input = task.clone();
+    let work = AssertUnwindSafe(async move { handler(input).await }).catch_unwind();
+    futures::pin_mut!(work);
+    let heartbeat = lease / 3;
+    let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = beats.tick() => match store.extend_activity_task(&mut task, lease).await {
+                Ok(()) => *shared_lease.borrow_mut() = task.lease.clone(),
+                Err(StoreError::LeaseLost { .. }) => {
+                    tracing::warn!(activity_id = %task.activity_id, "lease lost while running; abandoning the activity");
+                    return Outcome::LeaseLost;
+                }
+                Err(err) => tracing::warn!(activity_id = %task.activity_id, error = %err, "lease extension failed; will retry"),
+            },
+        }
+    };
+    let (report, outcome) = match result {
+        Ok(Ok(value)) => (Ok(value), Outcome::Completed),
+        Ok(Err(err)) => (Err(err.to_string()), Outcome::Failed),
+        Err(panic) => {
+            let message = panic_message(panic.as_ref());
+            tracing::error!(activity_id = %task.activity_id, panic = %message, "activity handler panicked");
+            (
+                Err(format!("handler panicked: {message}")),
+                Outcome::Panicked,
+            )
+        }
+    };
+    record(
+        || store.complete_activity_task(&task, report.clone()),
+        outcome,
+    )
+    .await
+}
+
+/// Runs a workflow handler while extending its lease, then applies its
+/// decision; an error or panic keeps the lease a moment and lets it retry.
+async fn run_workflow(
+    store: Store,
+    handler: WorkflowFn,
+    mut task: WorkflowTask,
+    lease: Duration,
+    shared_lease: Rc<RefCell<Lease>>,
+) -> Outcome {
+    let input = task.clone();
+    let work = AssertUnwindSafe(async move { handler(input).await }).catch_unwind();
+    futures::pin_mut!(work);
+    let heartbeat = lease / 3;
+    let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = beats.tick() => match store.extend_workflow_task(&mut task, lease).await {
+                Ok(()) => *shared_lease.borrow_mut() = task.lease.clone(),
+                Err(StoreError::LeaseLost { .. }) => return Outcome::LeaseLost,
+                Err(err) => tracing::warn!(instance_id = %task.instance.instance_id, error = %err, "lease extension failed; will retry"),
+            },
+        }
+    };
+    let (error, outcome) = match result {
+        Ok(Ok(decision)) => {
+            return record(
+                || store.complete_workflow_task(&task, decision.clone()),
+                Outcome::Completed,
+            )
+            .await
+        }
+        Ok(Err(err)) => (err.to_string(), Outcome::Failed),
+        Err(panic) => (
+            format!("handler panicked: {}", panic_message(panic.as_ref())),
+            Outcome::Panicked,
+        ),
+    };
+    tracing::warn!(instance_id = %task.instance.instance_id, %error, "workflow task failed; retrying in {WORKFLOW_RETRY_DELAY:?}");
+    // Keep the lease just long enough to pace the retry, then let it lapse.
+    let _ = store
+        .extend_workflow_task(&mut task, WORKFLOW_RETRY_DELAY)
+        .await;
+    outcome
+}
+
+/// Records a result, retrying through passing database failures: the work
+/// is done, and losing its result would mean doing it again.
+async fn record<F, Fut>(mut complete: F, outcome: Outcome) -> Outcome
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    for attempt in 1..=COMPLETION_ATTEMPTS {
+        match complete().await {
+            Ok(()) => return outcome,
+            Err(StoreError::LeaseLost { .. }) => return Outcome::LeaseLost,
+            Err(err) if err.is_transient() && attempt < COMPLETION_ATTEMPTS => {
+                tracing::warn!(attempt, error = %err, "recording a result failed; retrying");
+                tokio::time::sleep(backoff.delay(attempt)).await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "could not record a result; the task will run again when its lease expires");
+                return Outcome::NotRecorded;
+            }
+        }
+    }
+    Outcome::NotRecorded
+}
+
+impl Actor for WorkerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let register = RegisterWorker {
+            kind: self.settings.kind,
+            queues: self.settings.queues.clone(),
+            recipient: ctx.address().recipient(),
+            policy: WakePolicy::WhenIdle,
+            listener_state: Some(ctx.address().recipient()),
+        };
+        ctx.wait(
+            self.router
+                .send(register)
+                .into_actor(self)
+                .map(|result, act, ctx| {
+                    act.registration = result.ok();
+                    act.poll(ctx);
+                }),
+        );
+    }
+
+    fn stopping(&mut self, _: &mut Context<Self>) -> Running {
+        if let Some(id) = self.registration.take() {
+            self.router.do_send(UnregisterWorker { id });
+        }
+        Running::Stop
+    }
+}
+
+impl Handler<TaskAvailable> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: TaskAvailable, ctx: &mut Context<Self>) {
+        self.poll(ctx);
+    }
+}
+
+impl Handler<ListenerStateChanged> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ListenerStateChanged, ctx: &mut Context<Self>) {
+        // The notification path is down: a long sleep would now be a long
+        // delay. Shorten it; the resync after reconnecting wakes us anyway.
+        if !msg.listening && self.fallback.is_some() && !self.draining {
+            self.arm_timer(jittered(self.settings.fallback_while_degraded), ctx);
+        }
+    }
+}
+
+impl Handler<StopClaiming> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopClaiming, ctx: &mut Context<Self>) {
+        self.draining = true;
+        if let Some(handle) = self.fallback.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(id) = self.registration.take() {
+            self.router.do_send(UnregisterWorker { id });
+        }
+    }
+}
+
+impl Handler<InFlightCount> for WorkerActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: InFlightCount, _: &mut Context<Self>) -> usize {
+        self.in_flight.len()
+    }
+}
+
+impl Handler<AbandonInFlight> for WorkerActor {
+    type Result = ResponseActFuture<Self, usize>;
+
+    fn handle(&mut self, _: AbandonInFlight, ctx: &mut Context<Self>) -> Self::Result {
+        let mut releases = Vec::new();
+        for (_, in_flight) in self.in_flight.drain() {
+            ctx.cancel_future(in_flight.handle);
+            let lease = in_flight.lease.borrow().clone();
+            let store = self.store.clone();
+            releases.push(async move {
+                let released = match in_flight.task {
+                    Claimed::Activity(mut task) => {
+                        task.lease = lease;
+                        store.release_activity_task(&task).await
+                    }
+                    Claimed::Workflow(mut task) => {
+                        task.lease = lease;
+                        store.release_workflow_task(&task).await
+                    }
+                };
+                matches!(released, Ok(true))
+            });
+        }
+        Box::pin(
+            futures::future::join_all(releases)
+                .into_actor(self)
+                .map(|released, _, ctx| {
+                    ctx.stop();
+                    released.into_iter().filter(|r| *r).count()
+                }),
+        )
+    }
+}

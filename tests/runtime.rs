@@ -1,0 +1,318 @@
+//! The runtime end to end, against a real PostgreSQL: wake-ups, fallback
+//! polling, routing, handlers, shutdown.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use pgwake::testing::fresh_database;
+use pgwake::{
+    ActivityTask, ActivityWorker, BuildError, NewInstance, Queue, Runtime, RuntimeConfig,
+    RuntimeError, RuntimeHandle, TaskKind, WorkflowCompletion, WorkflowOutcome, WorkflowTask,
+    WorkflowWorker,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+const NEVER: Duration = Duration::from_secs(600);
+
+/// A config whose fallback is so long that only a wake-up can find work in time.
+fn notify_only(url: &str) -> RuntimeConfig {
+    let mut config = RuntimeConfig::new(url);
+    config.fallback_while_listening = NEVER;
+    config.fallback_while_degraded = NEVER;
+    config
+}
+
+/// An activity worker on `queue` that reports each task's activity id.
+fn reporting_activities(queue: &str) -> (ActivityWorker, mpsc::UnboundedReceiver<String>) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let worker = ActivityWorker::new([queue], move |task: ActivityTask| {
+        let sender = sender.clone();
+        async move {
+            let _ = sender.send(task.activity_id.clone());
+            Ok::<_, String>(json!("done"))
+        }
+    });
+    (worker, receiver)
+}
+
+/// A workflow worker on `queue` that reports each task's instance id and
+/// finishes the instance.
+fn reporting_workflows(queue: &str) -> (WorkflowWorker, mpsc::UnboundedReceiver<String>) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let worker = WorkflowWorker::new([queue], move |task: WorkflowTask| {
+        let sender = sender.clone();
+        async move {
+            let _ = sender.send(task.instance.instance_id.clone());
+            Ok::<_, String>(
+                WorkflowCompletion::default().finish(WorkflowOutcome::Completed(json!(null))),
+            )
+        }
+    });
+    (worker, receiver)
+}
+
+async fn receive_within(
+    receiver: &mut mpsc::UnboundedReceiver<String>,
+    limit: Duration,
+    what: &str,
+) -> String {
+    tokio::time::timeout(limit, receiver.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not start within {limit:?}"))
+        .expect("handler channel closed")
+}
+
+/// Inserts, by plain SQL with no setting, an instance with a start event on
+/// `workflow_queue` and an activity on `activity_queue`.
+async fn insert_by_plain_sql(url: &str, id: &str, workflow_queue: &str, activity_queue: &str) {
+    let client = support::connect(url).await;
+    client
+        .execute(
+            "INSERT INTO instances (instance_id, execution_id, state, queue) VALUES ($1, 'e', 0, $2)",
+            &[&id, &workflow_queue],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO pending_events (event_id, instance_id, execution_id, event_type, timestamp)
+             VALUES ($1, $1, 'e', 1, now())",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue, timestamp)
+             VALUES ($1, $1, 'e', 11, $2, now())",
+            &[&id, &activity_queue],
+        )
+        .await
+        .unwrap();
+}
+
+async fn wait_listening(runtime: &RuntimeHandle) {
+    support::eventually(Duration::from_secs(10), "listeners to listen", || async {
+        runtime.health().all_listening()
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn tasks_written_by_another_connection_start_through_notifications() {
+    let database = fresh_database().await.unwrap();
+    let (activities, mut activity_started) = reporting_activities("acts");
+    let (workflows, mut workflow_started) = reporting_workflows("flows");
+    let runtime = Runtime::builder(notify_only(database.url()))
+        .activity_worker(activities)
+        .workflow_worker(workflows)
+        .start()
+        .await
+        .unwrap();
+    wait_listening(&runtime).await;
+
+    insert_by_plain_sql(database.url(), "by-sql", "flows", "acts").await;
+    assert_eq!(
+        receive_within(
+            &mut activity_started,
+            Duration::from_secs(2),
+            "the activity"
+        )
+        .await,
+        "by-sql"
+    );
+    assert_eq!(
+        receive_within(
+            &mut workflow_started,
+            Duration::from_secs(2),
+            "the workflow task"
+        )
+        .await,
+        "by-sql"
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn with_notifications_off_tasks_are_found_by_polling() {
+    let database = fresh_database().await.unwrap();
+    let (activities, mut activity_started) = reporting_activities("acts");
+    let (workflows, mut workflow_started) = reporting_workflows("flows");
+    let mut config = RuntimeConfig::new(database.url());
+    config.notifications = false;
+    config.fallback_while_degraded = Duration::from_millis(200);
+    let runtime = Runtime::builder(config)
+        .activity_worker(activities)
+        .workflow_worker(workflows)
+        .start()
+        .await
+        .unwrap();
+    assert!(runtime
+        .health()
+        .listeners
+        .iter()
+        .all(|l| l.state == pgwake::ListenerState::Disabled));
+
+    insert_by_plain_sql(database.url(), "polled", "flows", "acts").await;
+    assert_eq!(
+        receive_within(
+            &mut activity_started,
+            Duration::from_secs(5),
+            "the activity"
+        )
+        .await,
+        "polled"
+    );
+    assert_eq!(
+        receive_within(
+            &mut workflow_started,
+            Duration::from_secs(5),
+            "the workflow task"
+        )
+        .await,
+        "polled"
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn a_task_written_through_the_store_starts_without_a_notification() {
+    let database = fresh_database().await.unwrap();
+    let (workflows, mut workflow_started) = reporting_workflows("flows");
+    let mut config = notify_only(database.url());
+    config.notifications = false; // no listener, no NOTIFY: only the in-process wake-up
+    let runtime = Runtime::builder(config)
+        .workflow_worker(workflows)
+        .start()
+        .await
+        .unwrap();
+    // Let the worker's first poll find nothing and go to sleep for ten minutes.
+    support::eventually(Duration::from_secs(5), "the first empty poll", || async {
+        runtime
+            .health()
+            .counters(TaskKind::Workflow, "flows")
+            .empty_polls
+            >= 1
+    })
+    .await;
+
+    runtime
+        .store()
+        .create_instance(NewInstance::new("local", Queue::new("flows").unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(
+        receive_within(
+            &mut workflow_started,
+            Duration::from_secs(2),
+            "the workflow task"
+        )
+        .await,
+        "local"
+    );
+    assert_eq!(runtime.notifications_sent(), 0);
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn a_panicking_handler_records_a_failure_and_its_worker_takes_the_next_task() {
+    let database = fresh_database().await.unwrap();
+    let (sender, mut handled) = mpsc::unbounded_channel();
+    let worker = ActivityWorker::new(["acts"], move |task: ActivityTask| {
+        let sender = sender.clone();
+        async move {
+            if task.activity_id == "first" {
+                panic!("the handler blew up");
+            }
+            let _ = sender.send(task.activity_id.clone());
+            Ok::<_, String>(json!(null))
+        }
+    });
+    let runtime = Runtime::builder(notify_only(database.url()))
+        .activity_worker(worker)
+        .start()
+        .await
+        .unwrap();
+    wait_listening(&runtime).await;
+    insert_by_plain_sql(database.url(), "first", "flows", "acts").await;
+    support::eventually(
+        Duration::from_secs(5),
+        "the panic to be counted",
+        || async {
+            runtime
+                .health()
+                .counters(TaskKind::Activity, "acts")
+                .panicked
+                == 1
+        },
+    )
+    .await;
+    insert_by_plain_sql(database.url(), "second", "flows", "acts").await;
+    assert_eq!(
+        receive_within(&mut handled, Duration::from_secs(5), "the next activity").await,
+        "second"
+    );
+
+    // The panic was recorded as the activity's failure, for its workflow to see.
+    let failure = runtime.store().instance("first").await.unwrap().unwrap();
+    let failed = failure
+        .pending
+        .iter()
+        .find(|e| e.event_type == pgwake::EventType::ActivityFailed)
+        .unwrap();
+    assert!(failed.attributes["error"]
+        .as_str()
+        .unwrap()
+        .contains("the handler blew up"));
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn invalid_configuration_is_refused_before_anything_connects() {
+    // The URL points nowhere: a refusal must come from validation, not a connection.
+    let url = "postgres://u:secret@127.0.0.1:1/x";
+    let noop = |_: ActivityTask| async { Ok::<_, String>(json!(null)) };
+    let cases: Vec<(&str, pgwake::RuntimeBuilder)> = vec![
+        (
+            "empty queue list",
+            Runtime::builder(RuntimeConfig::new(url))
+                .activity_worker(ActivityWorker::new(Vec::<String>::new(), noop)),
+        ),
+        (
+            "zero concurrency",
+            Runtime::builder(RuntimeConfig::new(url))
+                .activity_worker(ActivityWorker::new(["a"], noop).concurrency(0)),
+        ),
+        (
+            "bad queue name",
+            Runtime::builder(RuntimeConfig::new(url))
+                .activity_worker(ActivityWorker::new(["a b"], noop)),
+        ),
+        (
+            "malformed URL",
+            Runtime::builder(RuntimeConfig::new("postgres://u:secret@h:port/x"))
+                .activity_worker(ActivityWorker::new(["a"], noop)),
+        ),
+    ];
+    for (what, builder) in cases {
+        let started = Instant::now();
+        let err = builder.start().await.expect_err(what);
+        assert!(matches!(err, RuntimeError::Build(_)), "{what}: {err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{what}: refused without connecting"
+        );
+        assert!(!err.to_string().contains("secret"), "{what}: {err}");
+    }
+    let mut config = RuntimeConfig::new(url);
+    config.fallback_while_listening = Duration::ZERO;
+    assert!(matches!(
+        config.validate(),
+        Err(BuildError::Setting {
+            name: "fallback_while_listening",
+            ..
+        })
+    ));
+}

@@ -217,6 +217,8 @@ impl RuntimeBuilder {
         let mut listeners = Vec::new();
         if config.notifications {
             for (kind, channel) in &channels {
+                // Reported from now on, before the actor's first start.
+                health.set_listener(*kind, channel, ListenerState::Connecting);
                 let settings = ListenerSettings {
                     kind: *kind,
                     channel: channel.clone(),

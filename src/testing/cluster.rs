@@ -263,9 +263,11 @@ impl TestPostgres {
     fn wait_until_ready(&mut self, log_offset: u64) -> Result<(), TestPostgresError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let pid_file = self.data_dir().join("postmaster.pid");
+        let mut postmaster: Option<u32> = None;
         loop {
-            // Line 8 of postmaster.pid is the postmaster's status.
+            // Line 1 of postmaster.pid is the postmaster's pid, line 8 its status.
             if let Ok(contents) = std::fs::read_to_string(&pid_file) {
+                postmaster = postmaster.or_else(|| contents.lines().next()?.trim().parse().ok());
                 if contents
                     .lines()
                     .nth(7)
@@ -275,13 +277,16 @@ impl TestPostgres {
                 }
             }
             let new_log = read_log_from(&self.log_file(), log_offset);
-            let exited = self
-                .watchdog
-                .as_mut()
-                .and_then(|w| w.process.try_wait().ok().flatten())
-                .is_some();
-            if new_log.contains("FATAL") || exited || Instant::now() > deadline {
-                let reason = if Instant::now() > deadline {
+            // A client connecting too early makes the server log "FATAL: the
+            // database system is starting up": that is the client's failure,
+            // not the server's, and must not count.
+            let server_fatal = new_log
+                .lines()
+                .any(|line| line.contains("FATAL") && !line.contains("the database system is"));
+            let exited = postmaster.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            let timed_out = Instant::now() > deadline;
+            if server_fatal || exited || timed_out {
+                let reason = if timed_out {
                     format!("not ready after {READY_TIMEOUT:?}")
                 } else {
                     "the server exited during startup".to_string()

@@ -65,8 +65,17 @@ async fn receive_within(
 }
 
 /// Inserts, by plain SQL with no setting, an instance with a start event on
-/// `workflow_queue` and an activity on `activity_queue`.
-async fn insert_by_plain_sql(url: &str, id: &str, workflow_queue: &str, activity_queue: &str) {
+/// `workflow_queue` and an activity on `activity_queue`. The activity belongs
+/// to `activity_owner`: where the workflow handler finishes its instance at
+/// once, it must be another execution, since an ending execution deletes its
+/// outstanding activities.
+async fn insert_by_plain_sql(
+    url: &str,
+    id: &str,
+    workflow_queue: &str,
+    activity_queue: &str,
+    activity_owner: &str,
+) {
     let client = support::connect(url).await;
     client
         .execute(
@@ -86,8 +95,8 @@ async fn insert_by_plain_sql(url: &str, id: &str, workflow_queue: &str, activity
     client
         .execute(
             "INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue, timestamp)
-             VALUES ($1, $1, 'e', 11, $2, now())",
-            &[&id, &activity_queue],
+             VALUES ($1, $3, 'e', 11, $2, now())",
+            &[&id, &activity_queue, &activity_owner],
         )
         .await
         .unwrap();
@@ -113,7 +122,7 @@ async fn tasks_written_by_another_connection_start_through_notifications() {
         .unwrap();
     wait_listening(&runtime).await;
 
-    insert_by_plain_sql(database.url(), "by-sql", "flows", "acts").await;
+    insert_by_plain_sql(database.url(), "by-sql", "flows", "acts", "activity-owner").await;
     assert_eq!(
         receive_within(
             &mut activity_started,
@@ -155,7 +164,7 @@ async fn with_notifications_off_tasks_are_found_by_polling() {
         .iter()
         .all(|l| l.state == pgwake::ListenerState::Disabled));
 
-    insert_by_plain_sql(database.url(), "polled", "flows", "acts").await;
+    insert_by_plain_sql(database.url(), "polled", "flows", "acts", "activity-owner").await;
     assert_eq!(
         receive_within(
             &mut activity_started,
@@ -236,7 +245,7 @@ async fn a_panicking_handler_records_a_failure_and_its_worker_takes_the_next_tas
         .await
         .unwrap();
     wait_listening(&runtime).await;
-    insert_by_plain_sql(database.url(), "first", "flows", "acts").await;
+    insert_by_plain_sql(database.url(), "first", "flows", "acts", "first").await;
     support::eventually(
         Duration::from_secs(5),
         "the panic to be counted",
@@ -249,7 +258,7 @@ async fn a_panicking_handler_records_a_failure_and_its_worker_takes_the_next_tas
         },
     )
     .await;
-    insert_by_plain_sql(database.url(), "second", "flows", "acts").await;
+    insert_by_plain_sql(database.url(), "second", "flows", "acts", "second").await;
     assert_eq!(
         receive_within(&mut handled, Duration::from_secs(5), "the next activity").await,
         "second"

@@ -176,33 +176,32 @@ impl WorkerActor {
         let is_activity = matches!(self.job, Job::Activity(_));
         let claim = async move {
             let (worker, queues, lease) = (&settings.worker_id, &settings.queues, settings.lease);
-            let mut claimed = Vec::new();
+            // Each poll is one statement that also says when the next timer
+            // is due: what keeps an idle worker cheap and its timers on time.
             if is_activity {
-                let tasks = store
-                    .claim_activity_tasks(worker, queues, capacity, lease)
+                let (tasks, due_in) = store
+                    .poll_activity_tasks(worker, queues, capacity, lease)
                     .await?;
-                claimed.extend(tasks.into_iter().map(Claimed::Activity));
-            } else {
-                while claimed.len() < capacity {
-                    match store.claim_workflow_task(worker, queues, lease).await {
-                        Ok(Some(task)) => claimed.push(Claimed::Workflow(task)),
-                        Ok(None) => break,
-                        // Keep what was claimed; the next poll reports the error.
-                        Err(err) if !claimed.is_empty() => {
-                            tracing::debug!(error = %err, "claim failed after some succeeded");
-                            break;
+                return Ok((tasks.into_iter().map(Claimed::Activity).collect(), due_in));
+            }
+            let mut claimed = Vec::new();
+            loop {
+                match store.poll_workflow_task(worker, queues, lease).await {
+                    Ok((Some(task), _)) => {
+                        claimed.push(Claimed::Workflow(task));
+                        if claimed.len() == capacity {
+                            return Ok((claimed, None));
                         }
-                        Err(err) => return Err(err),
                     }
+                    Ok((None, due_in)) => return Ok((claimed, due_in)),
+                    // Keep what was claimed; the next poll reports the error.
+                    Err(err) if !claimed.is_empty() => {
+                        tracing::debug!(error = %err, "claim failed after some succeeded");
+                        return Ok((claimed, None));
+                    }
+                    Err(err) => return Err(err),
                 }
             }
-            // Only an idle worker needs to know when the next timer is due.
-            let next_due = if claimed.len() < capacity {
-                store.next_due_in(queues).await.unwrap_or(None)
-            } else {
-                None
-            };
-            Ok::<_, StoreError>((claimed, next_due))
         };
         ctx.spawn(claim.into_actor(self).map(move |result, act, ctx| {
             act.polling = false;

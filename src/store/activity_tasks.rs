@@ -35,64 +35,106 @@ impl Store {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<ActivityTask>, StoreError> {
+        Ok(self
+            .poll_activity_tasks(worker, queues, max, lease)
+            .await?
+            .0)
+    }
+
+    /// [`claim_activity_tasks`](Self::claim_activity_tasks), and in the
+    /// same statement how long until the next activity of `queues` that is
+    /// not visible yet becomes visible: what an idle worker needs to sleep
+    /// exactly that long, for the price of one statement per poll.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// let worker = pgwake::WorkerId::unique("docs");
+    /// let (tasks, due_in) = store
+    ///     .poll_activity_tasks(&worker, &pgwake::queues(["emails"])?, 32, std::time::Duration::from_secs(120))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`claim_activity_tasks`](Self::claim_activity_tasks).
+    pub async fn poll_activity_tasks(
+        &self,
+        worker: &WorkerId,
+        queues: &[Queue],
+        max: usize,
+        lease: Duration,
+    ) -> Result<(Vec<ActivityTask>, Option<Duration>), StoreError> {
         if queues.is_empty() {
             return Err(StoreError::NoQueues);
         }
         let lease_secs = lease_seconds(lease)?;
-        if max == 0 {
-            return Ok(Vec::new());
-        }
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let queue_names: Vec<&str> = queues.iter().map(Queue::as_str).collect();
         let client = self.client().await?;
         // Locks up to `max` activities rows, FOR UPDATE SKIP LOCKED: it never
         // waits, so it cannot deadlock, and concurrent claimers take
-        // disjoint rows.
+        // disjoint rows. The due time rides along as the first column of a
+        // row that exists even when nothing is claimed.
         let rows = client
             .query(
-                "WITH candidate AS (
-                   SELECT id FROM activities
-                    WHERE queue = ANY($1)
-                      AND (locked_until IS NULL OR locked_until < now())
-                      AND (visible_at IS NULL OR visible_at <= now())
-                    ORDER BY id LIMIT $4
-                    FOR UPDATE SKIP LOCKED),
-                 claimed AS (
-                   UPDATE activities a
-                      SET locked_until = now() + make_interval(secs => $3), worker = $2
-                     FROM candidate c WHERE a.id = c.id
-                   RETURNING a.id, a.activity_id, a.instance_id, a.execution_id, a.queue,
-                             a.schedule_event_id, a.locked_until)
-                 SELECT c.*, at.data FROM claimed c
-                   LEFT JOIN attributes at ON at.instance_id = c.instance_id
-                        AND at.execution_id = c.execution_id AND at.event_id = c.activity_id
-                  ORDER BY c.id",
+                &format!(
+                    "WITH candidate AS (
+                       SELECT id FROM activities
+                        WHERE queue = ANY($1)
+                          AND (locked_until IS NULL OR locked_until < now())
+                          AND (visible_at IS NULL OR visible_at <= now())
+                        ORDER BY id LIMIT $4
+                        FOR UPDATE SKIP LOCKED),
+                     claimed AS (
+                       UPDATE activities a
+                          SET locked_until = now() + make_interval(secs => $3), worker = $2
+                         FROM candidate c WHERE a.id = c.id
+                       RETURNING a.id, a.activity_id, a.instance_id, a.execution_id, a.queue,
+                                 a.schedule_event_id, a.locked_until),
+                     due AS ({})
+                     SELECT due.due_in, c.id, c.activity_id, c.instance_id, c.execution_id, c.queue,
+                            c.schedule_event_id, c.locked_until, at.data
+                       FROM due LEFT JOIN (claimed c
+                         LEFT JOIN attributes at ON at.instance_id = c.instance_id
+                              AND at.execution_id = c.execution_id AND at.event_id = c.activity_id)
+                         ON true
+                      ORDER BY c.id",
+                    super::stats::ACTIVITY_DUE_SQL
+                ),
                 &[&queue_names, &worker.as_str(), &lease_secs, &limit],
             )
             .await
             .map_err(db("claiming activity tasks"))?;
+        let due_in = rows
+            .first()
+            .and_then(|r| r.get::<_, Option<f64>>(0))
+            .map(super::stats::seconds);
+        let rows: Vec<_> = rows
+            .into_iter()
+            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+            .collect();
         let tasks = rows
             .iter()
             .map(|row| {
-                let data: Option<Vec<u8>> = row.get(7);
+                let data: Option<Vec<u8>> = row.get(8);
                 let scheduled: Value = match data {
                     Some(bytes) => serde_json::from_slice(&bytes)?,
                     None => Value::Null,
                 };
                 Ok(ActivityTask {
-                    row_id: row.get(0),
-                    activity_id: row.get(1),
+                    row_id: row.get(1),
+                    activity_id: row.get(2),
                     instance: InstanceRef {
-                        instance_id: row.get(2),
-                        execution_id: row.get(3),
+                        instance_id: row.get(3),
+                        execution_id: row.get(4),
                     },
-                    queue: Queue::new(row.get::<_, String>(4)).unwrap_or_default(),
-                    schedule_event_id: row.get(5),
+                    queue: Queue::new(row.get::<_, String>(5)).unwrap_or_default(),
+                    schedule_event_id: row.get(6),
                     name: scheduled["name"].as_str().unwrap_or_default().to_string(),
                     input: scheduled.get("input").cloned().unwrap_or(Value::Null),
                     lease: Lease {
                         worker: worker.clone(),
-                        locked_until: row.get(6),
+                        locked_until: row.get(7),
                     },
                 })
             })
@@ -100,7 +142,7 @@ impl Store {
         if !tasks.is_empty() {
             tracing::debug!(count = tasks.len(), worker = %worker, "activity tasks claimed");
         }
-        Ok(tasks)
+        Ok((tasks, due_in))
     }
 
     /// Records an activity's result (`Ok`) or error (`Err`): deletes the
@@ -232,6 +274,66 @@ impl Store {
                 worker: task.lease.worker.to_string(),
             }),
         }
+    }
+
+    /// Enqueues an activity outside any workflow decision, in one statement:
+    /// a standalone job on `queue`, owned by `instance` (whose pending events
+    /// receive its result if it is active). Unlike a scheduled activity it
+    /// has no `ActivityScheduled` event (its `schedule_event_id` is 0).
+    /// Returns the activity's id.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, owner: pgwake::InstanceRef) -> Result<(), pgwake::StoreError> {
+    /// let id = store
+    ///     .enqueue_activity(&owner, &pgwake::Queue::new("emails")?, "send", serde_json::json!({"to": "a@b.c"}))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// An invalid id, a payload too large, a database failure.
+    pub async fn enqueue_activity(
+        &self,
+        instance: &InstanceRef,
+        queue: &Queue,
+        name: &str,
+        input: Value,
+    ) -> Result<String, StoreError> {
+        super::names::check_id("instance id", &instance.instance_id, 128)?;
+        super::names::check_id("execution id", &instance.execution_id, 128)?;
+        let data =
+            self.encode(&json!({ "name": name, "input": input, "queue": queue.as_str() }))?;
+        let activity_id = super::new_id();
+        let defer = self.defers_notifications();
+        let client = self.client().await?;
+        // One autocommit statement. set_config(.., true) lasts until the end
+        // of this statement's transaction, and runs before the statement's
+        // AFTER triggers fire at its end, so the trigger skips it exactly
+        // as it skips a SET LOCAL: a write without the commit-time NOTIFY
+        // lock, in one round trip.
+        client
+            .execute(
+                "WITH defer AS (SELECT set_config('pgwake.defer_notify', CASE WHEN $6 THEN 'on' ELSE '' END, true) AS v),
+                      attrs AS (INSERT INTO attributes (event_id, instance_id, execution_id, data)
+                                VALUES ($1, $2, $3, $5))
+                 INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue,
+                                         timestamp, schedule_event_id)
+                 SELECT $1, $2, $3, 11, $4, now(), 0 FROM defer WHERE defer.v IS NOT NULL",
+                &[
+                    &activity_id,
+                    &instance.instance_id,
+                    &instance.execution_id,
+                    &queue.as_str(),
+                    &data,
+                    &defer,
+                ],
+            )
+            .await
+            .map_err(db("enqueueing an activity"))?;
+        let mut touched = TouchedQueues::default();
+        touched.add_activity(queue);
+        self.report_commit(touched);
+        Ok(activity_id)
     }
 
     /// Gives an activity task back unprocessed, claimable at once. Returns

@@ -193,12 +193,22 @@ impl Store {
         context: &'static str,
     ) -> Result<(), StoreError> {
         tx.commit().await.map_err(db(context))?;
+        self.report_commit(touched);
+        Ok(())
+    }
+
+    /// Whether writes skip the triggers (a commit hook notifies instead).
+    pub(crate) fn defers_notifications(&self) -> bool {
+        self.commit_hook.is_some()
+    }
+
+    /// Hands a committed write's queues to the hook, if any.
+    pub(crate) fn report_commit(&self, touched: TouchedQueues) {
         if let Some(hook) = &self.commit_hook {
             if !touched.is_empty() {
                 hook(touched);
             }
         }
-        Ok(())
     }
 
     /// Builds a pool for `url` and checks that the schema is at the version

@@ -93,24 +93,38 @@ impl Store {
     pub async fn next_due_in(&self, queues: &[Queue]) -> Result<Option<Duration>, StoreError> {
         let queue_names: Vec<&str> = queues.iter().map(Queue::as_str).collect();
         let client = self.client().await?;
-        // Both halves walk a partial index on visible_at (migration 3) and
-        // stop at the first row that qualifies.
         let row = client
             .query_one(
-                "SELECT EXTRACT(EPOCH FROM (min(due) - now()))::float8 FROM (
-                   (SELECT pe.visible_at AS due FROM pending_events pe
-                      JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
-                     WHERE pe.visible_at > now() AND i.state = 0 AND i.queue = ANY($1)
-                     ORDER BY pe.visible_at LIMIT 1)
-                   UNION ALL
-                   (SELECT visible_at FROM activities
-                     WHERE visible_at > now() AND queue = ANY($1)
-                     ORDER BY visible_at LIMIT 1)) due_times",
+                &format!("SELECT least(({WORKFLOW_DUE_SQL}), ({ACTIVITY_DUE_SQL}))"),
                 &[&queue_names],
             )
             .await
             .map_err(db("finding the next due time"))?;
-        let seconds: Option<f64> = row.get(0);
-        Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+        let due_in: Option<f64> = row.get(0);
+        Ok(due_in.map(seconds))
     }
+}
+
+/// Seconds until the next activity of the queues `$1` becomes visible
+/// (one row, NULL when none is scheduled). Walks the partial index on
+/// `(queue, visible_at)` of migration 3 and stops at the first row.
+pub(crate) const ACTIVITY_DUE_SQL: &str =
+    "SELECT EXTRACT(EPOCH FROM (min(visible_at) - now()))::float8 AS due_in
+   FROM (SELECT visible_at FROM activities
+          WHERE visible_at > now() AND queue = ANY($1)
+          ORDER BY visible_at LIMIT 1) next_activity";
+
+/// Seconds until the next pending event of an active instance of the
+/// queues `$1` becomes visible (one row, NULL when none). Walks the partial
+/// index on `pending_events (visible_at)` and stops at the first match.
+pub(crate) const WORKFLOW_DUE_SQL: &str =
+    "SELECT EXTRACT(EPOCH FROM (min(pe.visible_at) - now()))::float8 AS due_in
+   FROM (SELECT pe.visible_at FROM pending_events pe
+           JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
+          WHERE pe.visible_at > now() AND i.state = 0 AND i.queue = ANY($1)
+          ORDER BY pe.visible_at LIMIT 1) pe";
+
+/// A due time in seconds (possibly slightly negative: due already) as a delay.
+pub(crate) fn seconds(due_in: f64) -> Duration {
+    Duration::from_secs_f64(due_in.max(0.0))
 }

@@ -13,6 +13,7 @@ use super::model::{
     WorkflowOutcome, WorkflowTask,
 };
 use super::names::{check_id, Queue, WorkerId};
+use super::stats::WORKFLOW_DUE_SQL;
 use super::{db, lease_seconds, Store, TouchedQueues};
 use crate::error::StoreError;
 
@@ -39,6 +40,30 @@ impl Store {
         queues: &[Queue],
         lease: Duration,
     ) -> Result<Option<WorkflowTask>, StoreError> {
+        Ok(self.poll_workflow_task(worker, queues, lease).await?.0)
+    }
+
+    /// [`claim_workflow_task`](Self::claim_workflow_task), and in the same
+    /// statement how long until the next pending event of `queues` that is
+    /// not visible yet (a timer) becomes visible.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// let worker = pgwake::WorkerId::unique("docs");
+    /// let (task, due_in) = store
+    ///     .poll_workflow_task(&worker, &pgwake::queues(["orders"])?, std::time::Duration::from_secs(60))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`claim_workflow_task`](Self::claim_workflow_task).
+    pub async fn poll_workflow_task(
+        &self,
+        worker: &WorkerId,
+        queues: &[Queue],
+        lease: Duration,
+    ) -> Result<(Option<WorkflowTask>, Option<Duration>), StoreError> {
         if queues.is_empty() {
             return Err(StoreError::NoQueues);
         }
@@ -50,8 +75,8 @@ impl Store {
         // newest version once locked. Oldest pending event first is fair
         // across instances.
         let claimed = client
-            .query_opt(
-                "WITH candidate AS (
+            .query_one(
+                &format!("WITH candidate AS (
                    SELECT i.id FROM pending_events pe
                      JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
                     WHERE (pe.visible_at IS NULL OR pe.visible_at <= now())
@@ -60,21 +85,28 @@ impl Store {
                       AND (i.sticky_until IS NULL OR i.sticky_until < now() OR i.worker = $2)
                     ORDER BY pe.id
                     LIMIT 1
-                    FOR UPDATE OF i SKIP LOCKED)
-                 UPDATE instances i
-                    SET locked_until = now() + make_interval(secs => $3), worker = $2
-                   FROM candidate c WHERE i.id = c.id
-                 RETURNING i.id, i.instance_id, i.execution_id, i.queue, i.metadata,
-                           i.parent_instance_id, i.parent_execution_id,
-                           i.parent_schedule_event_id::bigint, i.locked_until",
+                    FOR UPDATE OF i SKIP LOCKED),
+                 claimed AS (
+                   UPDATE instances i
+                      SET locked_until = now() + make_interval(secs => $3), worker = $2
+                     FROM candidate c WHERE i.id = c.id
+                   RETURNING i.id, i.instance_id, i.execution_id, i.queue, i.metadata,
+                             i.parent_instance_id, i.parent_execution_id,
+                             i.parent_schedule_event_id::bigint AS parent_schedule, i.locked_until),
+                 due AS ({WORKFLOW_DUE_SQL})
+                 SELECT due.due_in, claimed.* FROM due LEFT JOIN claimed ON true"),
                 &[&queue_names, &worker.as_str(), &lease_secs],
             )
             .await
             .map_err(db("claiming a workflow task"))?;
-        let Some(row) = claimed else { return Ok(None) };
+        let due_in = claimed.get::<_, Option<f64>>(0).map(super::stats::seconds);
+        if claimed.get::<_, Option<i64>>(1).is_none() {
+            return Ok((None, due_in));
+        }
+        let row = &claimed;
         let instance = InstanceRef {
-            instance_id: row.get(1),
-            execution_id: row.get(2),
+            instance_id: row.get(2),
+            execution_id: row.get(3),
         };
         // Read in a new statement, so with a snapshot taken after the claim
         // committed: a previous holder's late completion that committed
@@ -103,7 +135,7 @@ impl Store {
             .filter(|r| r.get::<_, Option<String>>(1).is_some())
             .map(|r| event_from_row_at(r, 1))
             .collect::<Result<_, _>>()?;
-        let locked_until: std::time::SystemTime = row.get(8);
+        let locked_until: std::time::SystemTime = row.get(9);
         if events.is_empty() {
             // The events we were claimed for were processed by the previous
             // holder, whose completion won the race: nothing to do. Give the
@@ -112,29 +144,29 @@ impl Store {
                 .execute(
                     "UPDATE instances SET locked_until = NULL
                       WHERE id = $1 AND worker = $2 AND locked_until = $3",
-                    &[&row.get::<_, i64>(0), &worker.as_str(), &locked_until],
+                    &[&row.get::<_, i64>(1), &worker.as_str(), &locked_until],
                 )
                 .await
                 .map_err(db("releasing an empty claim"))?;
-            return Ok(None);
+            return Ok((None, due_in));
         }
-        let metadata: Option<Vec<u8>> = row.get(4);
+        let metadata: Option<Vec<u8>> = row.get(5);
         let parent = match (
-            row.get::<_, Option<String>>(5),
             row.get::<_, Option<String>>(6),
+            row.get::<_, Option<String>>(7),
         ) {
             (Some(instance_id), Some(execution_id)) => Some((
                 InstanceRef {
                     instance_id,
                     execution_id,
                 },
-                row.get::<_, Option<i64>>(7).unwrap_or(0),
+                row.get::<_, Option<i64>>(8).unwrap_or(0),
             )),
             _ => None,
         };
         let task = WorkflowTask {
-            row_id: row.get(0),
-            queue: Queue::new(row.get::<_, String>(3)).unwrap_or_default(),
+            row_id: row.get(1),
+            queue: Queue::new(row.get::<_, String>(4)).unwrap_or_default(),
             metadata: metadata.map(|m| serde_json::from_slice(&m)).transpose()?,
             parent,
             new_events: events,
@@ -151,7 +183,7 @@ impl Store {
             events = task.new_events.len(),
             "workflow task claimed"
         );
-        Ok(Some(task))
+        Ok((Some(task), due_in))
     }
 
     /// Applies a workflow task's decision in one transaction: the task's

@@ -84,6 +84,24 @@ struct InFlight {
     task: Claimed,
     /// The newest fencing token, as the heartbeat renews it.
     lease: Rc<RefCell<Lease>>,
+    /// The handler finished; its result is being recorded.
+    recording: bool,
+}
+
+/// A finished activity whose result waits to be recorded with others.
+struct PendingRecord {
+    number: u64,
+    task: ActivityTask,
+    report: Result<serde_json::Value, String>,
+    outcome: Outcome,
+}
+
+/// How a run of an activity handler ended.
+struct ActivityEnd {
+    task: ActivityTask,
+    /// `None` when the lease was lost while it ran: nothing to record.
+    report: Option<Result<serde_json::Value, String>>,
+    outcome: Outcome,
 }
 
 /// Runs one kind of handler for a set of queues.
@@ -102,6 +120,10 @@ pub struct WorkerActor {
     fallback: Option<SpawnHandle>,
     failed_polls: u32,
     draining: bool,
+    /// Activity results waiting to be recorded in one transaction.
+    records: Vec<PendingRecord>,
+    /// A batch of results is being recorded.
+    recording: bool,
 }
 
 impl std::fmt::Debug for WorkerActor {
@@ -137,6 +159,8 @@ impl WorkerActor {
             fallback: None,
             failed_polls: 0,
             draining: false,
+            records: Vec::new(),
+            recording: false,
         }
     }
 
@@ -289,41 +313,116 @@ impl WorkerActor {
         let number = self.next_task_number;
         self.next_task_number += 1;
         let lease = Rc::new(RefCell::new(task.lease().clone()));
-        let run = match (&self.job, task.clone()) {
-            (Job::Activity(handler), Claimed::Activity(task)) => run_activity(
-                self.store.clone(),
-                handler.clone(),
-                task,
-                self.settings.lease,
-                lease.clone(),
-            )
-            .boxed_local(),
-            (Job::Workflow(handler), Claimed::Workflow(task)) => run_workflow(
-                self.store.clone(),
-                handler.clone(),
-                task,
-                self.settings.lease,
-                lease.clone(),
-            )
-            .boxed_local(),
+        let handle = match (&self.job, task.clone()) {
+            (Job::Activity(handler), Claimed::Activity(task)) => {
+                let run = run_activity(
+                    self.store.clone(),
+                    handler.clone(),
+                    task,
+                    self.settings.lease,
+                    lease.clone(),
+                );
+                ctx.spawn(
+                    run.into_actor(self)
+                        .map(move |end, act, ctx| act.activity_ended(number, end, ctx)),
+                )
+            }
+            (Job::Workflow(handler), Claimed::Workflow(task)) => {
+                let queue = task.queue.clone();
+                let run = run_workflow(
+                    self.store.clone(),
+                    handler.clone(),
+                    task,
+                    self.settings.lease,
+                    lease.clone(),
+                );
+                ctx.spawn(run.into_actor(self).map(move |outcome, act, ctx| {
+                    act.in_flight.remove(&number);
+                    act.finished(&queue, outcome, ctx);
+                }))
+            }
             _ => unreachable!("a worker claims only its own kind of task"),
         };
-        let queue = task.queue().clone();
-        let handle = ctx.spawn(run.into_actor(self).map(move |outcome, act, ctx| {
-            act.in_flight.remove(&number);
-            act.finished(&queue, outcome, ctx);
-        }));
         self.in_flight.insert(
             number,
             InFlight {
                 handle,
                 task,
                 lease,
+                recording: false,
             },
         );
     }
 
-    fn finished(&mut self, queue: &Queue, outcome: Outcome, ctx: &mut Context<Self>) {
+    fn activity_ended(&mut self, number: u64, end: ActivityEnd, ctx: &mut Context<Self>) {
+        let Some(report) = end.report else {
+            self.in_flight.remove(&number);
+            self.finished(&end.task.queue, end.outcome, ctx);
+            return;
+        };
+        if let Some(in_flight) = self.in_flight.get_mut(&number) {
+            in_flight.recording = true;
+        }
+        self.records.push(PendingRecord {
+            number,
+            task: end.task,
+            report,
+            outcome: end.outcome,
+        });
+        self.flush_records(ctx);
+    }
+
+    /// Records every waiting result in one transaction; results that finish
+    /// meanwhile wait for the next one. Alone, a result is recorded at once;
+    /// under load, results of a batch are recorded together.
+    fn flush_records(&mut self, ctx: &mut Context<Self>) {
+        if self.recording || self.records.is_empty() {
+            return;
+        }
+        self.recording = true;
+        let batch = std::mem::take(&mut self.records);
+        let store = self.store.clone();
+        let record = async move {
+            let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+            let mut attempt = 0;
+            let outcome = loop {
+                attempt += 1;
+                let pairs: Vec<(&ActivityTask, Result<serde_json::Value, String>)> =
+                    batch.iter().map(|r| (&r.task, r.report.clone())).collect();
+                match store.complete_activity_tasks(&pairs).await {
+                    Ok(outcomes) => break Ok(outcomes),
+                    Err(err) if err.is_transient() && attempt < COMPLETION_ATTEMPTS => {
+                        tracing::warn!(attempt, error = %err, "recording results failed; retrying");
+                        tokio::time::sleep(backoff.delay(attempt)).await;
+                    }
+                    Err(err) => break Err(err),
+                }
+            };
+            (batch, outcome)
+        };
+        ctx.spawn(record.into_actor(self).map(|(batch, outcome), act, ctx| {
+            act.recording = false;
+            if let Err(err) = &outcome {
+                tracing::error!(error = %err, count = batch.len(), "could not record results; those tasks will run again when their leases expire");
+            }
+            for (index, done) in batch.into_iter().enumerate() {
+                act.in_flight.remove(&done.number);
+                let recorded = match &outcome {
+                    Ok(outcomes) => match outcomes.get(index) {
+                        Some(Ok(())) => done.outcome,
+                        Some(Err(StoreError::LeaseLost { .. })) => Outcome::LeaseLost,
+                        _ => Outcome::NotRecorded,
+                    },
+                    Err(_) => Outcome::NotRecorded,
+                };
+                act.count_outcome(&done.task.queue, recorded);
+            }
+            act.flush_records(ctx);
+            act.poll(ctx);
+        }));
+    }
+
+    fn count_outcome(&self, queue: &Queue, outcome: Outcome) {
         self.count(std::slice::from_ref(queue), |c| match outcome {
             Outcome::Completed => c.completed += 1,
             Outcome::Failed => c.failed += 1,
@@ -331,6 +430,10 @@ impl WorkerActor {
             Outcome::LeaseLost => c.leases_lost += 1,
             Outcome::NotRecorded => {}
         });
+    }
+
+    fn finished(&mut self, queue: &Queue, outcome: Outcome, ctx: &mut Context<Self>) {
+        self.count_outcome(queue, outcome);
         let retry_later = matches!(self.job, Job::Workflow(_))
             && matches!(outcome, Outcome::Failed | Outcome::Panicked);
         if retry_later && self.capacity() == self.settings.concurrency {
@@ -350,15 +453,16 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a non-string panic payload".to_string())
 }
 
-/// Runs an activity handler while extending its lease, then records its
-/// result. A panic inside the handler is caught here.
+/// Runs an activity handler while extending its lease; the worker records
+/// the result (with others finished at the same time). A panic inside the
+/// handler is caught here.
 async fn run_activity(
     store: Store,
     handler: ActivityFn,
     mut task: ActivityTask,
     lease: Duration,
     shared_lease: Rc<RefCell<Lease>>,
-) -> Outcome {
+) -> ActivityEnd {
     let input = task.clone();
     let work = AssertUnwindSafe(async move { handler(input).await }).catch_unwind();
     futures::pin_mut!(work);
@@ -371,7 +475,7 @@ async fn run_activity(
                 Ok(()) => *shared_lease.borrow_mut() = task.lease.clone(),
                 Err(StoreError::LeaseLost { .. }) => {
                     tracing::warn!(activity_id = %task.activity_id, "lease lost while running; abandoning the activity");
-                    return Outcome::LeaseLost;
+                    return ActivityEnd { task, report: None, outcome: Outcome::LeaseLost };
                 }
                 Err(err) => tracing::warn!(activity_id = %task.activity_id, error = %err, "lease extension failed; will retry"),
             },
@@ -389,11 +493,11 @@ async fn run_activity(
             )
         }
     };
-    record(
-        || store.complete_activity_task(&task, report.clone()),
+    ActivityEnd {
+        task,
+        report: Some(report),
         outcome,
-    )
-    .await
+    }
 }
 
 /// Runs a workflow handler while extending its lease, then applies its
@@ -544,7 +648,18 @@ impl Handler<AbandonInFlight> for WorkerActor {
 
     fn handle(&mut self, _: AbandonInFlight, ctx: &mut Context<Self>) -> Self::Result {
         let mut releases = Vec::new();
-        for (_, in_flight) in self.in_flight.drain() {
+        // Results being recorded stay: their handlers finished, and releasing
+        // them would run them again.
+        let running: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| !f.recording)
+            .map(|(n, _)| *n)
+            .collect();
+        for number in running {
+            let Some(in_flight) = self.in_flight.remove(&number) else {
+                continue;
+            };
             ctx.cancel_future(in_flight.handle);
             let lease = in_flight.lease.borrow().clone();
             let store = self.store.clone();
@@ -565,10 +680,7 @@ impl Handler<AbandonInFlight> for WorkerActor {
         Box::pin(
             futures::future::join_all(releases)
                 .into_actor(self)
-                .map(|released, _, ctx| {
-                    ctx.stop();
-                    released.into_iter().filter(|r| *r).count()
-                }),
+                .map(|released, _, _| released.into_iter().filter(|r| *r).count()),
         )
     }
 }

@@ -77,8 +77,9 @@ impl Store {
         // row that exists even when nothing is claimed.
         let rows = client
             .query(
-                &format!(
-                    "WITH candidate AS (
+                &client
+                    .prepare_cached(&format!(
+                        "WITH candidate AS (
                        SELECT id FROM activities
                         WHERE queue = ANY($1)
                           AND (locked_until IS NULL OR locked_until < now())
@@ -99,8 +100,10 @@ impl Store {
                               AND at.execution_id = c.execution_id AND at.event_id = c.activity_id)
                          ON true
                       ORDER BY c.id",
-                    super::stats::ACTIVITY_DUE_SQL
-                ),
+                        super::stats::ACTIVITY_DUE_SQL
+                    ))
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[&queue_names, &worker.as_str(), &lease_secs, &limit],
             )
             .await
@@ -180,8 +183,12 @@ impl Store {
         // serialize instead of deadlocking.
         let owner = tx
             .query_opt(
-                "SELECT state, queue FROM instances
+                &tx.prepare_cached(
+                    "SELECT state, queue FROM instances
                   WHERE instance_id = $1 AND execution_id = $2 FOR SHARE",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
                 &[&task.instance.instance_id, &task.instance.execution_id],
             )
             .await
@@ -192,7 +199,11 @@ impl Store {
         let owner_active = owner_queue.is_some();
         let deleted = tx
             .execute(
-                "DELETE FROM activities WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                &tx.prepare_cached(
+                    "DELETE FROM activities WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
                 &[
                     &task.row_id,
                     &task.lease.worker.as_str(),
@@ -226,6 +237,141 @@ impl Store {
         Ok(())
     }
 
+    /// Records many activities' results in one transaction: what lets a
+    /// worker that runs activities in batches record them at the same pace.
+    /// Each is fenced by its own lease, exactly as
+    /// [`complete_activity_task`](Self::complete_activity_task) fences one;
+    /// the returned outcomes are in the order given.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, a: pgwake::ActivityTask, b: pgwake::ActivityTask) -> Result<(), pgwake::StoreError> {
+    /// let outcomes = store
+    ///     .complete_activity_tasks(&[(&a, Ok(serde_json::json!(1))), (&b, Err("timeout".into()))])
+    ///     .await?;
+    /// assert_eq!(outcomes.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A payload too large (nothing is recorded), a database failure
+    /// (nothing is recorded). A lost lease is an `Err` in its own outcome.
+    pub async fn complete_activity_tasks(
+        &self,
+        completions: &[(&ActivityTask, Result<Value, String>)],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut row_ids = Vec::with_capacity(completions.len());
+        let mut workers = Vec::with_capacity(completions.len());
+        let mut tokens = Vec::with_capacity(completions.len());
+        let mut event_ids = Vec::with_capacity(completions.len());
+        let mut event_types = Vec::with_capacity(completions.len());
+        let mut data = Vec::with_capacity(completions.len());
+        for (task, result) in completions {
+            let (event_type, attributes) = match result {
+                Ok(value) => (EventType::ActivityCompleted, json!({ "result": value })),
+                Err(error) => (EventType::ActivityFailed, json!({ "error": error })),
+            };
+            data.push(self.encode(&attributes)?);
+            event_types.push(event_type.code());
+            event_ids.push(super::new_id());
+            row_ids.push(task.row_id);
+            workers.push(task.lease.worker.as_str());
+            tokens.push(task.lease.locked_until);
+        }
+        let owner_instances: Vec<&str> = completions
+            .iter()
+            .map(|(t, _)| t.instance.instance_id.as_str())
+            .collect();
+        let owner_executions: Vec<&str> = completions
+            .iter()
+            .map(|(t, _)| t.instance.execution_id.as_str())
+            .collect();
+        let mut client = self.client().await?;
+        let tx = self.begin_write(&mut client).await?;
+        // Locks the owning instances rows (shared) in id order, before any
+        // activities row: the order every waiting transaction follows.
+        let owners = tx
+            .query(
+                &tx.prepare_cached(
+                    "SELECT i.id, i.instance_id, i.execution_id, i.queue FROM instances i
+                  WHERE (i.instance_id, i.execution_id) IN
+                        (SELECT * FROM unnest($1::text[], $2::text[]))
+                    AND i.state = 0
+                  ORDER BY i.id FOR SHARE",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
+                &[&owner_instances, &owner_executions],
+            )
+            .await
+            .map_err(db("locking the activities' workflows"))?;
+        // Deletes exactly the activities whose lease (holder and fencing
+        // token) still matches, and queues each one's result for its owner
+        // when the owner is active: one statement for the whole batch.
+        let deleted = tx
+            .query(
+                &tx.prepare_cached("WITH input AS (
+                   SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::int[], $6::bytea[])
+                            WITH ORDINALITY AS t(row_id, worker, token, event_id, event_type, data, ord)),
+                 deleted AS (
+                   DELETE FROM activities a USING input
+                    WHERE a.id = input.row_id AND a.worker = input.worker AND a.locked_until = input.token
+                   RETURNING a.id, a.instance_id, a.execution_id, a.schedule_event_id),
+                 results AS (
+                   SELECT input.ord, input.event_id, input.event_type, input.data,
+                          d.instance_id, d.execution_id, d.schedule_event_id
+                     FROM deleted d JOIN input ON input.row_id = d.id
+                     JOIN instances i ON i.instance_id = d.instance_id AND i.execution_id = d.execution_id
+                    WHERE i.state = 0),
+                 attrs AS (
+                   INSERT INTO attributes (event_id, instance_id, execution_id, data)
+                   SELECT event_id, instance_id, execution_id, data FROM results),
+                 events AS (
+                   INSERT INTO pending_events (event_id, instance_id, execution_id, event_type,
+                                               timestamp, schedule_event_id)
+                   SELECT event_id, instance_id, execution_id, event_type, now(), schedule_event_id
+                     FROM results ORDER BY ord)
+                 SELECT id FROM deleted").await.map_err(db("preparing a statement"))?,
+                &[&row_ids, &workers, &tokens, &event_ids, &event_types, &data],
+            )
+            .await
+            .map_err(db("recording activity results"))?;
+        let deleted: std::collections::HashSet<i64> = deleted.iter().map(|r| r.get(0)).collect();
+        let active_owners: std::collections::HashSet<(String, String)> =
+            owners.iter().map(|r| (r.get(1), r.get(2))).collect();
+        let mut touched = TouchedQueues::default();
+        for row in &owners {
+            touched.add_workflow(&Queue::new(row.get::<_, String>(3)).unwrap_or_default());
+        }
+        self.commit_write(tx, touched, "committing activity results")
+            .await?;
+        let outcomes = completions
+            .iter()
+            .map(|(task, _)| {
+                let owner_active = active_owners.contains(&(
+                    task.instance.instance_id.clone(),
+                    task.instance.execution_id.clone(),
+                ));
+                if deleted.contains(&task.row_id) || !owner_active {
+                    // Recorded, or its workflow ended meanwhile and nobody is
+                    // left to read it (as for a single completion).
+                    Ok(())
+                } else {
+                    Err(StoreError::LeaseLost {
+                        task: format!(
+                            "activity {} of {}",
+                            task.activity_id, task.instance.instance_id
+                        ),
+                        worker: task.lease.worker.to_string(),
+                    })
+                }
+            })
+            .collect();
+        Ok(outcomes)
+    }
+
     /// Extends the lease on an activity task by `lease` from now (database
     /// clock) and records the new fencing token in `task`. Unlike
     /// go-workflows', it fails when the lease is no longer held, so a worker
@@ -249,9 +395,14 @@ impl Store {
         // Locks one activities row by primary key and nothing else.
         let row = client
             .query_opt(
-                "UPDATE activities SET locked_until = now() + make_interval(secs => $4)
+                &client
+                    .prepare_cached(
+                        "UPDATE activities SET locked_until = now() + make_interval(secs => $4)
                   WHERE id = $1 AND worker = $2 AND locked_until = $3
                   RETURNING locked_until",
+                    )
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[
                     &task.row_id,
                     &task.lease.worker.as_str(),
@@ -313,12 +464,12 @@ impl Store {
         // lock, in one round trip.
         client
             .execute(
-                "WITH defer AS (SELECT set_config('pgwake.defer_notify', CASE WHEN $6 THEN 'on' ELSE '' END, true) AS v),
+                &client.prepare_cached("WITH defer AS (SELECT set_config('pgwake.defer_notify', CASE WHEN $6 THEN 'on' ELSE '' END, true) AS v),
                       attrs AS (INSERT INTO attributes (event_id, instance_id, execution_id, data)
                                 VALUES ($1, $2, $3, $5))
                  INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue,
                                          timestamp, schedule_event_id)
-                 SELECT $1, $2, $3, 11, $4, now(), 0 FROM defer WHERE defer.v IS NOT NULL",
+                 SELECT $1, $2, $3, 11, $4, now(), 0 FROM defer WHERE defer.v IS NOT NULL").await.map_err(db("preparing a statement"))?,
                 &[
                     &activity_id,
                     &instance.instance_id,
@@ -346,8 +497,13 @@ impl Store {
         // Locks one activities row by primary key and nothing else.
         let released = client
             .execute(
-                "UPDATE activities SET locked_until = NULL
+                &client
+                    .prepare_cached(
+                        "UPDATE activities SET locked_until = NULL
                   WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                    )
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[
                     &task.row_id,
                     &task.lease.worker.as_str(),

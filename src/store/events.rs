@@ -47,7 +47,7 @@ pub(crate) async fn insert_pending(
     let (ids, types, schedule_ids, delays, data) = columns(events);
     client
         .execute(
-            "WITH input AS (
+            &client.prepare_cached("WITH input AS (
                SELECT * FROM unnest($3::text[], $4::int[], $5::bigint[], $6::float8[], $7::bytea[])
                         WITH ORDINALITY AS t(event_id, event_type, schedule_event_id, delay_secs, data, ord)
              ), attrs AS (
@@ -58,7 +58,7 @@ pub(crate) async fn insert_pending(
                (event_id, instance_id, execution_id, event_type, timestamp, schedule_event_id, visible_at)
              SELECT event_id, $1, $2, event_type, now(), schedule_event_id,
                     now() + make_interval(secs => delay_secs)
-               FROM input ORDER BY ord",
+               FROM input ORDER BY ord").await.map_err(db("preparing a statement"))?,
             &[&instance.instance_id, &instance.execution_id, &ids, &types, &schedule_ids, &delays, &data],
         )
         .await
@@ -81,7 +81,7 @@ pub(crate) async fn append_history(
     let (ids, types, schedule_ids, _, data) = columns(events);
     client
         .execute(
-            "WITH input AS (
+            &client.prepare_cached("WITH input AS (
                SELECT * FROM unnest($4::text[], $5::int[], $6::bigint[], $7::bytea[])
                         WITH ORDINALITY AS t(event_id, event_type, schedule_event_id, data, ord)
              ), attrs AS (
@@ -91,7 +91,7 @@ pub(crate) async fn append_history(
              INSERT INTO history
                (event_id, sequence_id, instance_id, execution_id, event_type, timestamp, schedule_event_id)
              SELECT event_id, $3 + ord - 1, $1, $2, event_type, now(), schedule_event_id
-               FROM input ORDER BY ord",
+               FROM input ORDER BY ord").await.map_err(db("preparing a statement"))?,
             &[
                 &instance.instance_id,
                 &instance.execution_id,

@@ -85,14 +85,22 @@ impl Store {
         );
         client
             .execute(
-                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &client
+                    .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[&INSTANCE_ID_LOCK_CLASS, &new.instance_id],
             )
             .await
             .map_err(db("locking the instance id"))?;
         let active = client
             .query_opt(
-                "SELECT 1 FROM instances WHERE instance_id = $1 AND state = 0 LIMIT 1",
+                &client
+                    .prepare_cached(
+                        "SELECT 1 FROM instances WHERE instance_id = $1 AND state = 0 LIMIT 1",
+                    )
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[&new.instance_id],
             )
             .await
@@ -114,9 +122,14 @@ impl Store {
         };
         client
             .execute(
-                "INSERT INTO instances (instance_id, execution_id, parent_instance_id,
+                &client
+                    .prepare_cached(
+                        "INSERT INTO instances (instance_id, execution_id, parent_instance_id,
                    parent_execution_id, parent_schedule_event_id, metadata, state, queue)
                  VALUES ($1, $2, $3, $4, $5::text::numeric, $6, 0, $7)",
+                    )
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[
                     &instance.instance_id,
                     &instance.execution_id,
@@ -158,8 +171,12 @@ impl Store {
         // completion cannot finish it between this check and the insert.
         let row = tx
             .query_opt(
-                "SELECT execution_id, queue FROM instances WHERE instance_id = $1 AND state = 0
+                &tx.prepare_cached(
+                    "SELECT execution_id, queue FROM instances WHERE instance_id = $1 AND state = 0
                  ORDER BY id DESC LIMIT 1 FOR SHARE",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
                 &[&instance_id],
             )
             .await
@@ -206,8 +223,12 @@ impl Store {
         // Locks the newest instance row (shared), preferring the active one.
         let row = tx
             .query_opt(
-                "SELECT execution_id, state, queue FROM instances WHERE instance_id = $1
+                &tx.prepare_cached(
+                    "SELECT execution_id, state, queue FROM instances WHERE instance_id = $1
                  ORDER BY (state = 0) DESC, id DESC LIMIT 1 FOR SHARE",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
                 &[&instance_id],
             )
             .await
@@ -255,9 +276,14 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT execution_id, queue, state, metadata, created_at, completed_at
+                &client
+                    .prepare_cached(
+                        "SELECT execution_id, queue, state, metadata, created_at, completed_at
                    FROM instances WHERE instance_id = $1
                   ORDER BY (state = 0) DESC, id DESC LIMIT 1",
+                    )
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[&instance_id],
             )
             .await
@@ -325,7 +351,11 @@ impl Store {
         // Locks the instance's rows in id order, before any other table.
         let rows = tx
             .query(
-                "SELECT id, state FROM instances WHERE instance_id = $1 ORDER BY id FOR UPDATE",
+                &tx.prepare_cached(
+                    "SELECT id, state FROM instances WHERE instance_id = $1 ORDER BY id FOR UPDATE",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
                 &[&instance_id],
             )
             .await

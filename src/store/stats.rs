@@ -26,7 +26,7 @@ impl Store {
         let client = self.client().await?;
         let instances = client
             .query(
-                "SELECT i.queue,
+                &client.prepare_cached("SELECT i.queue,
                         count(*) FILTER (WHERE i.state = 0),
                         count(*) FILTER (WHERE i.state = 0
                           AND (i.locked_until IS NULL OR i.locked_until < now())
@@ -36,19 +36,24 @@ impl Store {
                         (SELECT count(*) FROM pending_events pe JOIN instances j
                              ON j.instance_id = pe.instance_id AND j.execution_id = pe.execution_id
                           WHERE j.queue = i.queue AND j.state = 0 AND pe.visible_at > now())
-                   FROM instances i GROUP BY i.queue",
+                   FROM instances i GROUP BY i.queue").await.map_err(db("preparing a statement"))?,
                 &[],
             )
             .await
             .map_err(db("counting instances"))?;
         let activities = client
             .query(
-                "SELECT queue,
+                &client
+                    .prepare_cached(
+                        "SELECT queue,
                         count(*) FILTER (WHERE (locked_until IS NULL OR locked_until < now())
                                            AND (visible_at IS NULL OR visible_at <= now())),
                         count(*) FILTER (WHERE locked_until >= now()),
                         count(*) FILTER (WHERE visible_at > now())
                    FROM activities GROUP BY queue",
+                    )
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[],
             )
             .await
@@ -95,7 +100,12 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_one(
-                &format!("SELECT least(({WORKFLOW_DUE_SQL}), ({ACTIVITY_DUE_SQL}))"),
+                &client
+                    .prepare_cached(&format!(
+                        "SELECT least(({WORKFLOW_DUE_SQL}), ({ACTIVITY_DUE_SQL}))"
+                    ))
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[&queue_names],
             )
             .await

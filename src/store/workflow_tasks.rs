@@ -76,7 +76,7 @@ impl Store {
         // across instances.
         let claimed = client
             .query_one(
-                &format!("WITH candidate AS (
+                &client.prepare_cached(&format!("WITH candidate AS (
                    SELECT i.id FROM pending_events pe
                      JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
                     WHERE (pe.visible_at IS NULL OR pe.visible_at <= now())
@@ -94,7 +94,7 @@ impl Store {
                              i.parent_instance_id, i.parent_execution_id,
                              i.parent_schedule_event_id::bigint AS parent_schedule, i.locked_until),
                  due AS ({WORKFLOW_DUE_SQL})
-                 SELECT due.due_in, claimed.* FROM due LEFT JOIN claimed ON true"),
+                 SELECT due.due_in, claimed.* FROM due LEFT JOIN claimed ON true")).await.map_err(db("preparing a statement"))?,
                 &[&queue_names, &worker.as_str(), &lease_secs],
             )
             .await
@@ -115,8 +115,9 @@ impl Store {
         // the first row, which exists even when no event does.
         let rows = client
             .query(
-                &format!(
-                    "WITH last AS (
+                &client
+                    .prepare_cached(&format!(
+                        "WITH last AS (
                        SELECT COALESCE(max(sequence_id), 0) AS sequence_id FROM history
                         WHERE instance_id = $1 AND execution_id = $2)
                      SELECT last.sequence_id, {EVENT_COLUMNS}
@@ -124,7 +125,9 @@ impl Store {
                          ON e.instance_id = $1 AND e.execution_id = $2
                         AND (e.visible_at IS NULL OR e.visible_at <= now())
                       ORDER BY e.id"
-                ),
+                    ))
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[&instance.instance_id, &instance.execution_id],
             )
             .await
@@ -142,8 +145,13 @@ impl Store {
             // instance back rather than sit on it until the lease expires.
             client
                 .execute(
-                    "UPDATE instances SET locked_until = NULL
+                    &client
+                        .prepare_cached(
+                            "UPDATE instances SET locked_until = NULL
                       WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                        )
+                        .await
+                        .map_err(db("preparing a statement"))?,
                     &[&row.get::<_, i64>(1), &worker.as_str(), &locked_until],
                 )
                 .await
@@ -234,9 +242,13 @@ impl Store {
         let parent_execution = parent.map(|(p, _)| p.execution_id.as_str());
         let others = tx
             .query(
-                "SELECT id, instance_id, execution_id FROM instances
+                &tx.prepare_cached(
+                    "SELECT id, instance_id, execution_id FROM instances
                   WHERE (instance_id = ANY($1) AND state = 0)
                      OR (instance_id = $2 AND execution_id = $3)",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
                 &[&target_ids, &parent_instance, &parent_execution],
             )
             .await
@@ -248,8 +260,12 @@ impl Store {
         lock_ids.push(task.row_id);
         let locked = tx
             .query(
-                "SELECT id, instance_id, execution_id, state, queue FROM instances
+                &tx.prepare_cached(
+                    "SELECT id, instance_id, execution_id, state, queue FROM instances
                   WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
                 &[&lock_ids],
             )
             .await
@@ -276,12 +292,16 @@ impl Store {
             .then(|| self.options().sticky_timeout.as_secs_f64());
         let updated = tx
             .execute(
-                "UPDATE instances
+                &tx.prepare_cached(
+                    "UPDATE instances
                     SET locked_until = NULL,
                         sticky_until = now() + make_interval(secs => $4),
                         state = $5,
                         completed_at = CASE WHEN $5 <> 0 THEN now() END
                   WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
                 &[
                     &task.row_id,
                     &task.lease.worker.as_str(),
@@ -307,7 +327,8 @@ impl Store {
             .collect();
         let moved = tx
             .execute(
-                "WITH moved AS (
+                &tx.prepare_cached(
+                    "WITH moved AS (
                    DELETE FROM pending_events
                     WHERE instance_id = $1 AND execution_id = $2 AND event_id = ANY($3)
                    RETURNING *)
@@ -316,6 +337,9 @@ impl Store {
                  SELECT event_id, $4 + row_number() OVER (ORDER BY id), instance_id, execution_id,
                         event_type, timestamp, schedule_event_id, visible_at
                    FROM moved",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
                 &[
                     &task.instance.instance_id,
                     &task.instance.execution_id,
@@ -333,9 +357,13 @@ impl Store {
 
         if !completion.canceled_timers.is_empty() {
             tx.execute(
-                "DELETE FROM pending_events
+                &tx.prepare_cached(
+                    "DELETE FROM pending_events
                   WHERE instance_id = $1 AND execution_id = $2 AND event_type = $3
                     AND schedule_event_id = ANY($4)",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
                 &[
                     &task.instance.instance_id,
                     &task.instance.execution_id,
@@ -351,7 +379,11 @@ impl Store {
             // Nothing would ever process these: leave no orphans behind.
             for table in ["pending_events", "activities"] {
                 tx.execute(
-                    &format!("DELETE FROM {table} WHERE instance_id = $1 AND execution_id = $2"),
+                    &tx.prepare_cached(&format!(
+                        "DELETE FROM {table} WHERE instance_id = $1 AND execution_id = $2"
+                    ))
+                    .await
+                    .map_err(db("preparing a statement"))?,
                     &[&task.instance.instance_id, &task.instance.execution_id],
                 )
                 .await
@@ -398,12 +430,12 @@ impl Store {
         }
         if !activity_ids.is_empty() {
             tx.execute(
-                "INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue,
+                &tx.prepare_cached("INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue,
                                          timestamp, schedule_event_id)
                  SELECT activity_id, $1, $2, $3, queue, now(), schedule_event_id
                    FROM unnest($4::text[], $5::text[], $6::bigint[])
                         WITH ORDINALITY AS t(activity_id, queue, schedule_event_id, ord)
-                  ORDER BY ord",
+                  ORDER BY ord").await.map_err(db("preparing a statement"))?,
                 &[
                     &task.instance.instance_id,
                     &task.instance.execution_id,
@@ -500,9 +532,14 @@ impl Store {
         // Locks one instances row by primary key and nothing else.
         let row = client
             .query_opt(
-                "UPDATE instances SET locked_until = now() + make_interval(secs => $4)
+                &client
+                    .prepare_cached(
+                        "UPDATE instances SET locked_until = now() + make_interval(secs => $4)
                   WHERE id = $1 AND worker = $2 AND locked_until = $3 AND state = 0
                   RETURNING locked_until",
+                    )
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[
                     &task.row_id,
                     &task.lease.worker.as_str(),
@@ -535,8 +572,13 @@ impl Store {
         // Locks one instances row by primary key and nothing else.
         let released = client
             .execute(
-                "UPDATE instances SET locked_until = NULL, sticky_until = NULL
+                &client
+                    .prepare_cached(
+                        "UPDATE instances SET locked_until = NULL, sticky_until = NULL
                   WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                    )
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[
                     &task.row_id,
                     &task.lease.worker.as_str(),

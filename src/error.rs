@@ -56,6 +56,31 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// Whether trying again later may succeed: the server is down, starting,
+    /// or unreachable, as opposed to refusing these credentials or this
+    /// database, or the URL being wrong.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectError::InvalidUrl { .. } => false,
+            ConnectError::Timeout { .. } => true,
+            ConnectError::Refused { source, .. } => is_transient_postgres_error(source),
+        }
+    }
+}
+
+/// Connection failures, resource exhaustion, a server shutting down or
+/// starting up, and serialization conflicts pass; authentication failures
+/// (class 28), a missing database (3D) and everything else do not.
+pub(crate) fn is_transient_postgres_error(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() || error.as_db_error().is_none() {
+        return true;
+    }
+    error
+        .code()
+        .is_some_and(|code| matches!(&code.code()[..2], "08" | "53" | "57" | "40"))
+}
+
 /// Why a schema migration was refused or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -248,16 +273,9 @@ impl StoreError {
     /// opposed to the request being wrong.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Pool(_) | StoreError::Connect(_) => true,
-            StoreError::Database { source, .. } => {
-                source.is_closed()
-                    || source.as_db_error().is_none()
-                    || source.code().is_some_and(|code| {
-                        let class = &code.code()[..2];
-                        // connection, resources, operator intervention, serialization
-                        matches!(class, "08" | "53" | "57" | "40")
-                    })
-            }
+            StoreError::Pool(_) => true,
+            StoreError::Connect(err) => err.is_transient(),
+            StoreError::Database { source, .. } => is_transient_postgres_error(source),
             _ => false,
         }
     }

@@ -96,7 +96,7 @@ use self::listener::ListenerSettings;
 use self::worker::{Job, WorkerSettings};
 use crate::config::RuntimeConfig;
 use crate::connection::ConnectionConfig;
-use crate::error::{BuildError, RuntimeError, StoreError};
+use crate::error::{BuildError, RuntimeError};
 use crate::store::{build_pool, Store, WorkerId};
 
 /// Entry point: [`Runtime::builder`].
@@ -207,7 +207,9 @@ impl RuntimeBuilder {
             }));
         match store.check_schema().await {
             Ok(()) => {}
-            Err(err @ StoreError::Schema(_)) => return Err(err.into()),
+            // Wrong credentials, a missing database, an unusable schema:
+            // retrying cannot help, so say so now.
+            Err(err) if !err.is_transient() => return Err(err.into()),
             Err(err) => {
                 tracing::warn!(error = %err, "database not reachable yet; workers will keep retrying")
             }

@@ -19,8 +19,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// what guarantees no server outlives its test process.
 const WATCHDOG_SCRIPT: &str = r#"
 "$1" -D "$2" -p "$3" -k "$4" \
-  -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-  -c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB \
+  -c listen_addresses=127.0.0.1 -c fsync=$7 -c synchronous_commit=$7 \
+  -c full_page_writes=$7 -c max_connections=300 -c shared_buffers=64MB \
   </dev/null >>"$5" 2>&1 &
 pm=$!
 IFS= read -r how || how=gone
@@ -52,6 +52,7 @@ pub struct TestPostgres {
     bin_dir: PathBuf,
     root_dir: PathBuf,
     port: u16,
+    durable: bool,
     owner: Option<(u32, u32)>,
     watchdog: Option<Watchdog>,
     databases: TestDatabases,
@@ -70,6 +71,20 @@ impl TestPostgres {
     /// [`TestPostgresError::BinariesNotFound`] names the package to install;
     /// other variants carry the failing command's output or the server log.
     pub fn new() -> Result<Self, TestPostgresError> {
+        Self::create(false)
+    }
+
+    /// Like [`new`](Self::new), with `fsync`, `synchronous_commit` and
+    /// `full_page_writes` on: every commit waits for its WAL flush, as on a
+    /// production server. For benchmarks of what commits cost.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn new_durable() -> Result<Self, TestPostgresError> {
+        Self::create(true)
+    }
+
+    fn create(durable: bool) -> Result<Self, TestPostgresError> {
         let bin_dir = find_server_binaries()?;
         let owner = if running_as_root()? {
             Some(postgres_user_ids()?)
@@ -81,6 +96,7 @@ impl TestPostgres {
             bin_dir,
             root_dir,
             port: 0,
+            durable,
             owner,
             watchdog: None,
             databases: TestDatabases::new(String::new()),
@@ -171,6 +187,7 @@ impl TestPostgres {
             .arg(&self.root_dir)
             .arg(self.log_file())
             .arg(&self.root_dir)
+            .arg(if self.durable { "on" } else { "off" })
             .current_dir(&self.root_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

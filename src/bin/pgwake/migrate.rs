@@ -1,41 +1,11 @@
-//! The `pgwake` command: schema migrations today; workers, producers, stats
-//! and benchmarks as they land.
+//! `pgwake migrate`: the schema, golang-migrate compatible.
 
-use std::process::ExitCode;
-
-use clap::{Args, Parser, Subcommand};
+use clap::Subcommand;
 use pgwake::migrate::{self, DownSteps};
 use pgwake::{ConnectionConfig, MigrateError};
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "pgwake",
-    version,
-    about = "PostgreSQL tasks that start the moment they are written"
-)]
-struct Cli {
-    /// The database, as postgres://USER:PASSWORD@HOST:PORT/DATABASE or key=value pairs.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    database_url: Option<String>,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
 #[derive(Debug, Subcommand)]
-enum Command {
-    /// Schema migrations (golang-migrate compatible).
-    Migrate(MigrateArgs),
-}
-
-#[derive(Debug, Args)]
-struct MigrateArgs {
-    #[command(subcommand)]
-    action: MigrateAction,
-}
-
-#[derive(Debug, Subcommand)]
-enum MigrateAction {
+pub(crate) enum MigrateAction {
     /// Apply every pending migration, or those up to --to.
     Up {
         /// Stop at this version.
@@ -61,48 +31,7 @@ enum MigrateAction {
     },
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pgwake=info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: could not start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(cli: Cli) -> Result<(), String> {
-    let url = cli.database_url.ok_or_else(|| {
-        "no database given: pass --database-url postgres://USER:PASSWORD@HOST:PORT/DATABASE \
-         or set DATABASE_URL"
-            .to_string()
-    })?;
-    match cli.command {
-        Command::Migrate(args) => run_migrate(&url, args.action)
-            .await
-            .map_err(|e| e.to_string()),
-    }
-}
-
-async fn run_migrate(url: &str, action: MigrateAction) -> Result<(), MigrateError> {
+pub(crate) async fn run(url: &str, action: MigrateAction) -> Result<(), MigrateError> {
     let config = ConnectionConfig::from_url(url)?.with_application_name("pgwake-migrate");
     let mut client = config.connect().await?;
     match action {

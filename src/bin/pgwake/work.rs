@@ -1,0 +1,93 @@
+//! `pgwake work`: a worker process running the demo workload until SIGINT
+//! or SIGTERM, then shutting down gracefully.
+
+use std::time::Duration;
+
+use clap::Args;
+use pgwake::{Runtime, RuntimeConfig};
+
+use crate::demo;
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkArgs {
+    /// A queue to serve (repeat for several).
+    #[arg(long = "queue", required = true)]
+    queues: Vec<String>,
+    /// Activities and workflow tasks each worker runs at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Poll only: no LISTEN, no NOTIFY (for PgBouncer in transaction mode).
+    #[arg(long)]
+    no_notify: bool,
+    /// How long each echo activity sleeps, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    activity_ms: u64,
+    /// Activity lease, in seconds.
+    #[arg(long, default_value_t = 120)]
+    activity_lease: u64,
+    /// Workflow-task lease, in seconds.
+    #[arg(long, default_value_t = 60)]
+    workflow_lease: u64,
+    /// How long shutdown waits for running handlers, in seconds.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout: u64,
+}
+
+pub(crate) async fn run(url: &str, args: WorkArgs) -> Result<(), String> {
+    let mut config = RuntimeConfig::new(url);
+    config.notifications = !args.no_notify;
+    // Workflows and activities share the pool: leave room for both kinds.
+    config.store.pool_size = (args.concurrency * 2 + 4).min(64);
+    // The fanout workflow reads its history; a small pool of its own keeps
+    // those reads from competing with claims and completions.
+    let history_reader = pgwake::StoreOptions {
+        pool_size: 4,
+        ..pgwake::StoreOptions::default()
+    };
+    let store = pgwake::Store::connect(url, history_reader)
+        .await
+        .map_err(|e| e.to_string())?;
+    let runtime = Runtime::builder(config)
+        .activity_worker(demo::echo_worker(
+            &args.queues,
+            args.concurrency,
+            args.activity_ms,
+            Duration::from_secs(args.activity_lease),
+        ))
+        .workflow_worker(demo::fanout_worker(
+            &args.queues,
+            args.concurrency,
+            Duration::from_secs(args.workflow_lease),
+            store,
+        ))
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(queues = ?args.queues, concurrency = args.concurrency, notify = !args.no_notify, "working");
+    wait_for_signal().await;
+    tracing::info!("signal received: shutting down");
+    let report = runtime
+        .shutdown(Duration::from_secs(args.shutdown_timeout))
+        .await;
+    tracing::info!(
+        released_leases = report.released_leases,
+        drained = report.drained,
+        "stopped"
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // No signal handling available: run until the process is killed.
+        return futures::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,126 @@
+//! Every `pgwake bench` scenario runs with tiny sizes and writes JSON of the
+//! documented shape. Shape only: speed is measured by the benchmarks
+//! themselves, never asserted in tests.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Value {
+    let dir = std::env::temp_dir().join(format!("pgwake-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json: PathBuf = dir.join(format!("{}.json", args[0]));
+    let output = Command::new(env!("CARGO_BIN_EXE_pgwake"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run pgwake bench");
+    assert!(
+        output.status.success(),
+        "pgwake bench {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let document: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(document["scenario"], args[0]);
+    assert!(document["config"].is_object(), "{document}");
+    document["results"].clone()
+}
+
+fn assert_numbers(value: &Value, path: &str, keys: &[&str]) {
+    for key in keys {
+        assert!(
+            value[key].is_number(),
+            "{path}.{key} is not a number in {value}"
+        );
+    }
+}
+
+#[test]
+fn latency_writes_percentiles_per_mode_and_the_steady_variant() {
+    let results = bench(&[
+        "latency",
+        "--samples",
+        "5",
+        "--warmup",
+        "2",
+        "--poll-samples",
+        "2",
+        "--rate",
+        "50",
+        "--steady-samples",
+        "10",
+    ]);
+    for mode in ["local", "remote", "poll"] {
+        assert_numbers(
+            &results[mode],
+            mode,
+            &["p50_ms", "p90_ms", "p99_ms", "max_ms"],
+        );
+    }
+    assert!(results["poll_over_remote_p50"].is_number());
+    assert_numbers(
+        &results["steady"],
+        "steady",
+        &["rate", "p50_ms", "p95_ms", "p99_ms"],
+    );
+}
+
+#[test]
+fn throughput_writes_the_three_rates() {
+    let results = bench(&[
+        "throughput",
+        "--tasks",
+        "200",
+        "--workers",
+        "2",
+        "--batch",
+        "10",
+        "--mixed-seconds",
+        "1",
+    ]);
+    assert_numbers(
+        &results,
+        "results",
+        &[
+            "tasks_per_sec",
+            "batch_tasks_per_sec",
+            "mixed_tasks_per_sec",
+        ],
+    );
+}
+
+#[test]
+fn idle_writes_statements_per_second_with_notifications_on_and_off() {
+    let results = bench(&["idle", "--workers", "4", "--seconds", "1", "--settle", "1"]);
+    for mode in ["notify_on", "notify_off"] {
+        assert_numbers(&results[mode], mode, &["statements_per_sec"]);
+    }
+}
+
+#[test]
+fn notify_cost_writes_four_variants_for_each_producer_count() {
+    let results = bench(&["notify-cost", "--seconds", "0.3", "--rounds", "1"]);
+    for producers in ["producers_1", "producers_4", "producers_16"] {
+        assert_numbers(
+            &results[producers],
+            producers,
+            &["no_trigger", "row_trigger", "statement_trigger", "deferred"],
+        );
+    }
+}
+
+#[test]
+fn recovery_writes_both_outage_figures() {
+    let results = bench(&["recovery", "--repeats", "1"]);
+    assert_numbers(
+        &results,
+        "results",
+        &["killed_listener_ms", "server_restart_ms"],
+    );
+}

@@ -187,6 +187,7 @@ fn redact(config: &tokio_postgres::Config) -> String {
 
 /// Returns `url` with its database name replaced by `dbname`, in whichever
 /// form (URL or `key=value`) it was written.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn with_dbname(url: &str, dbname: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         // key=value form: a later key overrides an earlier one.

@@ -10,6 +10,8 @@
 pub mod config;
 pub mod connection;
 pub mod error;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod migrate;
 pub mod runtime;
 pub mod store;
@@ -20,8 +22,8 @@ pub use config::RuntimeConfig;
 pub use connection::ConnectionConfig;
 pub use error::{BuildError, ConnectError, MigrateError, RuntimeError, StoreError};
 pub use runtime::{
-    ActivityWorker, Health, ListenerState, Runtime, RuntimeBuilder, RuntimeHandle, TaskAvailable,
-    TaskKind, WorkflowWorker,
+    ActivityWorker, Health, ListenerHealth, ListenerState, QueueCounters, Runtime, RuntimeBuilder,
+    RuntimeHandle, ShutdownReport, TaskAvailable, TaskKind, WorkflowWorker,
 };
 pub use store::{
     queues, ActivityTask, CancelOutcome, Event, EventType, InstanceRef, InstanceSnapshot,

@@ -36,6 +36,10 @@ pub struct ListenerHealth {
     pub state: ListenerState,
     /// How long it has been in that state.
     pub for_how_long: Duration,
+    /// How long it has not been listening, across every connect attempt and
+    /// backoff in a row (`None` while it listens, or when disabled): what a
+    /// health check compares with its grace period.
+    pub not_listening_for: Option<Duration>,
     /// Reconnections since the runtime started.
     pub reconnects: u64,
 }
@@ -100,6 +104,8 @@ struct ListenerEntry {
     channel: String,
     state: ListenerState,
     since: Instant,
+    /// When it last stopped listening (or started, if it never listened).
+    down_since: Option<Instant>,
     reconnects: u64,
     ever_listened: bool,
 }
@@ -127,6 +133,7 @@ impl HealthBoard {
                 channel: channel.to_string(),
                 state: ListenerState::Connecting,
                 since: Instant::now(),
+                down_since: Some(Instant::now()),
                 reconnects: 0,
                 ever_listened: false,
             });
@@ -136,6 +143,11 @@ impl HealthBoard {
                     entry.reconnects += 1;
                 }
                 entry.ever_listened = true;
+                entry.down_since = None;
+            } else if state == ListenerState::Disabled {
+                entry.down_since = None;
+            } else if entry.down_since.is_none() {
+                entry.down_since = Some(Instant::now());
             }
             entry.state = state;
             entry.since = Instant::now();
@@ -187,6 +199,7 @@ impl HealthBoard {
                     kind: *kind,
                     state: l.state.clone(),
                     for_how_long: l.since.elapsed(),
+                    not_listening_for: l.down_since.map(|at| at.elapsed()),
                     reconnects: l.reconnects,
                 })
                 .collect(),

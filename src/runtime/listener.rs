@@ -94,6 +94,8 @@ impl ListenerActor {
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
         self.set_state(ListenerState::Connecting);
+        #[cfg(feature = "metrics")]
+        crate::metrics::listener_down(&self.settings.channel);
         tracing::debug!(channel = %self.settings.channel, server = %self.settings.connection, "listener connecting");
         let connection = self.settings.connection.clone();
         // Waiting here is right: nothing else can happen before we are connected.
@@ -136,6 +138,8 @@ impl ListenerActor {
         self.last_traffic = Instant::now();
         self.set_state(ListenerState::Listening);
         tracing::info!(channel = %self.settings.channel, reconnected, "listening");
+        #[cfg(feature = "metrics")]
+        crate::metrics::listener_up(&self.settings.channel, reconnected);
         self.router.do_send(ListenerStateChanged {
             kind: self.settings.kind,
             listening: true,
@@ -179,6 +183,8 @@ impl ListenerActor {
         self.lost = true;
         self.failures = self.failures.saturating_add(1);
         tracing::warn!(channel = %self.settings.channel, attempt = self.failures, error = reason, "listener lost its connection");
+        #[cfg(feature = "metrics")]
+        crate::metrics::listener_down(&self.settings.channel);
         self.router.do_send(ListenerStateChanged {
             kind: self.settings.kind,
             listening: false,
@@ -227,8 +233,15 @@ impl StreamHandler<Result<AsyncMessage, tokio_postgres::Error>> for ListenerActo
         match item {
             Ok(AsyncMessage::Notification(notification)) => {
                 self.last_traffic = Instant::now();
+                #[cfg(feature = "metrics")]
+                crate::metrics::notification_received(&self.settings.channel);
                 let own = self.notifier_pid.load(Ordering::Relaxed);
                 if own != 0 && notification.process_id() == own {
+                    #[cfg(feature = "metrics")]
+                    crate::metrics::notification_dropped(
+                        &self.settings.channel,
+                        crate::metrics::DROP_OWN_ECHO,
+                    );
                     return;
                 }
                 let payload = notification.payload();
@@ -239,6 +252,11 @@ impl StreamHandler<Result<AsyncMessage, tokio_postgres::Error>> for ListenerActo
                         Ok(queue) => Some(queue),
                         Err(_) => {
                             tracing::debug!(channel = %self.settings.channel, len = payload.len(), "notification with an invalid queue name dropped");
+                            #[cfg(feature = "metrics")]
+                            crate::metrics::notification_dropped(
+                                &self.settings.channel,
+                                crate::metrics::DROP_INVALID_PAYLOAD,
+                            );
                             return;
                         }
                     }
@@ -271,6 +289,8 @@ impl Handler<StopListening> for ListenerActor {
     fn handle(&mut self, _: StopListening, ctx: &mut Context<Self>) {
         self.shut_down = true;
         self.set_state(ListenerState::Disabled);
+        #[cfg(feature = "metrics")]
+        crate::metrics::listener_down(&self.settings.channel);
         ctx.stop();
     }
 }

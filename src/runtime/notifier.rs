@@ -119,6 +119,8 @@ impl Notifier {
         };
         if self.ledger.received_since(kind, &queue, since) {
             tracing::trace!(?kind, %queue, "trailing NOTIFY skipped: the others were woken after our commit");
+            #[cfg(feature = "metrics")]
+            crate::metrics::trailing_notification_skipped(self.channels.get(&kind));
             return;
         }
         window.last_sent = Some(Instant::now());
@@ -160,6 +162,8 @@ impl Notifier {
             match result {
                 Ok(_) => {
                     act.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    #[cfg(feature = "metrics")]
+                    crate::metrics::notifications_sent(&batch);
                     act.flush(ctx);
                 }
                 Err(err) => {
@@ -170,6 +174,13 @@ impl Notifier {
                 }
             }
         }));
+    }
+
+    #[cfg(feature = "metrics")]
+    fn sample_queue_usage(&mut self, ctx: &mut Context<Self>) {
+        if let Some(client) = self.client.clone() {
+            ctx.spawn(crate::metrics::sample_notification_queue_usage(client).into_actor(self));
+        }
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
@@ -199,6 +210,8 @@ impl Notifier {
                 Ok((client, pid)) => {
                     act.pid.store(pid, Ordering::Relaxed);
                     act.client = Some(Rc::new(client));
+                    #[cfg(feature = "metrics")]
+                    act.sample_queue_usage(ctx);
                     act.flush(ctx);
                 }
                 Err(err) => {
@@ -212,6 +225,16 @@ impl Notifier {
 
 impl Actor for Notifier {
     type Context = Context<Self>;
+
+    /// With the `metrics` feature, samples the notification queue's usage
+    /// every `NOTIFICATION_QUEUE_SAMPLE_EVERY` while connected.
+    #[cfg(feature = "metrics")]
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(
+            crate::metrics::NOTIFICATION_QUEUE_SAMPLE_EVERY,
+            |act, ctx| act.sample_queue_usage(ctx),
+        );
+    }
 }
 
 impl Handler<QueuesTouched> for Notifier {

@@ -37,6 +37,9 @@ pub struct QueueRouter {
     /// Wake-ups that found no idle worker.
     missed: HashSet<(TaskKind, Queue)>,
     health: HealthBoard,
+    /// Channel names by kind, read from the health board when first needed.
+    #[cfg(feature = "metrics")]
+    channels: std::collections::HashMap<TaskKind, String>,
 }
 
 impl std::fmt::Debug for QueueRouter {
@@ -70,6 +73,8 @@ impl QueueRouter {
             None => registration.queues.clone(),
         };
         self.health.count(kind, &counted, |c| c.wakeups += 1);
+        #[cfg(feature = "metrics")]
+        crate::metrics::wakeups(kind, &counted, reason);
         registration.recipient.do_send(TaskAvailable {
             kind,
             queue: queue.cloned(),
@@ -86,6 +91,8 @@ impl QueueRouter {
             .collect();
         if serving.is_empty() {
             tracing::debug!(?kind, queue = ?queue.map(Queue::as_str), "wake-up for a queue nobody serves dropped");
+            #[cfg(feature = "metrics")]
+            self.count_unserved(kind, reason);
             return;
         }
         let Some(queue) = queue else {
@@ -112,6 +119,26 @@ impl QueueRouter {
             }
             None => {}
         }
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl QueueRouter {
+    /// Counts a notification for a queue nobody here serves as dropped, on
+    /// its kind's channel.
+    fn count_unserved(&mut self, kind: TaskKind, reason: WakeReason) {
+        if reason != WakeReason::Notification {
+            return;
+        }
+        let health = &self.health;
+        let channel = self.channels.entry(kind).or_insert_with(|| {
+            let listeners = health.snapshot().listeners;
+            listeners
+                .into_iter()
+                .find(|l| l.kind == kind)
+                .map_or_else(|| kind.base_channel().to_string(), |l| l.channel)
+        });
+        crate::metrics::notification_dropped(channel, crate::metrics::DROP_UNSERVED_QUEUE);
     }
 }
 

@@ -195,6 +195,8 @@ impl WorkerActor {
         self.polling = true;
         self.repoll = false;
         self.count(&self.settings.queues, |c| c.polls += 1);
+        #[cfg(feature = "metrics")]
+        crate::metrics::poll(self.settings.kind, &self.settings.queues);
         let store = self.store.clone();
         let settings = self.settings.clone();
         let is_activity = matches!(self.job, Job::Activity(_));
@@ -243,6 +245,8 @@ impl WorkerActor {
             Ok(outcome) => outcome,
             Err(err) => {
                 self.failed_polls = self.failed_polls.saturating_add(1);
+                #[cfg(feature = "metrics")]
+                crate::metrics::poll_failed(self.settings.kind, &self.settings.queues);
                 let delay = self.settings.error_backoff.delay(self.failed_polls);
                 tracing::warn!(
                     worker = %self.settings.worker_id,
@@ -258,6 +262,8 @@ impl WorkerActor {
         self.failed_polls = 0;
         if claimed.is_empty() {
             self.count(&self.settings.queues, |c| c.empty_polls += 1);
+            #[cfg(feature = "metrics")]
+            crate::metrics::empty_poll(self.settings.kind, &self.settings.queues);
         }
         let got = claimed.len();
         for task in claimed {
@@ -430,6 +436,14 @@ impl WorkerActor {
             Outcome::LeaseLost => c.leases_lost += 1,
             Outcome::NotRecorded => {}
         });
+        #[cfg(feature = "metrics")]
+        match outcome {
+            Outcome::Completed => crate::metrics::task_completed(self.settings.kind, queue),
+            Outcome::LeaseLost => crate::metrics::lease_lost(self.settings.kind),
+            Outcome::NotRecorded => crate::metrics::result_not_recorded(self.settings.kind),
+            // Counted when the handler returned, recorded or not.
+            Outcome::Failed | Outcome::Panicked => {}
+        }
     }
 
     fn finished(&mut self, queue: &Queue, outcome: Outcome, ctx: &mut Context<Self>) {
@@ -463,6 +477,8 @@ async fn run_activity(
     lease: Duration,
     shared_lease: Rc<RefCell<Lease>>,
 ) -> ActivityEnd {
+    #[cfg(feature = "metrics")]
+    let started = crate::metrics::activity_started(&task);
     let input = task.clone();
     let work = AssertUnwindSafe(async move { handler(input).await }).catch_unwind();
     futures::pin_mut!(work);
@@ -472,7 +488,11 @@ async fn run_activity(
         tokio::select! {
             result = &mut work => break result,
             _ = beats.tick() => match store.extend_activity_task(&mut task, lease).await {
-                Ok(()) => *shared_lease.borrow_mut() = task.lease.clone(),
+                Ok(()) => {
+                    *shared_lease.borrow_mut() = task.lease.clone();
+                    #[cfg(feature = "metrics")]
+                    crate::metrics::lease_extended(TaskKind::Activity);
+                }
                 Err(StoreError::LeaseLost { .. }) => {
                     tracing::warn!(activity_id = %task.activity_id, "lease lost while running; abandoning the activity");
                     return ActivityEnd { task, report: None, outcome: Outcome::LeaseLost };
@@ -481,6 +501,8 @@ async fn run_activity(
             },
         }
     };
+    #[cfg(feature = "metrics")]
+    crate::metrics::handler_ended(TaskKind::Activity, &task.queue, started, &result);
     let (report, outcome) = match result {
         Ok(Ok(value)) => (Ok(value), Outcome::Completed),
         Ok(Err(err)) => (Err(err.to_string()), Outcome::Failed),
@@ -509,6 +531,8 @@ async fn run_workflow(
     lease: Duration,
     shared_lease: Rc<RefCell<Lease>>,
 ) -> Outcome {
+    #[cfg(feature = "metrics")]
+    let started = crate::metrics::workflow_started(&task);
     let input = task.clone();
     let work = AssertUnwindSafe(async move { handler(input).await }).catch_unwind();
     futures::pin_mut!(work);
@@ -518,12 +542,18 @@ async fn run_workflow(
         tokio::select! {
             result = &mut work => break result,
             _ = beats.tick() => match store.extend_workflow_task(&mut task, lease).await {
-                Ok(()) => *shared_lease.borrow_mut() = task.lease.clone(),
+                Ok(()) => {
+                    *shared_lease.borrow_mut() = task.lease.clone();
+                    #[cfg(feature = "metrics")]
+                    crate::metrics::lease_extended(TaskKind::Workflow);
+                }
                 Err(StoreError::LeaseLost { .. }) => return Outcome::LeaseLost,
                 Err(err) => tracing::warn!(instance_id = %task.instance.instance_id, error = %err, "lease extension failed; will retry"),
             },
         }
     };
+    #[cfg(feature = "metrics")]
+    crate::metrics::handler_ended(TaskKind::Workflow, &task.queue, started, &result);
     let (error, outcome) = match result {
         Ok(Ok(decision)) => {
             return record(

@@ -75,6 +75,8 @@ impl Store {
         // waits, so it cannot deadlock, and concurrent claimers take
         // disjoint rows. The due time rides along as the first column of a
         // row that exists even when nothing is claimed.
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
         let rows = client
             .query(
                 &client
@@ -91,10 +93,10 @@ impl Store {
                           SET locked_until = now() + make_interval(secs => $3), worker = $2
                          FROM candidate c WHERE a.id = c.id
                        RETURNING a.id, a.activity_id, a.instance_id, a.execution_id, a.queue,
-                                 a.schedule_event_id, a.locked_until),
+                                 a.schedule_event_id, a.locked_until, a.timestamp),
                      due AS ({})
                      SELECT due.due_in, c.id, c.activity_id, c.instance_id, c.execution_id, c.queue,
-                            c.schedule_event_id, c.locked_until, at.data
+                            c.schedule_event_id, c.locked_until, at.data, c.timestamp
                        FROM due LEFT JOIN (claimed c
                          LEFT JOIN attributes at ON at.instance_id = c.instance_id
                               AND at.execution_id = c.execution_id AND at.event_id = c.activity_id)
@@ -108,6 +110,8 @@ impl Store {
             )
             .await
             .map_err(db("claiming activity tasks"))?;
+        #[cfg(feature = "metrics")]
+        crate::metrics::claim_duration(crate::runtime::TaskKind::Activity, started);
         let due_in = rows
             .first()
             .and_then(|r| r.get::<_, Option<f64>>(0))
@@ -135,6 +139,7 @@ impl Store {
                     schedule_event_id: row.get(6),
                     name: scheduled["name"].as_str().unwrap_or_default().to_string(),
                     input: scheduled.get("input").cloned().unwrap_or(Value::Null),
+                    enqueued_at: row.get(9),
                     lease: Lease {
                         worker: worker.clone(),
                         locked_until: row.get(7),
@@ -176,6 +181,8 @@ impl Store {
         };
         let data = self.encode(&attributes)?;
         let mut client = self.client().await?;
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
         let tx = self.begin_write(&mut client).await?;
         // Locks the owning instances row (shared) before the activities row,
         // the order every waiting transaction follows: a workflow completion
@@ -233,6 +240,8 @@ impl Store {
         }
         self.commit_write(tx, touched, "committing the activity result")
             .await?;
+        #[cfg(feature = "metrics")]
+        crate::metrics::completion_duration(crate::runtime::TaskKind::Activity, started);
         tracing::debug!(activity_id = %task.activity_id, ?event_type, "activity task completed");
         Ok(())
     }
@@ -289,6 +298,8 @@ impl Store {
             .map(|(t, _)| t.instance.execution_id.as_str())
             .collect();
         let mut client = self.client().await?;
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
         let tx = self.begin_write(&mut client).await?;
         // Locks the owning instances rows (shared) in id order, before any
         // activities row: the order every waiting transaction follows.
@@ -347,6 +358,8 @@ impl Store {
         }
         self.commit_write(tx, touched, "committing activity results")
             .await?;
+        #[cfg(feature = "metrics")]
+        crate::metrics::completion_duration(crate::runtime::TaskKind::Activity, started);
         let outcomes = completions
             .iter()
             .map(|(task, _)| {

@@ -167,6 +167,11 @@ pub struct ActivityTask {
     pub name: String,
     /// Its input, as scheduled.
     pub input: Value,
+    /// When it was written: its `timestamp` column (database clock). With
+    /// `SystemTime::now()` it tells how long the activity waited, give or
+    /// take the difference between the database's clock and this
+    /// process's (small on one machine, and possibly negative).
+    pub enqueued_at: SystemTime,
     /// The lease.
     pub lease: Lease,
 }

@@ -74,6 +74,8 @@ impl Store {
         // so it cannot deadlock; the row's conditions are re-checked on its
         // newest version once locked. Oldest pending event first is fair
         // across instances.
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
         let claimed = client
             .query_one(
                 &client.prepare_cached(&format!("WITH candidate AS (
@@ -99,6 +101,8 @@ impl Store {
             )
             .await
             .map_err(db("claiming a workflow task"))?;
+        #[cfg(feature = "metrics")]
+        crate::metrics::claim_duration(crate::runtime::TaskKind::Workflow, started);
         let due_in = claimed.get::<_, Option<f64>>(0).map(super::stats::seconds);
         if claimed.get::<_, Option<i64>>(1).is_none() {
             return Ok((None, due_in));
@@ -226,6 +230,8 @@ impl Store {
         // Everything that can be refused is refused before the transaction.
         let plan = self.plan_completion(task, &completion)?;
         let mut client = self.client().await?;
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
         let tx = self.begin_write(&mut client).await?;
         let mut touched = TouchedQueues::default();
 
@@ -502,6 +508,8 @@ impl Store {
 
         self.commit_write(tx, touched, "committing the workflow task")
             .await?;
+        #[cfg(feature = "metrics")]
+        crate::metrics::completion_duration(crate::runtime::TaskKind::Workflow, started);
         tracing::debug!(
             instance_id = %task.instance.instance_id,
             state = ?plan.state,

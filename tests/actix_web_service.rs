@@ -1,0 +1,306 @@
+//! examples/actix_web_service.rs over real HTTP, against a throwaway
+//! PostgreSQL: orders through every step, cancellation, errors, health,
+//! metrics.
+
+#[allow(dead_code)] // its `main` and what only `main` uses
+#[path = "../examples/actix_web_service.rs"]
+mod service;
+
+use std::time::{Duration, Instant};
+
+use pgwake::testing::{fresh_database, FaultProxy, TestPostgres};
+use serde_json::{json, Value};
+
+/// An HTTP client for the service at `base`.
+struct Http {
+    client: awc::Client,
+    base: String,
+}
+
+impl Http {
+    fn new(service: &service::Service) -> Self {
+        Self {
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .finish(),
+            base: format!("http://{}", service.addr),
+        }
+    }
+
+    /// The status and body (JSON, or `Value::String` when it is not JSON).
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(format!("{}{path}", self.base)).send();
+        read(response.await.unwrap()).await
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let request = self.client.post(format!("{}{path}", self.base));
+        read(request.send_json(body).await.unwrap()).await
+    }
+
+    async fn post_raw(&self, path: &str, body: &'static str) -> (u16, Value) {
+        let request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .insert_header(("content-type", "application/json"));
+        read(request.send_body(body).await.unwrap()).await
+    }
+
+    /// Polls `GET path` until `done` holds for its JSON body; returns it.
+    async fn get_until(&self, path: &str, what: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, body) = self.get(path).await;
+            if done(status, &body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last answer {status}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn read<S>(mut response: awc::ClientResponse<S>) -> (u16, Value)
+where
+    S: futures::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let status = response.status().as_u16();
+    let bytes = response.body().limit(10 << 20).await.unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, body)
+}
+
+fn event_types(order: &Value) -> Vec<&str> {
+    order["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect()
+}
+
+fn count(types: &[&str], wanted: &str) -> usize {
+    types.iter().filter(|t| **t == wanted).count()
+}
+
+fn finished(status: u16, body: &Value) -> bool {
+    status == 200 && body["state"] == "finished"
+}
+
+/// The `WorkflowExecutionFinished` event's attributes.
+fn outcome(order: &Value) -> &Value {
+    let last = order["history"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["type"], "WorkflowExecutionFinished", "{order}");
+    &last["attributes"]
+}
+
+async fn start(config: service::Config) -> (service::Service, Http) {
+    let mut config = config;
+    config.bind = "127.0.0.1:0".to_string();
+    let service = service::serve(config).await.unwrap();
+    let http = Http::new(&service);
+    (service, http)
+}
+
+async fn wait_healthy(http: &Http) -> Value {
+    http.get_until("/health", "both listeners to listen", |status, body| {
+        status == 200
+            && body["listeners"].as_array().unwrap().len() == 2
+            && body["listeners"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["state"] == "Listening")
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn orders_go_through_every_step_and_bad_requests_are_refused() {
+    let database = fresh_database().await.unwrap();
+    let mut config = service::Config::new(database.url());
+    config.ship_delay = Duration::from_millis(200);
+    let (service, http) = start(config).await;
+
+    let health = wait_healthy(&http).await;
+    assert_eq!(health["status"], "ok");
+    let channels: Vec<&str> = health["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["channel"].as_str().unwrap())
+        .collect();
+    assert!(channels.contains(&"workflow_tasks") && channels.contains(&"activity_tasks"));
+
+    // An order through validate -> charge -> timer -> ship.
+    let (status, created) = http
+        .post_json("/orders", &json!({"item": "book", "cents": 500}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let order = http
+        .get_until(&format!("/orders/{id}"), "the order to finish", finished)
+        .await;
+    assert_eq!(order["id"], id.as_str());
+    let types = event_types(&order);
+    assert_eq!(count(&types, "ActivityCompleted"), 3, "{order}");
+    assert_eq!(count(&types, "TimerFired"), 1, "{order}");
+    assert!(outcome(&order)["result"]["tracking"].is_string(), "{order}");
+    assert_eq!(order["pending"], json!([]));
+
+    // An order the validation refuses fails.
+    let (status, created) = http
+        .post_json("/orders", &json!({"item": "free lunch", "cents": 0}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let failed = http
+        .get_until(
+            &format!("/orders/{}", created["id"].as_str().unwrap()),
+            "the free order to fail",
+            finished,
+        )
+        .await;
+    assert_eq!(outcome(&failed)["error"], "the order costs nothing");
+
+    // Unknown and invalid ids.
+    let (status, body) = http.get("/orders/no-such-order").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], r#"no order "no-such-order""#);
+    let (status, body) = http
+        .post_json("/orders/no-such-order/cancel", &json!({}))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let too_long = "x".repeat(200);
+    let (status, body) = http.get(&format!("/orders/{too_long}")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("instance id"),
+        "{body}"
+    );
+
+    // Bad bodies.
+    let (status, body) = http.post_raw("/orders", "{not json").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = http.post_json("/orders", &json!({"item": "book"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("cents"), "{body}");
+
+    // Canceling a finished order changes nothing.
+    let (status, body) = http
+        .post_json(&format!("/orders/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Metrics: pgwake's own, in Prometheus' text format.
+    let mut response = http
+        .client
+        .get(format!("{}/metrics", http.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = String::from_utf8(response.body().limit(10 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("pgwake_"), "{text}");
+
+    let report = service.stop().await;
+    assert!(report.drained);
+}
+
+#[actix_rt::test]
+async fn a_canceled_order_finishes_as_canceled() {
+    let database = fresh_database().await.unwrap();
+    let mut config = service::Config::new(database.url());
+    config.ship_delay = Duration::from_secs(600);
+    let (service, http) = start(config).await;
+
+    let (status, created) = http
+        .post_json("/orders", &json!({"item": "lamp", "cents": 2500}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let path = format!("/orders/{}", created["id"].as_str().unwrap());
+    // Charged, and waiting ten minutes to ship.
+    http.get_until(&path, "the order to wait to ship", |_, order| {
+        event_types(order).contains(&"TimerScheduled")
+    })
+    .await;
+
+    let (status, body) = http.post_json(&format!("{path}/cancel"), &json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let order = http
+        .get_until(&path, "the canceled order to finish", finished)
+        .await;
+    let types = event_types(&order);
+    assert!(types.contains(&"WorkflowExecutionCanceled"), "{order}");
+    assert_eq!(
+        count(&types, "ActivityCompleted"),
+        2,
+        "never shipped: {order}"
+    );
+    assert_eq!(count(&types, "TimerFired"), 0, "{order}");
+    assert_eq!(outcome(&order)["canceled"], true, "{order}");
+    // The timer went with it.
+    assert_eq!(order["pending"], json!([]), "{order}");
+
+    let (status, body) = http.post_json(&format!("{path}/cancel"), &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    service.stop().await;
+}
+
+#[actix_rt::test]
+async fn health_says_503_once_a_listener_is_down_past_the_grace_period() {
+    // The listeners reach the server through a proxy that can cut them off;
+    // the pool talks to the server directly.
+    let server = TestPostgres::new().unwrap();
+    let database = server.create_database().await.unwrap();
+    let upstream = format!("127.0.0.1:{}", server.port()).parse().unwrap();
+    let proxy = FaultProxy::start(upstream).await.unwrap();
+    let mut config = service::Config::new(database.url());
+    config.runtime.listener_url = Some(proxy.proxied_url(database.url()));
+    config.runtime.reconnect_backoff_min = Duration::from_millis(50);
+    config.runtime.reconnect_backoff_max = Duration::from_millis(200);
+    config.health_grace = Duration::from_millis(300);
+    let (service, http) = start(config).await;
+    wait_healthy(&http).await;
+
+    proxy.set_refuse_new(true);
+    proxy.drop_connections();
+    let cut_at = Instant::now();
+    let degraded = http
+        .get_until("/health", "503", |status, _| status == 503)
+        .await;
+    assert!(
+        cut_at.elapsed() >= Duration::from_millis(300),
+        "503 before the grace period was over"
+    );
+    assert_eq!(degraded["status"], "degraded");
+    assert!(degraded["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["state"] != "Listening" && l["seconds_not_listening"].as_f64().unwrap() > 0.3));
+
+    proxy.set_refuse_new(false);
+    let health = wait_healthy(&http).await;
+    assert!(health["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["reconnects"].as_u64().unwrap() >= 1));
+    service.stop().await;
+    drop(server);
+}

@@ -325,3 +325,41 @@ async fn invalid_configuration_is_refused_before_anything_connects() {
         })
     ));
 }
+
+#[actix_rt::test]
+async fn a_task_whose_worker_died_is_taken_over_when_its_lease_expires_not_at_the_fallback() {
+    let database = fresh_database().await.unwrap();
+    let (activities, mut activity_started) = reporting_activities("acts");
+    let runtime = Runtime::builder(notify_only(database.url()))
+        .activity_worker(activities)
+        .start()
+        .await
+        .unwrap();
+    wait_listening(&runtime).await;
+    // What a worker that claimed the activity and died leaves behind: a
+    // lease of 2 s that runs out unannounced (its insert does notify, but
+    // the lease still holds then).
+    let client = support::connect(database.url()).await;
+    client
+        .batch_execute(
+            "INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue, timestamp,
+                                     locked_until, worker)
+             VALUES ('orphan', 'owner', 'e', 11, 'acts', now(), now() + interval '2 seconds', 'dead-worker')",
+        )
+        .await
+        .unwrap();
+    let inserted = Instant::now();
+    let id = receive_within(
+        &mut activity_started,
+        Duration::from_secs(5),
+        "the orphaned activity",
+    )
+    .await;
+    assert_eq!(id, "orphan");
+    assert!(
+        inserted.elapsed() >= Duration::from_millis(1500),
+        "not before the lease expired: {:?}",
+        inserted.elapsed()
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}

@@ -448,13 +448,9 @@ impl WorkerActor {
 
     fn finished(&mut self, queue: &Queue, outcome: Outcome, ctx: &mut Context<Self>) {
         self.count_outcome(queue, outcome);
-        let retry_later = matches!(self.job, Job::Workflow(_))
-            && matches!(outcome, Outcome::Failed | Outcome::Panicked);
-        if retry_later && self.capacity() == self.settings.concurrency {
-            // The failed task is claimable again after its delay; nobody
-            // will announce it, so come back for it ourselves.
-            self.arm_timer(WORKFLOW_RETRY_DELAY + Duration::from_millis(5), ctx);
-        }
+        // A failed workflow task keeps its lease for WORKFLOW_RETRY_DELAY; the
+        // poll below sees that lease's expiry as a due time and comes back
+        // for it then.
         self.poll(ctx);
     }
 }

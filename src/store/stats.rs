@@ -80,10 +80,12 @@ impl Store {
             .collect())
     }
 
-    /// How long (database clock) until the earliest pending event or
-    /// activity of `queues` that is not visible yet becomes visible: a
-    /// worker sleeps exactly that long, so a timer fires on time with no
-    /// insert and no notification. `None` when nothing is scheduled.
+    /// How long (database clock) until work of `queues` becomes claimable
+    /// without anyone announcing it: a pending event or activity scheduled
+    /// for later becomes visible, or a lease (or stickiness) runs out. An
+    /// idle worker sleeps exactly that long, so a timer fires on time and a
+    /// task whose worker died is taken over when its lease expires, with no
+    /// insert and no notification. `None` when nothing is due.
     ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
@@ -115,24 +117,40 @@ impl Store {
     }
 }
 
-/// Seconds until the next activity of the queues `$1` becomes visible
-/// (one row, NULL when none is scheduled). Walks the partial index on
-/// `(queue, visible_at)` of migration 3 and stops at the first row.
+/// Seconds until the next activity of the queues `$1` becomes claimable
+/// without anyone announcing it (one row, NULL when none): one scheduled for
+/// later, or one whose lease expires (its worker may be gone; no NOTIFY is
+/// sent when a lease runs out). Each half walks an index, `(queue,
+/// visible_at)` of migration 3 or `(locked_until, queue)` of migration 1,
+/// and stops at the first row.
 pub(crate) const ACTIVITY_DUE_SQL: &str =
-    "SELECT EXTRACT(EPOCH FROM (min(visible_at) - now()))::float8 AS due_in
-   FROM (SELECT visible_at FROM activities
-          WHERE visible_at > now() AND queue = ANY($1)
-          ORDER BY visible_at LIMIT 1) next_activity";
+    "SELECT EXTRACT(EPOCH FROM (min(due) - now()))::float8 AS due_in
+   FROM ((SELECT visible_at AS due FROM activities
+           WHERE visible_at > now() AND queue = ANY($1)
+           ORDER BY visible_at LIMIT 1)
+         UNION ALL
+         (SELECT locked_until FROM activities
+           WHERE locked_until > now() AND queue = ANY($1)
+           ORDER BY locked_until LIMIT 1)) next_activity";
 
-/// Seconds until the next pending event of an active instance of the
-/// queues `$1` becomes visible (one row, NULL when none). Walks the partial
-/// index on `pending_events (visible_at)` and stops at the first match.
+/// Seconds until the next workflow task of the queues `$1` may become
+/// claimable unannounced (one row, NULL when none): a pending event of an
+/// active instance scheduled for later (a timer), or an active instance
+/// whose lease or stickiness runs out.
 pub(crate) const WORKFLOW_DUE_SQL: &str =
-    "SELECT EXTRACT(EPOCH FROM (min(pe.visible_at) - now()))::float8 AS due_in
-   FROM (SELECT pe.visible_at FROM pending_events pe
-           JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
-          WHERE pe.visible_at > now() AND i.state = 0 AND i.queue = ANY($1)
-          ORDER BY pe.visible_at LIMIT 1) pe";
+    "SELECT EXTRACT(EPOCH FROM (min(due) - now()))::float8 AS due_in
+   FROM ((SELECT pe.visible_at AS due FROM pending_events pe
+            JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
+           WHERE pe.visible_at > now() AND i.state = 0 AND i.queue = ANY($1)
+           ORDER BY pe.visible_at LIMIT 1)
+         UNION ALL
+         (SELECT locked_until FROM instances
+           WHERE state = 0 AND queue = ANY($1) AND locked_until > now()
+           ORDER BY locked_until LIMIT 1)
+         UNION ALL
+         (SELECT sticky_until FROM instances
+           WHERE state = 0 AND queue = ANY($1) AND sticky_until > now()
+           ORDER BY sticky_until LIMIT 1)) next_workflow_task";
 
 /// A due time in seconds (possibly slightly negative: due already) as a delay.
 pub(crate) fn seconds(due_in: f64) -> Duration {

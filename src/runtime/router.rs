@@ -26,7 +26,8 @@ struct Registration {
 /// Routes wake-ups from listeners and the notifier to registered workers.
 ///
 /// A wake-up for a queue goes to one idle [`WakePolicy::WhenIdle`] worker of
-/// that queue (round robin) and to every [`WakePolicy::Always`] recipient.
+/// that queue (picked at random, which spreads the load without a cursor)
+/// and to every [`WakePolicy::Always`] recipient.
 /// When no such worker is idle, the queue is remembered, and the first one
 /// to report [`WorkerIdle`] is woken for it: a notification that arrives
 /// while every worker is mid-poll is never lost to the fallback timer.

@@ -94,10 +94,16 @@ impl Store {
                          FROM candidate c WHERE a.id = c.id
                        RETURNING a.id, a.activity_id, a.instance_id, a.execution_id, a.queue,
                                  a.schedule_event_id, a.locked_until, a.timestamp),
-                     due AS ({})
+                     -- A full batch polls again at once: no due time needed.
+                     due AS (SELECT CASE WHEN (SELECT count(*) FROM claimed) < $4
+                                         THEN (SELECT due_in FROM ({}) next) END AS due_in),
+                     -- A claim is a lease: if its commit is lost in a crash, the task
+                     -- is claimed again, and fencing keeps completion exactly-once.
+                     -- So it need not wait for its WAL flush.
+                     lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true))
                      SELECT due.due_in, c.id, c.activity_id, c.instance_id, c.execution_id, c.queue,
                             c.schedule_event_id, c.locked_until, at.data, c.timestamp
-                       FROM due LEFT JOIN (claimed c
+                       FROM due CROSS JOIN lazy_commit LEFT JOIN (claimed c
                          LEFT JOIN attributes at ON at.instance_id = c.instance_id
                               AND at.execution_id = c.execution_id AND at.event_id = c.activity_id)
                          ON true

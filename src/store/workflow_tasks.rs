@@ -95,8 +95,10 @@ impl Store {
                    RETURNING i.id, i.instance_id, i.execution_id, i.queue, i.metadata,
                              i.parent_instance_id, i.parent_execution_id,
                              i.parent_schedule_event_id::bigint AS parent_schedule, i.locked_until),
-                 due AS ({WORKFLOW_DUE_SQL})
-                 SELECT due.due_in, claimed.* FROM due LEFT JOIN claimed ON true")).await.map_err(db("preparing a statement"))?,
+                 due AS (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM claimed)
+                                     THEN (SELECT due_in FROM ({WORKFLOW_DUE_SQL}) next) END AS due_in),
+                 lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true))
+                 SELECT due.due_in, claimed.* FROM due CROSS JOIN lazy_commit LEFT JOIN claimed ON true")).await.map_err(db("preparing a statement"))?,
                 &[&queue_names, &worker.as_str(), &lease_secs],
             )
             .await

@@ -80,6 +80,14 @@ impl std::fmt::Debug for RuntimeConfig {
 
 impl RuntimeConfig {
     /// Defaults for `database_url`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = pgwake::RuntimeConfig::new("postgres://postgres@localhost/app");
+    /// assert!(config.notifications);
+    /// assert_eq!(config.fallback_while_listening, Duration::from_secs(60));
+    /// assert_eq!(config.fallback_while_degraded, Duration::from_millis(500));
+    /// ```
     pub fn new(database_url: impl Into<String>) -> Self {
         Self {
             database_url: database_url.into(),
@@ -102,6 +110,14 @@ impl RuntimeConfig {
     ///
     /// # Errors
     /// The first [`BuildError`] found, naming the setting.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut config = pgwake::RuntimeConfig::new("postgres://postgres@localhost/app");
+    /// config.reconnect_backoff_min = Duration::from_secs(60); // above the 30 s maximum
+    /// let err = config.validate().unwrap_err();
+    /// assert!(matches!(err, pgwake::BuildError::Setting { name: "reconnect_backoff_min", .. }));
+    /// ```
     pub fn validate(&self) -> Result<(), BuildError> {
         ConnectionConfig::from_url(&self.database_url)?;
         if let Some(url) = &self.listener_url {
@@ -154,6 +170,14 @@ impl RuntimeConfig {
     }
 
     /// The channel a kind of task is announced on.
+    ///
+    /// ```
+    /// use pgwake::{RuntimeConfig, TaskKind};
+    /// let mut config = RuntimeConfig::new("postgres://postgres@localhost/app");
+    /// assert_eq!(config.channel(TaskKind::Activity), "activity_tasks");
+    /// config.schema = Some("billing".to_string());
+    /// assert_eq!(config.channel(TaskKind::Activity), "billing.activity_tasks");
+    /// ```
     pub fn channel(&self, kind: crate::runtime::TaskKind) -> String {
         match &self.schema {
             Some(schema) if schema != "public" => format!("{schema}.{}", kind.base_channel()),

@@ -24,9 +24,30 @@ use crate::error::ConnectError;
 /// How long a connection attempt may take when the URL does not say
 /// (`connect_timeout=SECONDS`): long enough for a busy server, short enough
 /// that an unreachable host is reported instead of hanging.
+///
+/// ```
+/// use pgwake::connection::DEFAULT_CONNECT_TIMEOUT;
+///
+/// let config = pgwake::ConnectionConfig::from_url("postgres://db.internal/orders").unwrap();
+/// assert_eq!(config.connect_timeout(), DEFAULT_CONNECT_TIMEOUT);
+/// ```
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection whose messages (notifications included) the caller polls.
+///
+/// ```
+/// use futures::future::poll_fn;
+/// use pgwake::connection::RawConnection;
+/// use tokio_postgres::AsyncMessage;
+///
+/// /// The next notification's payload; `None` for anything else or at the end.
+/// async fn next_payload(connection: &mut RawConnection) -> Option<String> {
+///     match poll_fn(|cx| connection.poll_message(cx)).await? {
+///         Ok(AsyncMessage::Notification(notification)) => Some(notification.payload().to_string()),
+///         _ => None,
+///     }
+/// }
+/// ```
 pub type RawConnection =
     tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
 
@@ -35,6 +56,11 @@ pub type RawConnection =
 /// Accepts both forms libpq accepts: `postgres://user:password@host:port/db?opt=v`
 /// and `host=... user=... dbname=...`. Its `Debug` and [`redacted`](Self::redacted)
 /// forms never show the password.
+///
+/// ```
+/// let config = pgwake::ConnectionConfig::from_url("host=db.internal port=5433 user=app password=s3cret dbname=orders").unwrap();
+/// assert_eq!(config.to_string(), "postgres://app@db.internal:5433/orders");
+/// ```
 #[derive(Clone)]
 pub struct ConnectionConfig {
     postgres: tokio_postgres::Config,
@@ -71,6 +97,12 @@ impl ConnectionConfig {
 
     /// The same server and credentials, announced to the server as
     /// `application_name` (visible in `pg_stat_activity`).
+    ///
+    /// ```
+    /// let config = pgwake::ConnectionConfig::from_url("postgres://app@db.internal/orders").unwrap();
+    /// let billing = config.with_application_name("billing");
+    /// assert_eq!(billing.postgres_config().get_application_name(), Some("billing"));
+    /// ```
     pub fn with_application_name(&self, application_name: &str) -> Self {
         let mut copy = self.clone();
         copy.postgres.application_name(application_name);
@@ -78,16 +110,33 @@ impl ConnectionConfig {
     }
 
     /// The underlying `tokio-postgres` configuration (for building pools).
+    ///
+    /// ```
+    /// let config = pgwake::ConnectionConfig::from_url("postgres://app@db.internal:5433/orders").unwrap();
+    /// assert_eq!(config.postgres_config().get_ports(), [5433]);
+    /// ```
     pub fn postgres_config(&self) -> &tokio_postgres::Config {
         &self.postgres
     }
 
     /// The database name, when the URL names one.
+    ///
+    /// ```
+    /// use pgwake::ConnectionConfig;
+    ///
+    /// assert_eq!(ConnectionConfig::from_url("postgres://db.internal/orders").unwrap().dbname(), Some("orders"));
+    /// assert_eq!(ConnectionConfig::from_url("postgres://db.internal").unwrap().dbname(), None);
+    /// ```
     pub fn dbname(&self) -> Option<&str> {
         self.postgres.get_dbname()
     }
 
     /// How long [`connect`](Self::connect) waits before giving up.
+    ///
+    /// ```
+    /// let config = pgwake::ConnectionConfig::from_url("postgres://db.internal/orders?connect_timeout=3").unwrap();
+    /// assert_eq!(config.connect_timeout(), std::time::Duration::from_secs(3));
+    /// ```
     pub fn connect_timeout(&self) -> Duration {
         self.postgres
             .get_connect_timeout()
@@ -96,6 +145,11 @@ impl ConnectionConfig {
     }
 
     /// `postgres://user@host:port/db`: safe to log, never holds the password.
+    ///
+    /// ```
+    /// let config = pgwake::ConnectionConfig::from_url("postgres://app:s3cret@db.internal:5433/orders?password=other").unwrap();
+    /// assert_eq!(config.redacted(), "postgres://app@db.internal:5433/orders");
+    /// ```
     pub fn redacted(&self) -> &str {
         &self.redacted
     }
@@ -110,6 +164,14 @@ impl ConnectionConfig {
     /// # Errors
     /// [`ConnectError::Timeout`] or [`ConnectError::Refused`]; both name the
     /// server by its redacted URL.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = pgwake::ConnectionConfig::from_url("postgres://app@localhost/orders")?;
+    /// let client = config.connect().await?;
+    /// client.simple_query("SELECT 1").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(&self) -> Result<Client, ConnectError> {
         let (client, connection) = self.connect_raw().await?;
         let server = self.redacted.clone();
@@ -127,6 +189,15 @@ impl ConnectionConfig {
     ///
     /// # Errors
     /// As [`connect`](Self::connect).
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = pgwake::ConnectionConfig::from_url("postgres://app@localhost/orders")?;
+    /// let (client, connection) = config.connect_raw().await?;
+    /// tokio::spawn(connection); // or poll it yourself, to receive notifications
+    /// client.simple_query("SELECT 1").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_raw(&self) -> Result<(Client, RawConnection), ConnectError> {
         let timeout = self.connect_timeout();
         let attempt = self.postgres.connect(NoTls);

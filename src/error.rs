@@ -21,6 +21,12 @@ impl fmt::Display for ErrorChain<'_> {
 }
 
 /// Why a connection could not be opened.
+///
+/// ```
+/// let err = pgwake::ConnectionConfig::from_url("postgres://host:notaport/db").unwrap_err();
+/// assert!(matches!(err, pgwake::ConnectError::InvalidUrl { .. }));
+/// assert!(err.to_string().starts_with("the database URL is not valid"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
@@ -60,6 +66,11 @@ impl ConnectError {
     /// Whether trying again later may succeed: the server is down, starting,
     /// or unreachable, as opposed to refusing these credentials or this
     /// database, or the URL being wrong.
+    ///
+    /// ```
+    /// let err = pgwake::ConnectionConfig::from_url("postgres://host:notaport/db").unwrap_err();
+    /// assert!(!err.is_transient()); // retrying will not fix the URL
+    /// ```
     pub fn is_transient(&self) -> bool {
         match self {
             ConnectError::InvalidUrl { .. } => false,
@@ -82,6 +93,11 @@ pub(crate) fn is_transient_postgres_error(error: &tokio_postgres::Error) -> bool
 }
 
 /// Why a schema migration was refused or failed.
+///
+/// ```
+/// let err = pgwake::MigrateError::Dirty { version: 3 };
+/// assert!(err.to_string().contains("pgwake migrate force VERSION"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MigrateError {
@@ -170,6 +186,11 @@ pub enum MigrateError {
 }
 
 /// Why a store operation was refused or failed.
+///
+/// ```
+/// let err = pgwake::StoreError::NoQueues;
+/// assert_eq!(err.to_string(), "no queues given: name at least one queue");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -271,6 +292,11 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying later may succeed: the server or network failed, as
     /// opposed to the request being wrong.
+    ///
+    /// ```
+    /// assert!(pgwake::StoreError::Pool("timed out".into()).is_transient());
+    /// assert!(!pgwake::StoreError::NoQueues.is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Pool(_) => true,
@@ -282,6 +308,11 @@ impl StoreError {
 }
 
 /// Why a runtime configuration was refused before anything connected.
+///
+/// ```
+/// let err = pgwake::BuildError::Setting { name: "store.pool_size", reason: "must be at least 1".into() };
+/// assert_eq!(err.to_string(), "invalid setting store.pool_size: must be at least 1");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
@@ -309,6 +340,11 @@ pub enum BuildError {
 }
 
 /// Why the runtime could not start.
+///
+/// ```
+/// let err = pgwake::RuntimeError::from(pgwake::StoreError::NoQueues);
+/// assert_eq!(err.to_string(), "no queues given: name at least one queue");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RuntimeError {

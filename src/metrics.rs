@@ -58,55 +58,144 @@ use crate::runtime::{TaskKind, WakeReason};
 use crate::store::{ActivityTask, Queue, WorkflowTask};
 
 /// Counter: notifications received by this process's listeners (label `channel`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::NOTIFICATIONS_RECEIVED, "pgwake_notifications_received_total");
+/// ```
 pub const NOTIFICATIONS_RECEIVED: &str = "pgwake_notifications_received_total";
 /// Counter: received notifications that woke nobody (labels `channel`, `reason`:
 /// `invalid_payload`, `own_echo`, `unserved_queue`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::NOTIFICATIONS_DROPPED, "pgwake_notifications_dropped_total");
+/// ```
 pub const NOTIFICATIONS_DROPPED: &str = "pgwake_notifications_dropped_total";
 /// Counter: wake-ups delivered to workers, per queue (labels `kind`, `queue`,
 /// `reason`: `notification`, `resync`, `local`, `more_work`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::WAKEUPS, "pgwake_wakeups_total");
+/// ```
 pub const WAKEUPS: &str = "pgwake_wakeups_total";
 /// Counter: polls by workers (labels `kind`, `queue`: the worker's queues
 /// joined with `,`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::POLLS, "pgwake_polls_total");
+/// ```
 pub const POLLS: &str = "pgwake_polls_total";
 /// Counter: polls that claimed nothing (labels as [`POLLS`]).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::EMPTY_POLLS, "pgwake_empty_polls_total");
+/// ```
 pub const EMPTY_POLLS: &str = "pgwake_empty_polls_total";
 /// Counter: polls that failed and are retried after a backoff (labels as [`POLLS`]).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::POLL_FAILURES, "pgwake_poll_failures_total");
+/// ```
 pub const POLL_FAILURES: &str = "pgwake_poll_failures_total";
 /// Histogram, seconds: one claim statement's round trip (label `kind`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::CLAIM_DURATION, "pgwake_claim_duration_seconds");
+/// ```
 pub const CLAIM_DURATION: &str = "pgwake_claim_duration_seconds";
 /// Histogram, seconds: from the task's ready time in the database to its
 /// handler's start, clamped at zero (labels `kind`, `queue`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::ENQUEUE_TO_START, "pgwake_enqueue_to_start_seconds");
+/// ```
 pub const ENQUEUE_TO_START: &str = "pgwake_enqueue_to_start_seconds";
 /// Histogram, seconds: handler run time (labels `kind`, `queue`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::HANDLER_DURATION, "pgwake_handler_duration_seconds");
+/// ```
 pub const HANDLER_DURATION: &str = "pgwake_handler_duration_seconds";
 /// Histogram, seconds: one result-recording transaction (label `kind`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::COMPLETION_DURATION, "pgwake_completion_duration_seconds");
+/// ```
 pub const COMPLETION_DURATION: &str = "pgwake_completion_duration_seconds";
 /// Counter: tasks whose handler succeeded and whose result was recorded
 /// (labels `kind`, `queue`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::TASKS_COMPLETED, "pgwake_tasks_completed_total");
+/// ```
 pub const TASKS_COMPLETED: &str = "pgwake_tasks_completed_total";
 /// Counter: handlers that returned an error (labels `kind`, `queue`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::HANDLER_FAILURES, "pgwake_handler_failures_total");
+/// ```
 pub const HANDLER_FAILURES: &str = "pgwake_handler_failures_total";
 /// Counter: handlers that panicked (labels `kind`, `queue`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::HANDLER_PANICS, "pgwake_handler_panics_total");
+/// ```
 pub const HANDLER_PANICS: &str = "pgwake_handler_panics_total";
 /// Counter: lease extensions by heartbeats (label `kind`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::LEASE_EXTENSIONS, "pgwake_lease_extensions_total");
+/// ```
 pub const LEASE_EXTENSIONS: &str = "pgwake_lease_extensions_total";
 /// Counter: leases lost before the result was recorded (label `kind`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::LEASES_LOST, "pgwake_leases_lost_total");
+/// ```
 pub const LEASES_LOST: &str = "pgwake_leases_lost_total";
 /// Counter: results that could not be recorded after retries (label `kind`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::RESULTS_NOT_RECORDED, "pgwake_results_not_recorded_total");
+/// ```
 pub const RESULTS_NOT_RECORDED: &str = "pgwake_results_not_recorded_total";
 /// Gauge: 1 while the listener of `channel` listens, else 0 (label `channel`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::LISTENER_LISTENING, "pgwake_listener_listening");
+/// ```
 pub const LISTENER_LISTENING: &str = "pgwake_listener_listening";
 /// Counter: successful `LISTEN`s after a failure or loss (label `channel`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::LISTENER_RECONNECTS, "pgwake_listener_reconnects_total");
+/// ```
 pub const LISTENER_RECONNECTS: &str = "pgwake_listener_reconnects_total";
 /// Counter: NOTIFYs sent by this process's notifier (label `channel`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::NOTIFICATIONS_SENT, "pgwake_notifications_sent_total");
+/// ```
 pub const NOTIFICATIONS_SENT: &str = "pgwake_notifications_sent_total";
 /// Counter: trailing-edge NOTIFYs skipped because the other processes were
 /// already notified (label `channel`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::TRAILING_NOTIFICATIONS_SKIPPED, "pgwake_trailing_notifications_skipped_total");
+/// ```
 pub const TRAILING_NOTIFICATIONS_SKIPPED: &str = "pgwake_trailing_notifications_skipped_total";
 /// Gauge: the fraction (0 to 1) of PostgreSQL's notification queue in use.
+///
+/// ```
+/// assert_eq!(pgwake::metrics::NOTIFICATION_QUEUE_USAGE, "pgwake_notification_queue_usage");
+/// ```
 pub const NOTIFICATION_QUEUE_USAGE: &str = "pgwake_notification_queue_usage";
 
 /// How often the notifier samples [`NOTIFICATION_QUEUE_USAGE`].
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(pgwake::metrics::NOTIFICATION_QUEUE_SAMPLE_EVERY, Duration::from_secs(10));
+/// ```
 pub const NOTIFICATION_QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +269,11 @@ const METRICS: &[Metric] = &[
 /// installed recorder. Call it once, after installing the recorder; it is
 /// harmless to call again, and metrics are recorded whether or not it is
 /// called.
+///
+/// ```
+/// // After installing a recorder; without one, this does nothing.
+/// pgwake::metrics::describe();
+/// ```
 pub fn describe() {
     for m in METRICS {
         match (m.kind, m.unit) {

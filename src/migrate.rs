@@ -27,6 +27,12 @@ use tokio_postgres::Client;
 use crate::error::MigrateError;
 
 /// One schema version: its SQL both ways.
+///
+/// ```
+/// let first = &pgwake::migrate::MIGRATIONS[0];
+/// assert_eq!((first.version, first.name), (1, "initial"));
+/// assert!(first.up_sql.contains("CREATE TABLE"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Migration {
     /// golang-migrate's version number (the file name's prefix).
@@ -51,6 +57,15 @@ macro_rules! migration {
 }
 
 /// Every migration this binary carries, oldest first.
+///
+/// ```
+/// use pgwake::migrate::MIGRATIONS;
+///
+/// assert!(MIGRATIONS.windows(2).all(|pair| pair[0].version < pair[1].version));
+/// for migration in MIGRATIONS {
+///     println!("{:06}_{}", migration.version, migration.name);
+/// }
+/// ```
 pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "initial", "000001_initial"),
     migration!(2, "add_notify_triggers", "000002_add_notify_triggers"),
@@ -60,11 +75,24 @@ pub static MIGRATIONS: &[Migration] = &[
 
 /// The newest version this binary carries: what [`up`] goes to by default
 /// and what the runtime requires.
+///
+/// ```
+/// use pgwake::migrate::{newest_version, MIGRATIONS};
+///
+/// assert_eq!(newest_version(), MIGRATIONS.last().unwrap().version);
+/// ```
 pub fn newest_version() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }
 
 /// Where a database stands.
+///
+/// ```
+/// use pgwake::migrate::{newest_version, MigrationStatus, MIGRATIONS};
+///
+/// let fresh = MigrationStatus { version: None, dirty: false, newest: newest_version() };
+/// assert_eq!(fresh.pending().len(), MIGRATIONS.len());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationStatus {
     /// The applied version; `None` when nothing is applied.
@@ -77,6 +105,13 @@ pub struct MigrationStatus {
 
 impl MigrationStatus {
     /// The versions [`up`] would apply.
+    ///
+    /// ```
+    /// use pgwake::migrate::{newest_version, MigrationStatus};
+    ///
+    /// let status = MigrationStatus { version: Some(1), dirty: false, newest: newest_version() };
+    /// assert_eq!(status.pending(), (2..=newest_version()).collect::<Vec<_>>());
+    /// ```
     pub fn pending(&self) -> Vec<i64> {
         let current = self.version.unwrap_or(0);
         MIGRATIONS
@@ -88,6 +123,13 @@ impl MigrationStatus {
 }
 
 /// What a run changed.
+///
+/// ```
+/// # async fn example(client: &mut tokio_postgres::Client) -> Result<(), pgwake::MigrateError> {
+/// let report = pgwake::migrate::up(client, None).await?;
+/// println!("{:?} -> {:?}, applied {:?}", report.from, report.to, report.applied);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {
     /// The version before the run.
@@ -99,6 +141,15 @@ pub struct MigrationReport {
 }
 
 /// How far [`down`] goes.
+///
+/// ```
+/// # async fn example(client: &mut tokio_postgres::Client) -> Result<(), pgwake::MigrateError> {
+/// use pgwake::migrate::{down, DownSteps};
+///
+/// let report = down(client, DownSteps::Steps(1)).await?;
+/// assert!(report.applied.len() <= 1);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DownSteps {
     /// Revert this many versions (fewer if fewer are applied).
@@ -113,6 +164,13 @@ const VERSION_TABLE: &str = "schema_migrations";
 ///
 /// # Errors
 /// [`MigrateError::Database`] when the query fails.
+///
+/// ```
+/// # async fn example(client: &tokio_postgres::Client) -> Result<(), pgwake::MigrateError> {
+/// let status = pgwake::migrate::status(client).await?;
+/// println!("at {:?}, dirty: {}, pending: {:?}", status.version, status.dirty, status.pending());
+/// # Ok(()) }
+/// ```
 pub async fn status(client: &Client) -> Result<MigrationStatus, MigrateError> {
     let (version, dirty) = read_version(client).await?;
     Ok(MigrationStatus {
@@ -128,6 +186,13 @@ pub async fn status(client: &Client) -> Result<MigrationStatus, MigrateError> {
 /// # Errors
 /// [`MigrateError::Dirty`], [`MigrateError::NewerThanKnown`] or
 /// [`MigrateError::NotMigrated`], each saying which command fixes it.
+///
+/// ```
+/// # async fn example(client: &tokio_postgres::Client) -> Result<(), pgwake::MigrateError> {
+/// // Err(MigrateError::NotMigrated { .. }) until `migrate::up` has run.
+/// pgwake::migrate::check(client).await?;
+/// # Ok(()) }
+/// ```
 pub async fn check(client: &Client) -> Result<(), MigrateError> {
     let status = status(client).await?;
     refuse_unusable(&status)?;
@@ -146,6 +211,13 @@ pub async fn check(client: &Client) -> Result<(), MigrateError> {
 /// # Errors
 /// A dirty or too new database, an unknown target, a target below the
 /// current version, or a failed step (rolled back).
+///
+/// ```
+/// # async fn example(client: &mut tokio_postgres::Client) -> Result<(), pgwake::MigrateError> {
+/// let report = pgwake::migrate::up(client, Some(2)).await?;
+/// assert_eq!(report.to, Some(2));
+/// # Ok(()) }
+/// ```
 pub async fn up(client: &mut Client, to: Option<i64>) -> Result<MigrationReport, MigrateError> {
     let target = to.unwrap_or_else(newest_version);
     require_known(target)?;
@@ -156,6 +228,15 @@ pub async fn up(client: &mut Client, to: Option<i64>) -> Result<MigrationReport,
 ///
 /// # Errors
 /// A dirty or too new database, or a failed step (rolled back).
+///
+/// ```
+/// # async fn example(client: &mut tokio_postgres::Client) -> Result<(), pgwake::MigrateError> {
+/// use pgwake::migrate::DownSteps;
+///
+/// let report = pgwake::migrate::down(client, DownSteps::All).await?;
+/// assert_eq!(report.to, None);
+/// # Ok(()) }
+/// ```
 pub async fn down(client: &mut Client, steps: DownSteps) -> Result<MigrationReport, MigrateError> {
     with_lock(client, |client| Box::pin(down_locked(client, steps))).await
 }
@@ -166,6 +247,14 @@ pub async fn down(client: &mut Client, steps: DownSteps) -> Result<MigrationRepo
 ///
 /// # Errors
 /// [`MigrateError::UnknownVersion`] for a version this binary does not carry.
+///
+/// ```
+/// # async fn example(client: &mut tokio_postgres::Client) -> Result<(), pgwake::MigrateError> {
+/// // Checked by hand: the dirty step to version 3 did in fact complete.
+/// pgwake::migrate::force(client, 3).await?;
+/// pgwake::migrate::up(client, None).await?;
+/// # Ok(()) }
+/// ```
 pub async fn force(client: &mut Client, version: i64) -> Result<(), MigrateError> {
     if version != 0 {
         require_known(version)?;

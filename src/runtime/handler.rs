@@ -13,6 +13,15 @@ use crate::error::BuildError;
 use crate::store::{ActivityTask, Queue, WorkflowCompletion, WorkflowTask};
 
 /// What a handler may fail with: anything that displays.
+///
+/// ```
+/// use pgwake::runtime::HandlerError;
+/// async fn send(task: pgwake::ActivityTask) -> Result<serde_json::Value, HandlerError> {
+///     let to = task.input["to"].as_str().ok_or("no recipient given")?;
+///     Ok(serde_json::json!({ "sent_to": to }))
+/// }
+/// let worker = pgwake::ActivityWorker::new(["emails"], send);
+/// ```
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
 pub(crate) type ActivityFn =
@@ -24,8 +33,23 @@ pub(crate) type WorkflowFn = Arc<
 >;
 
 /// The default activity lease (go-workflows' default).
+///
+/// ```
+/// use pgwake::runtime::DEFAULT_ACTIVITY_LEASE;
+/// assert_eq!(DEFAULT_ACTIVITY_LEASE, std::time::Duration::from_secs(120));
+/// // A slow activity: five times as long without a heartbeat.
+/// let worker = pgwake::ActivityWorker::new(["reports"], |task: pgwake::ActivityTask| async move {
+///     Ok::<_, String>(task.input)
+/// })
+/// .lease(DEFAULT_ACTIVITY_LEASE * 5);
+/// ```
 pub const DEFAULT_ACTIVITY_LEASE: Duration = Duration::from_secs(120);
 /// The default workflow-task lease (go-workflows' default).
+///
+/// ```
+/// use pgwake::runtime::DEFAULT_WORKFLOW_LEASE;
+/// assert_eq!(DEFAULT_WORKFLOW_LEASE, std::time::Duration::from_secs(60));
+/// ```
 pub const DEFAULT_WORKFLOW_LEASE: Duration = Duration::from_secs(60);
 
 /// Activity workers: run `handler` for each activity of `queues`, up to
@@ -63,6 +87,14 @@ impl std::fmt::Debug for ActivityWorker {
 
 impl ActivityWorker {
     /// A worker for `queues` running `handler`, concurrency 1, lease 120 s.
+    ///
+    /// ```
+    /// use pgwake::{ActivityTask, ActivityWorker};
+    /// let worker = ActivityWorker::new(["emails", "sms"], |task: ActivityTask| async move {
+    ///     println!("{} on {}", task.name, task.queue);
+    ///     Ok::<_, String>(serde_json::json!({ "delivered": true }))
+    /// });
+    /// ```
     pub fn new<I, S, F, Fut, E>(queues: I, handler: F) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -82,12 +114,33 @@ impl ActivityWorker {
     }
 
     /// How many activities it runs at once (claimed in one batch).
+    ///
+    /// ```
+    /// use pgwake::{ActivityTask, ActivityWorker, Runtime, RuntimeConfig};
+    /// let worker = ActivityWorker::new(["emails"], |task: ActivityTask| async move {
+    ///     Ok::<_, String>(task.input)
+    /// });
+    /// let builder = Runtime::builder(RuntimeConfig::new("postgres://localhost/app"));
+    /// // 1 to 10000, checked by `validate` (and `start`).
+    /// assert!(builder.activity_worker(worker.concurrency(0)).validate().is_err());
+    /// ```
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;
         self
     }
 
     /// How long a claimed activity stays reserved without a heartbeat.
+    ///
+    /// ```
+    /// use pgwake::{ActivityTask, ActivityWorker, Runtime, RuntimeConfig};
+    /// use std::time::Duration;
+    /// let worker = ActivityWorker::new(["reports"], |task: ActivityTask| async move {
+    ///     Ok::<_, String>(task.input)
+    /// });
+    /// let builder = Runtime::builder(RuntimeConfig::new("postgres://localhost/app"));
+    /// // 1 second to 24 hours, checked by `validate` (and `start`).
+    /// assert!(builder.activity_worker(worker.lease(Duration::from_secs(600))).validate().is_ok());
+    /// ```
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -127,6 +180,15 @@ impl std::fmt::Debug for WorkflowWorker {
 
 impl WorkflowWorker {
     /// A worker for `queues` running `handler`, concurrency 1, lease 60 s.
+    ///
+    /// ```
+    /// use pgwake::{WorkflowCompletion, WorkflowOutcome, WorkflowTask, WorkflowWorker};
+    /// let worker = WorkflowWorker::new(["orders"], |task: WorkflowTask| async move {
+    ///     println!("{}: {} new events", task.instance.instance_id, task.new_events.len());
+    ///     let outcome = WorkflowOutcome::Completed(serde_json::json!("done"));
+    ///     Ok::<_, String>(WorkflowCompletion::default().finish(outcome))
+    /// });
+    /// ```
     pub fn new<I, S, F, Fut, E>(queues: I, handler: F) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -146,12 +208,28 @@ impl WorkflowWorker {
     }
 
     /// How many workflow tasks it runs at once.
+    ///
+    /// ```
+    /// use pgwake::{WorkflowCompletion, WorkflowTask, WorkflowWorker};
+    /// let worker = WorkflowWorker::new(["orders"], |_: WorkflowTask| async move {
+    ///     Ok::<_, String>(WorkflowCompletion::default())
+    /// })
+    /// .concurrency(4);
+    /// ```
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;
         self
     }
 
     /// How long a claimed workflow task stays reserved without a heartbeat.
+    ///
+    /// ```
+    /// use pgwake::{WorkflowCompletion, WorkflowTask, WorkflowWorker};
+    /// let worker = WorkflowWorker::new(["orders"], |_: WorkflowTask| async move {
+    ///     Ok::<_, String>(WorkflowCompletion::default())
+    /// })
+    /// .lease(std::time::Duration::from_secs(30));
+    /// ```
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self

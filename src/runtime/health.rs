@@ -8,6 +8,17 @@ use std::time::{Duration, Instant};
 use super::messages::TaskKind;
 
 /// A listener's state.
+///
+/// ```
+/// use pgwake::ListenerState;
+/// # fn example(runtime: pgwake::RuntimeHandle) {
+/// for listener in runtime.health().listeners {
+///     if let ListenerState::Backoff { attempt, retry_in } = listener.state {
+///         println!("{}: attempt {attempt} failed, next in {retry_in:?}", listener.channel);
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenerState {
     /// Opening its connection or running `LISTEN`.
@@ -26,6 +37,16 @@ pub enum ListenerState {
 }
 
 /// One listener's health.
+///
+/// ```
+/// use std::time::Duration;
+/// # fn example(runtime: pgwake::RuntimeHandle) {
+/// // Unhealthy once a listener has been down longer than a grace period.
+/// let grace = Duration::from_secs(10);
+/// let healthy = runtime.health().listeners.iter()
+///     .all(|l| l.not_listening_for.is_none_or(|down| down <= grace));
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ListenerHealth {
     /// Its channel.
@@ -45,6 +66,14 @@ pub struct ListenerHealth {
 }
 
 /// Counters for one queue since the runtime started.
+///
+/// ```
+/// use pgwake::TaskKind;
+/// # fn example(runtime: pgwake::RuntimeHandle) {
+/// let emails = runtime.health().counters(TaskKind::Activity, "emails");
+/// println!("{} claimed, {} completed, {} failed", emails.claimed, emails.completed, emails.failed);
+/// # }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueCounters {
     /// Wake-ups delivered to this queue's workers.
@@ -66,9 +95,18 @@ pub struct QueueCounters {
 }
 
 /// A snapshot of the runtime's health.
+///
+/// ```
+/// # fn example(runtime: pgwake::RuntimeHandle) {
+/// let health = runtime.health();
+/// for (queue, counters) in &health.queues {
+///     println!("{queue}: {} wake-ups, {} polls", counters.wakeups, counters.polls);
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Health {
-    /// One entry per listener (empty in poll-only mode).
+    /// One entry per listener (each `Disabled` in poll-only mode).
     pub listeners: Vec<ListenerHealth>,
     /// Counters per queue (`kind:queue`, e.g. `activity:emails`).
     pub queues: BTreeMap<String, QueueCounters>,
@@ -76,6 +114,23 @@ pub struct Health {
 
 impl Health {
     /// Whether every listener is listening (true in poll-only mode).
+    ///
+    /// ```
+    /// use pgwake::{Health, ListenerState};
+    /// use std::time::Duration;
+    /// # let listener = pgwake::ListenerHealth {
+    /// #     channel: "activity_tasks".into(), kind: pgwake::TaskKind::Activity,
+    /// #     state: ListenerState::Listening, for_how_long: Duration::ZERO,
+    /// #     not_listening_for: None, reconnects: 0,
+    /// # };
+    /// let mut health = Health { listeners: vec![listener], queues: Default::default() };
+    /// assert!(health.all_listening());
+    /// let retry_in = Duration::from_millis(100);
+    /// health.listeners[0].state = ListenerState::Backoff { attempt: 1, retry_in };
+    /// assert!(!health.all_listening());
+    /// health.listeners[0].state = ListenerState::Disabled; // poll-only mode
+    /// assert!(health.all_listening());
+    /// ```
     pub fn all_listening(&self) -> bool {
         self.listeners
             .iter()
@@ -83,6 +138,15 @@ impl Health {
     }
 
     /// The counters of `queue` for `kind`, zero if it saw no activity.
+    ///
+    /// ```
+    /// use pgwake::{Health, QueueCounters, TaskKind};
+    /// let mut health = Health { listeners: Vec::new(), queues: Default::default() };
+    /// let counters = QueueCounters { claimed: 3, completed: 2, ..Default::default() };
+    /// health.queues.insert("activity:emails".to_string(), counters.clone());
+    /// assert_eq!(health.counters(TaskKind::Activity, "emails"), counters);
+    /// assert_eq!(health.counters(TaskKind::Workflow, "emails"), QueueCounters::default());
+    /// ```
     pub fn counters(&self, kind: TaskKind, queue: &str) -> QueueCounters {
         self.queues
             .get(&counter_key(kind, queue))

@@ -36,6 +36,17 @@ pub(crate) struct ListenerSettings {
 /// jittered exponential backoff that resets once `LISTEN` succeeds. After
 /// every successful `LISTEN` it publishes a resync, because notifications
 /// sent while it was away are gone.
+///
+/// The runtime starts one per channel and owns it; its health reports it:
+///
+/// ```
+/// # fn example(runtime: pgwake::RuntimeHandle) {
+/// for listener in runtime.health().listeners {
+///     println!("{} ({:?}): {:?} for {:?}, {} reconnects", listener.channel,
+///         listener.kind, listener.state, listener.for_how_long, listener.reconnects);
+/// }
+/// # }
+/// ```
 pub struct ListenerActor {
     settings: ListenerSettings,
     router: Addr<QueueRouter>,

@@ -11,6 +11,13 @@ use actix::prelude::*;
 use crate::store::Queue;
 
 /// Which kind of task, and so which channel announces it.
+///
+/// ```
+/// use pgwake::{RuntimeConfig, TaskKind};
+/// let config = RuntimeConfig::new("postgres://postgres@localhost/app");
+/// assert_eq!(config.channel(TaskKind::Workflow), "workflow_tasks");
+/// assert_eq!(config.channel(TaskKind::Activity), "activity_tasks");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TaskKind {
     /// Workflow tasks: announced on `workflow_tasks`.
@@ -21,6 +28,12 @@ pub enum TaskKind {
 
 impl TaskKind {
     /// The channel name in the `public` schema.
+    ///
+    /// ```
+    /// use pgwake::TaskKind;
+    /// assert_eq!(TaskKind::Workflow.base_channel(), "workflow_tasks");
+    /// assert_eq!(TaskKind::Activity.base_channel(), "activity_tasks");
+    /// ```
     pub fn base_channel(self) -> &'static str {
         match self {
             TaskKind::Workflow => "workflow_tasks",
@@ -30,6 +43,20 @@ impl TaskKind {
 }
 
 /// Why a worker is being woken.
+///
+/// ```
+/// # use actix::prelude::*;
+/// use pgwake::{runtime::WakeReason, TaskAvailable};
+/// # struct Mailer;
+/// # impl Actor for Mailer { type Context = Context<Self>; }
+/// impl Handler<TaskAvailable> for Mailer {
+///     type Result = ();
+///     fn handle(&mut self, msg: TaskAvailable, _: &mut Context<Self>) {
+///         if msg.reason == WakeReason::Resync { println!("listener back: poll every queue"); }
+///         // ... then claim through the store
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WakeReason {
     /// A notification arrived for the queue.
@@ -44,6 +71,19 @@ pub enum WakeReason {
 }
 
 /// Work may be waiting: poll now. Sent by the router to registered workers.
+///
+/// Sent to the router, it wakes the workers registered for its queue:
+///
+/// ```
+/// use pgwake::{runtime::WakeReason, Queue, TaskAvailable, TaskKind};
+/// # fn example(runtime: pgwake::RuntimeHandle) -> Result<(), pgwake::StoreError> {
+/// runtime.router().do_send(TaskAvailable {
+///     kind: TaskKind::Activity,
+///     queue: Some(Queue::new("emails")?),
+///     reason: WakeReason::Local,
+/// });
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct TaskAvailable {
@@ -56,6 +96,25 @@ pub struct TaskAvailable {
 }
 
 /// How the router wakes a registered recipient.
+///
+/// ```
+/// use pgwake::runtime::{RegisterWorker, WakePolicy, WorkerIdle};
+/// # use actix::prelude::*;
+/// # struct Mailer;
+/// # impl Actor for Mailer { type Context = Context<Self>; }
+/// # impl Handler<pgwake::TaskAvailable> for Mailer {
+/// #     type Result = ();
+/// #     fn handle(&mut self, _: pgwake::TaskAvailable, _: &mut Context<Self>) {}
+/// # }
+/// # async fn example(runtime: pgwake::RuntimeHandle, mailer: Addr<Mailer>) -> Result<(), Box<dyn std::error::Error>> {
+/// let id = runtime.router().send(RegisterWorker {
+///     kind: pgwake::TaskKind::Activity, queues: pgwake::queues(["emails"])?,
+///     recipient: mailer.recipient(), policy: WakePolicy::WhenIdle, listener_state: None,
+/// }).await?;
+/// // Not woken before it reports idle: poll once, and when that finds nothing,
+/// runtime.router().do_send(WorkerIdle { id });
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WakePolicy {
     /// Only while it has reported [`WorkerIdle`] since its last wake-up: a
@@ -68,6 +127,27 @@ pub enum WakePolicy {
 
 /// Registers a recipient for the queues of one kind; answered with the
 /// registration's id. Registrations whose recipient has stopped are dropped.
+///
+/// ```
+/// use pgwake::runtime::{RegisterWorker, WakePolicy};
+/// use pgwake::{Queue, TaskKind};
+/// # use actix::prelude::*;
+/// # struct Thumbnailer;
+/// # impl Actor for Thumbnailer { type Context = Context<Self>; }
+/// # impl Handler<pgwake::TaskAvailable> for Thumbnailer {
+/// #     type Result = ();
+/// #     fn handle(&mut self, _: pgwake::TaskAvailable, _: &mut Context<Self>) {}
+/// # }
+/// # async fn example(runtime: pgwake::RuntimeHandle, thumbnailer: Addr<Thumbnailer>) -> Result<(), Box<dyn std::error::Error>> {
+/// let id = runtime.router().send(RegisterWorker {
+///     kind: TaskKind::Activity,
+///     queues: vec![Queue::new("thumbnails")?],
+///     recipient: thumbnailer.recipient(), // handles TaskAvailable
+///     policy: WakePolicy::Always,
+///     listener_state: None,
+/// }).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Message)]
 #[rtype(result = "u64")]
 pub struct RegisterWorker {
@@ -85,6 +165,14 @@ pub struct RegisterWorker {
 }
 
 /// Removes a registration.
+///
+/// ```
+/// use pgwake::runtime::UnregisterWorker;
+/// # fn example(runtime: pgwake::RuntimeHandle, id: u64) {
+/// // `id` is what RegisterWorker answered; e.g. in your actor's `stopping`:
+/// runtime.router().do_send(UnregisterWorker { id });
+/// # }
+/// ```
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct UnregisterWorker {
@@ -94,6 +182,15 @@ pub struct UnregisterWorker {
 
 /// A [`WakePolicy::WhenIdle`] worker has spare capacity and found nothing
 /// to claim: it may be woken again.
+///
+/// ```
+/// use pgwake::runtime::WorkerIdle;
+/// # fn example(runtime: pgwake::RuntimeHandle, id: u64) {
+/// // The last poll claimed nothing: wake me on the next notification (at once,
+/// // if one for my queues found every worker busy meanwhile).
+/// runtime.router().do_send(WorkerIdle { id });
+/// # }
+/// ```
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct WorkerIdle {
@@ -103,6 +200,14 @@ pub struct WorkerIdle {
 
 /// A worker claimed as much as it asked for: wake another idle worker of
 /// these queues to keep the chain going.
+///
+/// ```
+/// use pgwake::{runtime::MoreWorkLikely, TaskKind};
+/// # fn example(runtime: pgwake::RuntimeHandle, queues: Vec<pgwake::Queue>) {
+/// // A claim filled every free slot: let another idle worker of these queues poll.
+/// runtime.router().do_send(MoreWorkLikely { kind: TaskKind::Activity, queues });
+/// # }
+/// ```
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct MoreWorkLikely {
@@ -113,6 +218,23 @@ pub struct MoreWorkLikely {
 }
 
 /// A listener started or stopped listening.
+///
+/// Your actor gets it when it registers with `listener_state: Some(addr.recipient())`:
+///
+/// ```
+/// # use actix::prelude::*;
+/// use pgwake::runtime::ListenerStateChanged;
+/// use std::time::Duration;
+/// # struct Mailer { poll_every: Duration }
+/// # impl Actor for Mailer { type Context = Context<Self>; }
+/// impl Handler<ListenerStateChanged> for Mailer {
+///     type Result = ();
+///     fn handle(&mut self, msg: ListenerStateChanged, _: &mut Context<Self>) {
+///         // No wake-ups while the listener is down: poll more often.
+///         self.poll_every = Duration::from_millis(if msg.listening { 60_000 } else { 500 });
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct ListenerStateChanged {
@@ -123,6 +245,19 @@ pub struct ListenerStateChanged {
 }
 
 /// The store committed work on these queues (its commit hook's report).
+///
+/// Sent to the notifier, it wakes this process's workers of those queues at
+/// once and sends one debounced NOTIFY per queue for the other processes:
+///
+/// ```
+/// use pgwake::{runtime::QueuesTouched, Queue};
+/// # fn example(runtime: pgwake::RuntimeHandle) -> Result<(), pgwake::StoreError> {
+/// runtime.notifier().do_send(QueuesTouched {
+///     activity: vec![Queue::new("emails")?],
+///     ..Default::default()
+/// });
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default, Message)]
 #[rtype(result = "()")]
 pub struct QueuesTouched {
@@ -135,22 +270,59 @@ pub struct QueuesTouched {
 }
 
 /// Stop claiming new work; in-flight tasks go on.
+///
+/// [`RuntimeHandle::shutdown`](crate::RuntimeHandle::shutdown) sends it to
+/// every worker first:
+///
+/// ```
+/// # async fn example(runtime: pgwake::RuntimeHandle) {
+/// let report = runtime.shutdown(std::time::Duration::from_secs(30)).await;
+/// # }
+/// ```
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StopClaiming;
 
 /// Release the leases of unfinished tasks, cancel their handlers, and stop;
 /// answered with how many leases were released.
+///
+/// [`RuntimeHandle::shutdown`](crate::RuntimeHandle::shutdown) sends it to
+/// every worker at its deadline and reports the sum of the answers:
+///
+/// ```
+/// # async fn example(runtime: pgwake::RuntimeHandle) {
+/// let report = runtime.shutdown(std::time::Duration::from_secs(5)).await;
+/// println!("{} tasks given back for other workers", report.released_leases);
+/// # }
+/// ```
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
 pub struct AbandonInFlight;
 
 /// Asks a worker how many tasks it is running.
+///
+/// [`RuntimeHandle::shutdown`](crate::RuntimeHandle::shutdown) asks every
+/// worker until all answer 0 or its deadline passes:
+///
+/// ```
+/// # async fn example(runtime: pgwake::RuntimeHandle) {
+/// let report = runtime.shutdown(std::time::Duration::from_secs(5)).await;
+/// if !report.drained { eprintln!("some handlers were still running at the deadline"); }
+/// # }
+/// ```
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
 pub struct InFlightCount;
 
 /// Tells a listener to disconnect for good (runtime shutdown).
+///
+/// ```
+/// use pgwake::ListenerState;
+/// # async fn example(runtime: pgwake::RuntimeHandle) {
+/// runtime.shutdown(std::time::Duration::from_secs(5)).await; // sends it to every listener
+/// assert!(runtime.health().listeners.iter().all(|l| l.state == ListenerState::Disabled));
+/// # }
+/// ```
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StopListening;

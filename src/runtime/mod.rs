@@ -100,11 +100,30 @@ use crate::error::{BuildError, RuntimeError};
 use crate::store::{build_pool, Store, WorkerId};
 
 /// Entry point: [`Runtime::builder`].
+///
+/// ```
+/// use pgwake::{Runtime, RuntimeConfig};
+/// # async fn example() -> Result<(), pgwake::RuntimeError> {
+/// let config = RuntimeConfig::new("postgres://postgres@localhost/app");
+/// // No workers of its own: listeners, router and notifier, for your actors.
+/// let runtime = Runtime::builder(config).start().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Runtime;
 
 impl Runtime {
     /// Starts describing a runtime.
+    ///
+    /// ```
+    /// use pgwake::{ActivityTask, ActivityWorker, Runtime, RuntimeConfig};
+    /// let builder = Runtime::builder(RuntimeConfig::new("postgres://postgres@localhost/app"))
+    ///     .activity_worker(ActivityWorker::new(["emails"], |task: ActivityTask| async move {
+    ///         Ok::<_, String>(task.input)
+    ///     }));
+    /// builder.validate()?;
+    /// # Ok::<(), pgwake::BuildError>(())
+    /// ```
     pub fn builder(config: RuntimeConfig) -> RuntimeBuilder {
         RuntimeBuilder {
             config,
@@ -115,6 +134,17 @@ impl Runtime {
 }
 
 /// Workers and settings, validated as a whole by [`start`](Self::start).
+///
+/// ```
+/// use pgwake::{ActivityTask, ActivityWorker, BuildError, Runtime, RuntimeConfig};
+/// let handler = |t: ActivityTask| async move { Ok::<_, String>(t.input) };
+/// let worker = ActivityWorker::new(["emails"], handler);
+/// let builder = Runtime::builder(RuntimeConfig::new("postgres://postgres@localhost/app"))
+///     .activity_worker(worker.clone())
+///     .activity_worker(worker.concurrency(0));
+/// let err = builder.validate().unwrap_err();
+/// assert!(matches!(err, BuildError::Worker { index: 1, kind: "activity", .. }));
+/// ```
 #[derive(Debug)]
 pub struct RuntimeBuilder {
     config: RuntimeConfig,
@@ -124,12 +154,31 @@ pub struct RuntimeBuilder {
 
 impl RuntimeBuilder {
     /// Adds activity workers.
+    ///
+    /// ```
+    /// use pgwake::{ActivityTask, ActivityWorker, Runtime, RuntimeConfig};
+    /// let handler = |task: ActivityTask| async move { Ok::<_, String>(task.input) };
+    /// let builder = Runtime::builder(RuntimeConfig::new("postgres://postgres@localhost/app"))
+    ///     .activity_worker(ActivityWorker::new(["emails"], handler).concurrency(32))
+    ///     .activity_worker(ActivityWorker::new(["reports"], handler));
+    /// assert!(builder.validate().is_ok());
+    /// ```
     pub fn activity_worker(mut self, worker: ActivityWorker) -> Self {
         self.activity_workers.push(worker);
         self
     }
 
     /// Adds workflow workers.
+    ///
+    /// ```
+    /// use pgwake::{Runtime, RuntimeConfig, WorkflowCompletion, WorkflowTask, WorkflowWorker};
+    /// let orders = WorkflowWorker::new(["orders"], |_: WorkflowTask| async move {
+    ///     Ok::<_, String>(WorkflowCompletion::default())
+    /// });
+    /// let builder = Runtime::builder(RuntimeConfig::new("postgres://postgres@localhost/app"))
+    ///     .workflow_worker(orders.concurrency(4));
+    /// assert!(builder.validate().is_ok());
+    /// ```
     pub fn workflow_worker(mut self, worker: WorkflowWorker) -> Self {
         self.workflow_workers.push(worker);
         self
@@ -139,6 +188,14 @@ impl RuntimeBuilder {
     ///
     /// # Errors
     /// The first problem found, naming the setting or the worker.
+    ///
+    /// ```
+    /// use pgwake::{ActivityTask, ActivityWorker, BuildError, Runtime, RuntimeConfig};
+    /// let handler = |t: ActivityTask| async move { Ok::<_, String>(t.input) };
+    /// let builder = Runtime::builder(RuntimeConfig::new("postgres://postgres@localhost/app"))
+    ///     .activity_worker(ActivityWorker::new(["bad queue"], handler));
+    /// assert!(matches!(builder.validate(), Err(BuildError::Worker { index: 0, .. })));
+    /// ```
     pub fn validate(&self) -> Result<(), BuildError> {
         self.config.validate()?;
         for (index, w) in self.activity_workers.iter().enumerate() {
@@ -160,6 +217,17 @@ impl RuntimeBuilder {
     /// # Errors
     /// [`RuntimeError::Build`] before anything connects;
     /// [`RuntimeError::Store`] for an unusable schema.
+    ///
+    /// ```
+    /// use pgwake::RuntimeError;
+    /// # async fn example(builder: pgwake::RuntimeBuilder) {
+    /// match builder.start().await {
+    ///     Ok(runtime) => println!("{:?}", runtime.health()),
+    ///     Err(RuntimeError::Build(err)) => eprintln!("bad configuration: {err}"),
+    ///     Err(err) => eprintln!("database not usable: {err}"),
+    /// }
+    /// # }
+    /// ```
     pub async fn start(self) -> Result<RuntimeHandle, RuntimeError> {
         self.validate()?;
         let config = self.config;
@@ -313,6 +381,18 @@ impl RuntimeBuilder {
 
 /// A running runtime: its store (writes through it wake this process's
 /// workers at once), its router (for your own actors), health, shutdown.
+///
+/// Clones share the same actors and pool:
+///
+/// ```
+/// use std::time::Duration;
+/// # async fn example(builder: pgwake::RuntimeBuilder) -> Result<(), pgwake::RuntimeError> {
+/// let runtime: pgwake::RuntimeHandle = builder.start().await?;
+/// let for_http = runtime.clone();
+/// actix_rt::spawn(async move { println!("{:?}", for_http.health()) });
+/// runtime.shutdown(Duration::from_secs(10)).await;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct RuntimeHandle {
     store: Store,
@@ -325,6 +405,15 @@ pub struct RuntimeHandle {
 }
 
 /// What [`RuntimeHandle::shutdown`] did.
+///
+/// ```
+/// # async fn example(runtime: pgwake::RuntimeHandle) {
+/// let report = runtime.shutdown(std::time::Duration::from_secs(10)).await;
+/// if !report.drained {
+///     eprintln!("{} unfinished tasks released to other workers", report.released_leases);
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Tasks still running at the deadline whose leases were given back.
@@ -336,26 +425,75 @@ pub struct ShutdownReport {
 impl RuntimeHandle {
     /// The store, with the commit hook that wakes this process's workers and
     /// notifies the others.
+    ///
+    /// ```
+    /// use pgwake::{NewInstance, Queue};
+    /// # async fn example(runtime: pgwake::RuntimeHandle) -> Result<(), pgwake::StoreError> {
+    /// // Once committed, this process's `orders` workers are woken at once.
+    /// let new = NewInstance::new("order-7", Queue::new("orders")?);
+    /// let execution = runtime.store().create_instance(new).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn store(&self) -> &Store {
         &self.store
     }
 
     /// The router: register your own actors for queues with [`RegisterWorker`].
+    ///
+    /// ```
+    /// # use actix::prelude::*;
+    /// use pgwake::runtime::{RegisterWorker, WakePolicy};
+    /// # struct Mailer;
+    /// # impl Actor for Mailer { type Context = Context<Self>; }
+    /// # impl Handler<pgwake::TaskAvailable> for Mailer {
+    /// #     type Result = ();
+    /// #     fn handle(&mut self, _: pgwake::TaskAvailable, _: &mut Context<Self>) {}
+    /// # }
+    /// # async fn example(runtime: pgwake::RuntimeHandle, mailer: Addr<Mailer>) -> Result<(), Box<dyn std::error::Error>> {
+    /// let id: u64 = runtime.router().send(RegisterWorker {
+    ///     kind: pgwake::TaskKind::Activity, queues: pgwake::queues(["emails"])?,
+    ///     recipient: mailer.recipient(), policy: WakePolicy::Always, listener_state: None,
+    /// }).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn router(&self) -> &Addr<QueueRouter> {
         &self.router
     }
 
     /// The notifier (what the store's commit hook talks to).
+    ///
+    /// ```
+    /// use pgwake::{runtime::QueuesTouched, Queue};
+    /// # fn example(runtime: pgwake::RuntimeHandle) -> Result<(), pgwake::StoreError> {
+    /// let touched = QueuesTouched { activity: vec![Queue::new("emails")?], ..Default::default() };
+    /// runtime.notifier().do_send(touched);
+    /// # Ok(()) }
+    /// ```
     pub fn notifier(&self) -> &Addr<Notifier> {
         &self.notifier
     }
 
     /// Listener states and per-queue counters.
+    ///
+    /// ```
+    /// # fn example(runtime: pgwake::RuntimeHandle) {
+    /// let health = runtime.health();
+    /// if !health.all_listening() {
+    ///     eprintln!("degraded, polling: {:?}", health.listeners);
+    /// }
+    /// # }
+    /// ```
     pub fn health(&self) -> Health {
         self.health.snapshot()
     }
 
     /// NOTIFYs this process's notifier has sent (one per queue per send).
+    ///
+    /// ```
+    /// # fn example(runtime: pgwake::RuntimeHandle) {
+    /// println!("{} NOTIFYs sent so far", runtime.notifications_sent());
+    /// # }
+    /// ```
     pub fn notifications_sent(&self) -> u64 {
         self.notifications_sent.load(Ordering::Relaxed)
     }
@@ -364,6 +502,14 @@ impl RuntimeHandle {
     /// releases the leases of those still running (another worker can
     /// claim them at once instead of waiting for expiry) and stops the
     /// actors.
+    ///
+    /// ```
+    /// # async fn example(runtime: pgwake::RuntimeHandle) -> std::io::Result<()> {
+    /// tokio::signal::ctrl_c().await?;
+    /// let report = runtime.shutdown(std::time::Duration::from_secs(30)).await;
+    /// println!("drained: {}, leases released: {}", report.drained, report.released_leases);
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         let deadline = Instant::now() + timeout;
         for worker in &self.workers {

@@ -35,6 +35,19 @@ struct Debounce {
 /// NOTIFY per queue per window whatever its write rate. A trailing NOTIFY is
 /// skipped when this process's listener received one for the queue after
 /// the commit it covers: every listening process got that one too.
+///
+/// The runtime starts it; the store's commit hook and you reach it through
+/// the handle:
+///
+/// ```
+/// use actix::prelude::*;
+/// use pgwake::runtime::{Notifier, QueuesTouched};
+/// # fn example(runtime: pgwake::RuntimeHandle) -> Result<(), pgwake::StoreError> {
+/// let notifier: &Addr<Notifier> = runtime.notifier();
+/// let orders = vec![pgwake::Queue::new("orders")?];
+/// notifier.do_send(QueuesTouched { workflow: orders, ..Default::default() });
+/// # Ok(()) }
+/// ```
 pub struct Notifier {
     router: Addr<QueueRouter>,
     /// `None` in poll-only mode: local wake-ups only.

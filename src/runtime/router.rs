@@ -31,6 +31,27 @@ struct Registration {
 /// When no such worker is idle, the queue is remembered, and the first one
 /// to report [`WorkerIdle`] is woken for it: a notification that arrives
 /// while every worker is mid-poll is never lost to the fallback timer.
+///
+/// The runtime starts it; register your own actors through the handle:
+///
+/// ```
+/// use actix::prelude::*;
+/// use pgwake::runtime::{QueueRouter, RegisterWorker, UnregisterWorker, WakePolicy};
+/// # struct Mailer;
+/// # impl Actor for Mailer { type Context = Context<Self>; }
+/// # impl Handler<pgwake::TaskAvailable> for Mailer {
+/// #     type Result = ();
+/// #     fn handle(&mut self, _: pgwake::TaskAvailable, _: &mut Context<Self>) {}
+/// # }
+/// # async fn example(runtime: pgwake::RuntimeHandle, mailer: Addr<Mailer>) -> Result<(), Box<dyn std::error::Error>> {
+/// let router: &Addr<QueueRouter> = runtime.router();
+/// let id = router.send(RegisterWorker {
+///     kind: pgwake::TaskKind::Activity, queues: pgwake::queues(["emails"])?,
+///     recipient: mailer.recipient(), policy: WakePolicy::Always, listener_state: None,
+/// }).await?;
+/// router.do_send(UnregisterWorker { id });
+/// # Ok(()) }
+/// ```
 #[derive(Default)]
 pub struct QueueRouter {
     registrations: BTreeMap<u64, Registration>,

@@ -105,6 +105,20 @@ struct ActivityEnd {
 }
 
 /// Runs one kind of handler for a set of queues.
+///
+/// The runtime starts one for each [`ActivityWorker`](crate::ActivityWorker)
+/// and [`WorkflowWorker`](crate::WorkflowWorker); its counters are in the health:
+///
+/// ```
+/// use pgwake::{ActivityTask, ActivityWorker, Runtime, RuntimeConfig, TaskKind};
+/// # async fn example(config: RuntimeConfig) -> Result<(), pgwake::RuntimeError> {
+/// let handler = |t: ActivityTask| async move { Ok::<_, String>(t.input) };
+/// let emails = ActivityWorker::new(["emails"], handler);
+/// let runtime = Runtime::builder(config).activity_worker(emails).start().await?;
+/// let counters = runtime.health().counters(TaskKind::Activity, "emails");
+/// println!("{} polls, {} claimed", counters.polls, counters.claimed);
+/// # Ok(()) }
+/// ```
 pub struct WorkerActor {
     settings: WorkerSettings,
     job: Job,

@@ -509,6 +509,17 @@ impl Store {
     /// Gives an activity task back unprocessed, claimable at once. Returns
     /// whether the lease was still held.
     ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// # let (worker, queues) = (pgwake::WorkerId::unique("docs"), pgwake::queues(["emails"])?);
+    /// for task in store.claim_activity_tasks(&worker, &queues, 10, std::time::Duration::from_secs(120)).await? {
+    ///     // Shutting down: let another worker take it now, not when the lease expires.
+    ///     let was_held = store.release_activity_task(&task).await?;
+    ///     println!("released {}: {was_held}", task.activity_id);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// A database failure.
     pub async fn release_activity_task(&self, task: &ActivityTask) -> Result<bool, StoreError> {

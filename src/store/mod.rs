@@ -59,6 +59,13 @@ use crate::connection::ConnectionConfig;
 use crate::error::StoreError;
 
 /// Settings of a [`Store`].
+///
+/// ```
+/// use std::time::Duration;
+/// let options = pgwake::StoreOptions { pool_size: 4, ..Default::default() };
+/// assert_eq!(options.max_payload_bytes, 1024 * 1024);
+/// assert_eq!(options.pool_wait_timeout, Duration::from_secs(10));
+/// ```
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// The largest JSON payload (input, result, metadata, signal) accepted,
@@ -90,6 +97,14 @@ impl Default for StoreOptions {
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 
 /// The queues a committed write put work on: what the commit hook receives.
+///
+/// ```
+/// use pgwake::{store::TouchedQueues, Queue};
+/// let touched = TouchedQueues { activity: vec![Queue::new("emails")?], ..Default::default() };
+/// let woken: Vec<&str> = touched.workflow.iter().chain(&touched.activity).map(Queue::as_str).collect();
+/// assert_eq!(woken, ["emails"]);
+/// # Ok::<(), pgwake::StoreError>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TouchedQueues {
     /// Queues whose instances got pending events (workflow tasks), timers included.
@@ -117,9 +132,27 @@ impl TouchedQueues {
 }
 
 /// Called after each committed write with the queues it touched.
+///
+/// ```no_run
+/// # fn f(store: pgwake::Store) -> pgwake::Store {
+/// use pgwake::store::{CommitHook, TouchedQueues};
+/// let hook: CommitHook = std::sync::Arc::new(|touched: TouchedQueues| {
+///     println!("wake workflow workers of {:?}", touched.workflow);
+/// });
+/// store.with_commit_hook(hook)
+/// # }
+/// ```
 pub type CommitHook = Arc<dyn Fn(TouchedQueues) + Send + Sync>;
 
 /// The task backend. Cloning is cheap and shares the pool.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), pgwake::StoreError> {
+/// let store = pgwake::Store::connect("postgres://postgres@localhost/app", pgwake::StoreOptions::default()).await?;
+/// let shared = store.clone(); // same pool
+/// tokio::spawn(async move { shared.stats().await });
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
@@ -140,6 +173,14 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// A store on an existing pool. The schema is not checked; call
     /// [`check_schema`](Self::check_schema) if the pool's database may not be migrated.
+    ///
+    /// ```no_run
+    /// # fn f(store: pgwake::Store) {
+    /// // A second store on the same pool, with a smaller payload limit.
+    /// let options = pgwake::StoreOptions { max_payload_bytes: 64 * 1024, ..store.options().clone() };
+    /// let strict = pgwake::Store::new(store.pool().clone(), options);
+    /// # }
+    /// ```
     pub fn new(pool: Pool, options: StoreOptions) -> Self {
         Self {
             pool,
@@ -214,6 +255,14 @@ impl Store {
     /// Builds a pool for `url` and checks that the schema is at the version
     /// this pgwake needs.
     ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), pgwake::StoreError> {
+    /// use pgwake::{Store, StoreOptions};
+    /// let options = StoreOptions { pool_size: 4, ..Default::default() };
+    /// let store = Store::connect("postgres://app@db.internal/app", options).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// A bad URL, an unreachable server, or [`StoreError::Schema`] saying to
     /// run `pgwake migrate up`.
@@ -226,6 +275,14 @@ impl Store {
 
     /// Refuses a database whose schema is missing, old, dirty or too new.
     ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) {
+    /// if let Err(err) = store.check_schema().await {
+    ///     eprintln!("database not ready: {err}");
+    /// }
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`StoreError::Schema`] saying which `pgwake migrate` command fixes it.
     pub async fn check_schema(&self) -> Result<(), StoreError> {
@@ -235,11 +292,26 @@ impl Store {
     }
 
     /// The pool (shared with anything else that needs a connection).
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = store.pool().get().await?;
+    /// let row = client.query_one("SELECT count(*) FROM instances", &[]).await?;
+    /// println!("{} instances", row.get::<_, i64>(0));
+    /// # Ok(()) }
+    /// ```
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
     /// The settings.
+    ///
+    /// ```no_run
+    /// # fn f(store: pgwake::Store) {
+    /// let limit = store.options().max_payload_bytes;
+    /// println!("payloads up to {limit} bytes");
+    /// # }
+    /// ```
     pub fn options(&self) -> &StoreOptions {
         &self.options
     }

@@ -8,6 +8,14 @@ use serde_json::Value;
 use super::names::{Queue, WorkerId};
 
 /// An instance's state, numbered as go-workflows numbers it.
+///
+/// ```
+/// use pgwake::InstanceState;
+/// // The numbers stored in `instances.state`.
+/// assert_eq!(InstanceState::Active as i32, 0);
+/// assert_eq!(InstanceState::ContinuedAsNew as i32, 1);
+/// assert_eq!(InstanceState::Finished as i32, 2);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InstanceState {
     /// Running: may receive events and be claimed.
@@ -29,6 +37,13 @@ impl InstanceState {
 }
 
 /// An event's type, numbered as go-workflows numbers it.
+///
+/// ```
+/// use pgwake::EventType;
+/// let stored = EventType::ActivityCompleted.code();
+/// assert_eq!(stored, 12);
+/// assert_eq!(EventType::from_code(stored), Some(EventType::ActivityCompleted));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(missing_docs)] // the names are go-workflows' own
 pub enum EventType {
@@ -77,17 +92,37 @@ impl EventType {
     ];
 
     /// The number stored in `event_type`.
+    ///
+    /// ```
+    /// assert_eq!(pgwake::EventType::TimerFired.code(), 15);
+    /// ```
     pub fn code(self) -> i32 {
         self as i32
     }
 
     /// The type for a stored number, if it is one of go-workflows'.
+    ///
+    /// ```
+    /// use pgwake::EventType;
+    /// assert_eq!(EventType::from_code(1), Some(EventType::WorkflowExecutionStarted));
+    /// assert_eq!(EventType::from_code(0), None);
+    /// assert_eq!(EventType::from_code(20), None);
+    /// ```
     pub fn from_code(code: i32) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.code() == code)
     }
 }
 
 /// One execution of a workflow instance: `(instance_id, execution_id)`.
+///
+/// ```no_run
+/// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+/// use pgwake::{NewInstance, Queue};
+/// let started = store.create_instance(NewInstance::new("order-42", Queue::new("orders")?)).await?;
+/// assert_eq!(started.instance_id, "order-42");
+/// println!("execution {}", started.execution_id);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InstanceRef {
     /// The id the caller chose.
@@ -98,6 +133,16 @@ pub struct InstanceRef {
 
 /// An event of an instance, pending or in its history. Its attributes are
 /// stored as JSON in `attributes.data`.
+///
+/// ```no_run
+/// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+/// if let Some(snapshot) = store.instance("order-42").await? {
+///     for event in &snapshot.history {
+///         println!("#{} {:?} {}", event.sequence_id, event.event_type, event.attributes);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// Unique id (`event_id`), also the key of its attributes.
@@ -121,6 +166,15 @@ pub struct Event {
 /// the claim or last extension) is a fencing token: whoever re-claims the
 /// task writes a new `locked_until`, so a late completion by the previous
 /// holder matches nothing and is refused.
+///
+/// ```no_run
+/// # async fn f(store: pgwake::Store, mut task: pgwake::WorkflowTask) -> Result<(), pgwake::StoreError> {
+/// let before = task.lease.clone();
+/// store.extend_workflow_task(&mut task, std::time::Duration::from_secs(60)).await?;
+/// // Same holder, new `locked_until`: the old token no longer matches.
+/// assert_eq!(task.lease.worker, before.worker);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// The holder.
@@ -130,6 +184,18 @@ pub struct Lease {
 }
 
 /// A claimed workflow task: an instance and the events it has to react to.
+///
+/// ```no_run
+/// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+/// # let (worker, queues) = (pgwake::WorkerId::unique("docs"), pgwake::queues(["orders"])?);
+/// if let Some(task) = store.claim_workflow_task(&worker, &queues, std::time::Duration::from_secs(60)).await? {
+///     for event in &task.new_events {
+///         println!("{}: {:?}", task.instance.instance_id, event.event_type);
+///     }
+///     store.complete_workflow_task(&task, pgwake::WorkflowCompletion::default()).await?;
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct WorkflowTask {
     /// `instances.id`.
@@ -151,6 +217,16 @@ pub struct WorkflowTask {
 }
 
 /// A claimed activity task.
+///
+/// ```no_run
+/// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+/// # let (worker, queues) = (pgwake::WorkerId::unique("docs"), pgwake::queues(["emails"])?);
+/// for task in store.claim_activity_tasks(&worker, &queues, 10, std::time::Duration::from_secs(120)).await? {
+///     println!("{}({}) for {}", task.name, task.input, task.instance.instance_id);
+///     store.complete_activity_task(&task, Ok(serde_json::json!("sent"))).await?;
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ActivityTask {
     /// `activities.id`.
@@ -199,6 +275,12 @@ pub struct NewInstance {
 
 impl NewInstance {
     /// An instance with no metadata and a `null` input.
+    ///
+    /// ```
+    /// let new = pgwake::NewInstance::new("order-42", pgwake::Queue::default());
+    /// assert_eq!(new.queue.as_str(), "default");
+    /// assert!(new.metadata.is_none() && new.input.is_null());
+    /// ```
     pub fn new(instance_id: impl Into<String>, queue: Queue) -> Self {
         Self {
             instance_id: instance_id.into(),
@@ -209,12 +291,24 @@ impl NewInstance {
     }
 
     /// Sets the start event's attributes.
+    ///
+    /// ```
+    /// let new = pgwake::NewInstance::new("order-42", pgwake::Queue::default())
+    ///     .with_input(serde_json::json!({"items": 3}));
+    /// assert_eq!(new.input["items"], 3);
+    /// ```
     pub fn with_input(mut self, input: Value) -> Self {
         self.input = input;
         self
     }
 
     /// Sets the metadata.
+    ///
+    /// ```
+    /// let new = pgwake::NewInstance::new("order-42", pgwake::Queue::default())
+    ///     .with_metadata(serde_json::json!({"tenant": "acme"}));
+    /// assert_eq!(new.metadata, Some(serde_json::json!({"tenant": "acme"})));
+    /// ```
     pub fn with_metadata(mut self, metadata: Value) -> Self {
         self.metadata = Some(metadata);
         self
@@ -254,6 +348,16 @@ pub struct WorkflowCompletion {
 
 impl WorkflowCompletion {
     /// Schedules an activity named `name` on `queue` (default: the instance's).
+    ///
+    /// ```
+    /// use pgwake::{Queue, WorkflowCompletion};
+    /// let decision = WorkflowCompletion::default()
+    ///     .schedule_activity("charge", serde_json::json!({"cents": 500}), None)
+    ///     .schedule_activity("email", serde_json::json!("receipt"), Some(Queue::new("emails")?));
+    /// assert!(decision.activities[0].queue.is_none()); // the instance's queue
+    /// assert_eq!(decision.activities[1].queue.as_ref().map(Queue::as_str), Some("emails"));
+    /// # Ok::<(), pgwake::StoreError>(())
+    /// ```
     pub fn schedule_activity(mut self, name: &str, input: Value, queue: Option<Queue>) -> Self {
         self.activities.push(ScheduleActivity {
             name: name.to_string(),
@@ -264,12 +368,26 @@ impl WorkflowCompletion {
     }
 
     /// Starts a timer that fires after `delay` (database clock).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let decision = pgwake::WorkflowCompletion::default()
+    ///     .start_timer(Duration::from_secs(30), serde_json::json!("reminder"));
+    /// assert_eq!(decision.timers[0].delay, Duration::from_secs(30));
+    /// ```
     pub fn start_timer(mut self, delay: Duration, payload: Value) -> Self {
         self.timers.push(StartTimer { delay, payload });
         self
     }
 
     /// Ends the execution.
+    ///
+    /// ```
+    /// use pgwake::{WorkflowCompletion, WorkflowOutcome};
+    /// let decision = WorkflowCompletion::default()
+    ///     .finish(WorkflowOutcome::Completed(serde_json::json!({"total": 500})));
+    /// assert!(matches!(decision.outcome, Some(WorkflowOutcome::Completed(_))));
+    /// ```
     pub fn finish(mut self, outcome: WorkflowOutcome) -> Self {
         self.outcome = Some(outcome);
         self
@@ -277,6 +395,14 @@ impl WorkflowCompletion {
 }
 
 /// An activity to schedule.
+///
+/// ```
+/// let decision = pgwake::WorkflowCompletion::default()
+///     .schedule_activity("charge", serde_json::json!(500), None);
+/// let activity: &pgwake::store::ScheduleActivity = &decision.activities[0];
+/// assert_eq!(activity.name, "charge");
+/// assert_eq!(activity.input, 500);
+/// ```
 #[derive(Debug, Clone)]
 pub struct ScheduleActivity {
     /// The activity's name (handlers dispatch on it).
@@ -288,6 +414,14 @@ pub struct ScheduleActivity {
 }
 
 /// A timer to start.
+///
+/// ```
+/// use pgwake::store::StartTimer;
+/// use std::time::Duration;
+/// let mut decision = pgwake::WorkflowCompletion::default();
+/// decision.timers.push(StartTimer { delay: Duration::from_secs(60), payload: serde_json::json!("retry") });
+/// assert_eq!(decision.timers[0].payload, "retry");
+/// ```
 #[derive(Debug, Clone)]
 pub struct StartTimer {
     /// When it fires, from the completion's commit (database clock).
@@ -298,6 +432,16 @@ pub struct StartTimer {
 
 /// A sub-workflow to start: a child instance whose end is reported back as
 /// `SubWorkflowCompleted` or `SubWorkflowFailed`.
+///
+/// ```
+/// use pgwake::{store::StartSubWorkflow, NewInstance, Queue, WorkflowCompletion};
+/// let mut decision = WorkflowCompletion::default();
+/// decision.sub_workflows.push(StartSubWorkflow {
+///     instance: NewInstance::new("order-42-shipping", Queue::new("shipping")?),
+/// });
+/// assert_eq!(decision.sub_workflows[0].instance.instance_id, "order-42-shipping");
+/// # Ok::<(), pgwake::StoreError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct StartSubWorkflow {
     /// The child.
@@ -305,6 +449,17 @@ pub struct StartSubWorkflow {
 }
 
 /// A signal for another instance's active execution.
+///
+/// ```
+/// use pgwake::store::SendSignal;
+/// let mut decision = pgwake::WorkflowCompletion::default();
+/// decision.signals.push(SendSignal {
+///     instance_id: "order-42".to_string(),
+///     name: "approved".to_string(),
+///     payload: serde_json::json!({"by": "alice"}),
+/// });
+/// assert_eq!(decision.signals.len(), 1);
+/// ```
 #[derive(Debug, Clone)]
 pub struct SendSignal {
     /// The receiving instance id.
@@ -316,6 +471,12 @@ pub struct SendSignal {
 }
 
 /// How an execution ends.
+///
+/// ```
+/// use pgwake::{WorkflowCompletion, WorkflowOutcome};
+/// let decision = WorkflowCompletion::default().finish(WorkflowOutcome::Failed("card declined".into()));
+/// assert_eq!(decision.outcome, Some(WorkflowOutcome::Failed("card declined".into())));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkflowOutcome {
     /// Finished with a result.
@@ -329,6 +490,15 @@ pub enum WorkflowOutcome {
 }
 
 /// What [`Store::cancel_instance`](super::Store::cancel_instance) did.
+///
+/// ```no_run
+/// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+/// match store.cancel_instance("order-42").await? {
+///     pgwake::CancelOutcome::Requested => println!("the workflow will see a cancel event"),
+///     pgwake::CancelOutcome::AlreadyFinished => println!("nothing left to cancel"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
     /// A cancel event was queued for the active execution.
@@ -338,6 +508,14 @@ pub enum CancelOutcome {
 }
 
 /// Figures for one queue, from [`Store::stats`](super::Store::stats).
+///
+/// ```no_run
+/// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+/// for q in store.stats().await? {
+///     println!("{}: {} ready, {} running activities", q.queue, q.ready_activities, q.running_activities);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueStats {
     /// The queue.
@@ -356,6 +534,15 @@ pub struct QueueStats {
 }
 
 /// A finished or running execution, as [`Store::instance`](super::Store::instance) reads it.
+///
+/// ```no_run
+/// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+/// if let Some(snapshot) = store.instance("order-42").await? {
+///     let (done, waiting) = (snapshot.history.len(), snapshot.pending.len());
+///     println!("{:?}: {done} events in history, {waiting} pending", snapshot.state);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct InstanceSnapshot {
     /// The execution.

@@ -7,9 +7,20 @@ use crate::error::StoreError;
 
 /// The longest queue name: `instances.queue` and `activities.queue` are
 /// `varchar(128)`.
+///
+/// ```
+/// use pgwake::{store::MAX_QUEUE_NAME_LEN, Queue};
+/// assert!(Queue::new("q".repeat(MAX_QUEUE_NAME_LEN)).is_ok());
+/// assert!(Queue::new("q".repeat(MAX_QUEUE_NAME_LEN + 1)).is_err());
+/// ```
 pub const MAX_QUEUE_NAME_LEN: usize = 128;
 
 /// The rule every queue name follows, quoted in errors.
+///
+/// ```
+/// let err = pgwake::Queue::new("no spaces").unwrap_err();
+/// assert!(err.to_string().contains(pgwake::store::QUEUE_NAME_RULE));
+/// ```
 pub const QUEUE_NAME_RULE: &str =
     "1 to 128 characters, each an ASCII letter, digit, '_', '-', '.' or ':'";
 
@@ -32,6 +43,13 @@ pub struct Queue(String);
 impl Queue {
     /// Validates `name`.
     ///
+    /// ```
+    /// let queue = pgwake::Queue::new("emails")?;
+    /// assert_eq!(queue.to_string(), "emails");
+    /// assert!(pgwake::Queue::new("emails; DROP TABLE").is_err());
+    /// # Ok::<(), pgwake::StoreError>(())
+    /// ```
+    ///
     /// # Errors
     /// [`StoreError::InvalidQueueName`] quoting [`QUEUE_NAME_RULE`].
     pub fn new(name: impl Into<String>) -> Result<Self, StoreError> {
@@ -52,6 +70,11 @@ impl Queue {
     }
 
     /// The name.
+    ///
+    /// ```
+    /// assert_eq!(pgwake::Queue::new("emails")?.as_str(), "emails");
+    /// # Ok::<(), pgwake::StoreError>(())
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -85,6 +108,13 @@ impl TryFrom<&str> for Queue {
 
 /// Validates a list of queue names.
 ///
+/// ```
+/// let list = pgwake::queues(["orders", "emails"])?;
+/// assert_eq!(list[1].as_str(), "emails");
+/// assert!(matches!(pgwake::queues(Vec::<String>::new()), Err(pgwake::StoreError::NoQueues)));
+/// # Ok::<(), pgwake::StoreError>(())
+/// ```
+///
 /// # Errors
 /// The first invalid name's error, or [`StoreError::NoQueues`] for an empty list.
 pub fn queues<I, S>(names: I) -> Result<Vec<Queue>, StoreError>
@@ -115,6 +145,13 @@ pub struct WorkerId(String);
 impl WorkerId {
     /// Validates `name`: 1 to 64 bytes, no control characters.
     ///
+    /// ```
+    /// use pgwake::WorkerId;
+    /// assert!(WorkerId::new("web-1").is_ok());
+    /// assert!(WorkerId::new("").is_err());
+    /// assert!(WorkerId::new("w".repeat(65)).is_err());
+    /// ```
+    ///
     /// # Errors
     /// [`StoreError::InvalidId`].
     pub fn new(name: impl Into<String>) -> Result<Self, StoreError> {
@@ -126,6 +163,12 @@ impl WorkerId {
     /// A name unique to this process and call: `prefix:host:pid:random`,
     /// with `prefix:host` shortened (on a character boundary) to fit
     /// `varchar(64)`, never the part that makes it unique.
+    ///
+    /// ```
+    /// let id = pgwake::WorkerId::unique("web");
+    /// assert!(id.as_str().starts_with("web:") && id.as_str().len() <= 64);
+    /// assert_ne!(id, pgwake::WorkerId::unique("web"));
+    /// ```
     pub fn unique(prefix: &str) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_string());
         let random = uuid::Uuid::new_v4().simple().to_string();
@@ -141,6 +184,11 @@ impl WorkerId {
     }
 
     /// The name.
+    ///
+    /// ```
+    /// assert_eq!(pgwake::WorkerId::new("web-1")?.as_str(), "web-1");
+    /// # Ok::<(), pgwake::StoreError>(())
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }

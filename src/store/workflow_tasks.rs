@@ -575,6 +575,17 @@ impl Store {
     /// it at once instead of waiting for the lease to expire. Returns
     /// whether the lease was still held.
     ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// # let (worker, queues) = (pgwake::WorkerId::unique("docs"), pgwake::queues(["orders"])?);
+    /// if let Some(task) = store.claim_workflow_task(&worker, &queues, std::time::Duration::from_secs(60)).await? {
+    ///     // Shutting down: let another worker take it now, not when the lease expires.
+    ///     let was_held = store.release_workflow_task(&task).await?;
+    ///     println!("released {}: {was_held}", task.instance.instance_id);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// A database failure.
     pub async fn release_workflow_task(&self, task: &WorkflowTask) -> Result<bool, StoreError> {

@@ -70,6 +70,13 @@ impl TestPostgres {
     /// # Errors
     /// [`TestPostgresError::BinariesNotFound`] names the package to install;
     /// other variants carry the failing command's output or the server log.
+    ///
+    /// ```
+    /// # fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let server = pgwake::testing::TestPostgres::new()?;
+    /// assert!(server.is_running());
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Result<Self, TestPostgresError> {
         Self::create(false)
     }
@@ -80,6 +87,13 @@ impl TestPostgres {
     ///
     /// # Errors
     /// As [`new`](Self::new).
+    ///
+    /// ```
+    /// # fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let server = pgwake::testing::TestPostgres::new_durable()?;
+    /// println!("every commit waits for its WAL flush on {}", server.url());
+    /// # Ok(()) }
+    /// ```
     pub fn new_durable() -> Result<Self, TestPostgresError> {
         Self::create(true)
     }
@@ -116,32 +130,81 @@ impl TestPostgres {
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/postgres`: the superuser, trusted.
+    ///
+    /// ```
+    /// # fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let server = pgwake::testing::TestPostgres::new()?;
+    /// let expected = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port());
+    /// assert_eq!(server.url(), expected);
+    /// # Ok(()) }
+    /// ```
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
     /// The TCP port the server listens on (kept across restarts).
+    ///
+    /// ```
+    /// # fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let mut server = pgwake::testing::TestPostgres::new()?;
+    /// let port = server.port();
+    /// server.restart()?;
+    /// assert_eq!(server.port(), port);
+    /// # Ok(()) }
+    /// ```
     pub fn port(&self) -> u16 {
         self.port
     }
 
     /// The data directory.
+    ///
+    /// ```
+    /// # fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let server = pgwake::testing::TestPostgres::new()?;
+    /// assert!(server.data_dir().join("PG_VERSION").is_file());
+    /// # Ok(()) }
+    /// ```
     pub fn data_dir(&self) -> PathBuf {
         self.root_dir.join("data")
     }
 
     /// The server's log file (its stderr).
+    ///
+    /// ```
+    /// # fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let server = pgwake::testing::TestPostgres::new()?;
+    /// println!("server log: {}", server.log_file().display());
+    /// # Ok(()) }
+    /// ```
     pub fn log_file(&self) -> PathBuf {
         self.root_dir.join("server.log")
     }
 
     /// The postmaster's process id while it runs.
+    ///
+    /// ```
+    /// # fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let mut server = pgwake::testing::TestPostgres::new()?;
+    /// assert!(server.postmaster_pid().is_some());
+    /// server.stop()?;
+    /// assert_eq!(server.postmaster_pid(), None);
+    /// # Ok(()) }
+    /// ```
     pub fn postmaster_pid(&self) -> Option<u32> {
         let contents = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
         contents.lines().next()?.trim().parse().ok()
     }
 
     /// Whether the server is running (started and not stopped).
+    ///
+    /// ```
+    /// # fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let mut server = pgwake::testing::TestPostgres::new()?;
+    /// assert!(server.is_running());
+    /// server.stop()?;
+    /// assert!(!server.is_running());
+    /// # Ok(()) }
+    /// ```
     pub fn is_running(&self) -> bool {
         self.watchdog.is_some()
     }
@@ -150,6 +213,15 @@ impl TestPostgres {
     ///
     /// # Errors
     /// When the template cannot be built or the clone fails.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let server = pgwake::testing::TestPostgres::new()?;
+    /// let database = server.create_database().await?;
+    /// let client = database.config().connect().await?;
+    /// pgwake::migrate::check(&client).await?; // at the newest version
+    /// # Ok(()) }
+    /// ```
     pub async fn create_database(&self) -> Result<super::TestDatabase, TestPostgresError> {
         self.databases.create_database().await
     }
@@ -158,6 +230,15 @@ impl TestPostgres {
     ///
     /// # Errors
     /// When `CREATE DATABASE` fails.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let server = pgwake::testing::TestPostgres::new()?;
+    /// let database = server.create_empty_database().await?;
+    /// let client = database.config().connect().await?;
+    /// assert_eq!(pgwake::migrate::status(&client).await?.version, None);
+    /// # Ok(()) }
+    /// ```
     pub async fn create_empty_database(&self) -> Result<super::TestDatabase, TestPostgresError> {
         self.databases.create_empty_database().await
     }
@@ -166,6 +247,15 @@ impl TestPostgres {
     ///
     /// # Errors
     /// [`TestPostgresError::StartFailed`] with the end of the server log.
+    ///
+    /// ```
+    /// # fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let mut server = pgwake::testing::TestPostgres::new()?;
+    /// server.stop()?;
+    /// server.start()?;
+    /// assert!(server.is_running());
+    /// # Ok(()) }
+    /// ```
     pub fn start(&mut self) -> Result<(), TestPostgresError> {
         if self.watchdog.is_some() {
             return Ok(());
@@ -212,6 +302,14 @@ impl TestPostgres {
     ///
     /// # Errors
     /// Never in practice; reserved for a server that will not exit.
+    ///
+    /// ```
+    /// # fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let mut server = pgwake::testing::TestPostgres::new()?;
+    /// server.stop()?; // connecting to server.url() now fails
+    /// assert!(!server.is_running());
+    /// # Ok(()) }
+    /// ```
     pub fn stop(&mut self) -> Result<(), TestPostgresError> {
         self.shut_down("fast");
         Ok(())
@@ -225,6 +323,14 @@ impl TestPostgres {
     ///
     /// # Errors
     /// Never in practice; reserved for a server that will not exit.
+    ///
+    /// ```
+    /// # fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let mut server = pgwake::testing::TestPostgres::new()?;
+    /// server.crash()?;
+    /// server.start()?; // runs crash recovery
+    /// # Ok(()) }
+    /// ```
     pub fn crash(&mut self) -> Result<(), TestPostgresError> {
         self.shut_down("immediate");
         Ok(())
@@ -234,6 +340,15 @@ impl TestPostgres {
     ///
     /// # Errors
     /// As [`start`](Self::start).
+    ///
+    /// ```
+    /// # fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let mut server = pgwake::testing::TestPostgres::new()?;
+    /// let url = server.url();
+    /// server.restart()?;
+    /// assert_eq!(server.url(), url);
+    /// # Ok(()) }
+    /// ```
     pub fn restart(&mut self) -> Result<(), TestPostgresError> {
         self.stop()?;
         self.start()

@@ -10,6 +10,13 @@ use crate::connection::{with_dbname, ConnectionConfig};
 use crate::migrate;
 
 /// One test's own database.
+///
+/// ```
+/// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+/// let database = pgwake::testing::fresh_database().await?;
+/// println!("{} at {}", database.name(), database.config().redacted());
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct TestDatabase {
     url: String,
@@ -18,11 +25,25 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     /// A URL for this database (with the server's credentials).
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let database = pgwake::testing::fresh_database().await?;
+    /// let config = pgwake::ConnectionConfig::from_url(database.url())?;
+    /// # Ok(()) }
+    /// ```
     pub fn url(&self) -> &str {
         &self.url
     }
 
     /// The database's name.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let database = pgwake::testing::fresh_database().await?;
+    /// assert!(database.name().starts_with("pgwake_test_"));
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -31,6 +52,14 @@ impl TestDatabase {
     ///
     /// # Panics
     /// Never: the URL was parsed when the database was created.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let database = pgwake::testing::fresh_database().await?;
+    /// assert_eq!(database.config().dbname(), Some(database.name()));
+    /// let client = database.config().connect().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn config(&self) -> ConnectionConfig {
         ConnectionConfig::from_url(&self.url).expect("validated when the database was created")
     }
@@ -47,6 +76,15 @@ impl fmt::Debug for TestDatabase {
 /// Makes databases on one server: migrated ones are cloned from a template
 /// built once per set of migrations (its name carries their checksum, so an
 /// edited migration gets a new template instead of a stale one).
+///
+/// ```
+/// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+/// let databases = pgwake::testing::TestDatabases::new("postgres://postgres@localhost/postgres".into());
+/// let first = databases.create_database().await?;
+/// let second = databases.create_database().await?;
+/// assert_ne!(first.name(), second.name());
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct TestDatabases {
     admin_url: String,
@@ -56,6 +94,13 @@ pub struct TestDatabases {
 
 impl TestDatabases {
     /// Databases on the server of `admin_url`, whose role may `CREATE DATABASE`.
+    ///
+    /// ```
+    /// use pgwake::testing::TestDatabases;
+    ///
+    /// // Nothing connects until a database is asked for.
+    /// let databases = TestDatabases::new("postgres://postgres@localhost/postgres".to_string());
+    /// ```
     pub fn new(admin_url: String) -> Self {
         Self {
             admin_url,
@@ -68,6 +113,14 @@ impl TestDatabases {
     ///
     /// # Errors
     /// When the server is unreachable, or the template cannot be built.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let databases = pgwake::testing::TestDatabases::new("postgres://postgres@localhost/postgres".into());
+    /// let client = databases.create_database().await?.config().connect().await?;
+    /// pgwake::migrate::check(&client).await?; // at the newest version
+    /// # Ok(()) }
+    /// ```
     pub async fn create_database(&self) -> Result<TestDatabase, TestPostgresError> {
         let template = template_name();
         self.template_ready
@@ -80,6 +133,14 @@ impl TestDatabases {
     ///
     /// # Errors
     /// When the server is unreachable or refuses `CREATE DATABASE`.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// let databases = pgwake::testing::TestDatabases::new("postgres://postgres@localhost/postgres".into());
+    /// let client = databases.create_empty_database().await?.config().connect().await?;
+    /// assert_eq!(pgwake::migrate::status(&client).await?.version, None);
+    /// # Ok(()) }
+    /// ```
     pub async fn create_empty_database(&self) -> Result<TestDatabase, TestPostgresError> {
         self.create(None).await
     }
@@ -217,6 +278,14 @@ fn shared_databases() -> Result<&'static TestDatabases, TestPostgresError> {
 ///
 /// # Errors
 /// When no server can be had (see [`TestPostgres::new`]) or creation fails.
+///
+/// ```
+/// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+/// let database = pgwake::testing::fresh_database().await?;
+/// let client = database.config().connect().await?;
+/// pgwake::migrate::check(&client).await?; // at the newest version
+/// # Ok(()) }
+/// ```
 pub async fn fresh_database() -> Result<TestDatabase, TestPostgresError> {
     shared_databases()?.create_database().await
 }
@@ -225,6 +294,15 @@ pub async fn fresh_database() -> Result<TestDatabase, TestPostgresError> {
 ///
 /// # Errors
 /// As [`fresh_database`].
+///
+/// ```
+/// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+/// let database = pgwake::testing::fresh_empty_database().await?;
+/// let mut client = database.config().connect().await?;
+/// let report = pgwake::migrate::up(&mut client, Some(1)).await?;
+/// assert_eq!(report.applied, [1]);
+/// # Ok(()) }
+/// ```
 pub async fn fresh_empty_database() -> Result<TestDatabase, TestPostgresError> {
     shared_databases()?.create_empty_database().await
 }

@@ -84,6 +84,16 @@ impl FaultProxy {
     ///
     /// # Panics
     /// When called outside a tokio runtime.
+    ///
+    /// ```
+    /// # actix_rt::System::new().block_on(async {
+    /// use pgwake::testing::FaultProxy;
+    ///
+    /// // Nothing needs to listen upstream until a client connects.
+    /// let proxy = FaultProxy::start(([127, 0, 0, 1], 5432).into()).await?;
+    /// assert_ne!(proxy.port(), 5432);
+    /// # Ok::<(), std::io::Error>(()) }).unwrap();
+    /// ```
     pub async fn start(upstream: SocketAddr) -> io::Result<FaultProxy> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let local_addr = listener.local_addr()?;
@@ -106,11 +116,26 @@ impl FaultProxy {
     }
 
     /// The address clients connect to (always on `127.0.0.1`).
+    ///
+    /// ```
+    /// # actix_rt::System::new().block_on(async {
+    /// let proxy = pgwake::testing::FaultProxy::start(([127, 0, 0, 1], 5432).into()).await?;
+    /// assert!(proxy.local_addr().ip().is_loopback());
+    /// assert_eq!(proxy.local_addr().port(), proxy.port());
+    /// # Ok::<(), std::io::Error>(()) }).unwrap();
+    /// ```
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// The port clients connect to.
+    ///
+    /// ```
+    /// # actix_rt::System::new().block_on(async {
+    /// let proxy = pgwake::testing::FaultProxy::start(([127, 0, 0, 1], 5432).into()).await?;
+    /// let url = format!("host=127.0.0.1 port={} user=postgres", proxy.port());
+    /// # Ok::<(), std::io::Error>(()) }).unwrap();
+    /// ```
     pub fn port(&self) -> u16 {
         self.local_addr.port()
     }
@@ -149,6 +174,14 @@ impl FaultProxy {
     /// between them forgets the connection and the next packet gets a reset.
     ///
     /// Connections accepted afterwards work normally.
+    ///
+    /// ```
+    /// # async fn example(proxy: &pgwake::testing::FaultProxy, url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = pgwake::ConnectionConfig::from_url(&proxy.proxied_url(url))?.connect().await?;
+    /// proxy.drop_connections();
+    /// assert!(client.simple_query("SELECT 1").await.is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn drop_connections(&self) {
         tracing::debug!(
             open = self.open_connections(),
@@ -161,6 +194,17 @@ impl FaultProxy {
     /// any byte is exchanged, so connecting fails quickly, as against a server
     /// that is down. Open connections are not affected. `false` restores
     /// normal service.
+    ///
+    /// ```
+    /// # use tokio::io::AsyncReadExt;
+    /// # actix_rt::System::new().block_on(async {
+    /// let proxy = pgwake::testing::FaultProxy::start(([127, 0, 0, 1], 5432).into()).await?;
+    /// proxy.set_refuse_new(true);
+    /// let mut socket = tokio::net::TcpStream::connect(proxy.local_addr()).await?;
+    /// assert_eq!(socket.read(&mut [0; 1]).await?, 0); // closed at once
+    /// proxy.set_refuse_new(false);
+    /// # Ok::<(), std::io::Error>(()) }).unwrap();
+    /// ```
     pub fn set_refuse_new(&self, refuse: bool) {
         tracing::debug!(refuse, "fault proxy refuse_new");
         self.shared.refuse_new.store(refuse, Ordering::SeqCst);
@@ -180,17 +224,48 @@ impl FaultProxy {
     /// reaches the server only when the blackhole lifts, so the server does
     /// not time out a startup message that cannot arrive. A close by either
     /// side is also held until then.
+    ///
+    /// ```
+    /// # async fn example(proxy: &pgwake::testing::FaultProxy, url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    ///
+    /// let client = pgwake::ConnectionConfig::from_url(&proxy.proxied_url(url))?.connect().await?;
+    /// proxy.set_blackhole(true);
+    /// let query = tokio::time::timeout(Duration::from_millis(200), client.simple_query("SELECT 1"));
+    /// assert!(query.await.is_err()); // silence, not an error: timed out
+    /// proxy.set_blackhole(false);
+    /// # Ok(()) }
+    /// ```
     pub fn set_blackhole(&self, blackhole: bool) {
         tracing::debug!(blackhole, "fault proxy blackhole");
         self.shared.blackhole.send_replace(blackhole);
     }
 
     /// Connections accepted since the proxy started, refused ones included.
+    ///
+    /// ```
+    /// # use tokio::io::AsyncReadExt;
+    /// # actix_rt::System::new().block_on(async {
+    /// let proxy = pgwake::testing::FaultProxy::start(([127, 0, 0, 1], 5432).into()).await?;
+    /// proxy.set_refuse_new(true);
+    /// let mut socket = tokio::net::TcpStream::connect(proxy.local_addr()).await?;
+    /// socket.read(&mut [0; 1]).await?; // refused: closed at once
+    /// assert_eq!((proxy.accepted_connections(), proxy.open_connections()), (1, 0));
+    /// # Ok::<(), std::io::Error>(()) }).unwrap();
+    /// ```
     pub fn accepted_connections(&self) -> u64 {
         self.shared.accepted.load(Ordering::SeqCst)
     }
 
     /// Connections being proxied now (refused ones never count).
+    ///
+    /// ```
+    /// # async fn example(proxy: &pgwake::testing::FaultProxy, url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = pgwake::ConnectionConfig::from_url(&proxy.proxied_url(url))?.connect().await?;
+    /// assert_eq!(proxy.open_connections(), 1);
+    /// drop(client);
+    /// # Ok(()) }
+    /// ```
     pub fn open_connections(&self) -> usize {
         self.shared.open.load(Ordering::SeqCst)
     }

@@ -37,6 +37,11 @@ pub use fault_proxy::FaultProxy;
 use std::path::PathBuf;
 
 /// Why a throwaway cluster or database could not be had.
+///
+/// ```
+/// let err = pgwake::testing::TestPostgresError::NoPostgresUser;
+/// assert!(err.to_string().contains("useradd --system postgres"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TestPostgresError {

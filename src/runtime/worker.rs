@@ -477,6 +477,75 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a non-string panic payload".to_string())
 }
 
+/// A claimed task whose lease a running handler keeps alive.
+trait LeasedTask {
+    const KIND: TaskKind;
+    fn lease(&self) -> &Lease;
+    /// Names the task in logs.
+    fn describe(&self) -> String;
+    async fn extend(&mut self, store: &Store, lease: Duration) -> Result<(), StoreError>;
+}
+
+impl LeasedTask for ActivityTask {
+    const KIND: TaskKind = TaskKind::Activity;
+    fn lease(&self) -> &Lease {
+        &self.lease
+    }
+    fn describe(&self) -> String {
+        format!("activity {}", self.activity_id)
+    }
+    async fn extend(&mut self, store: &Store, lease: Duration) -> Result<(), StoreError> {
+        store.extend_activity_task(self, lease).await
+    }
+}
+
+impl LeasedTask for WorkflowTask {
+    const KIND: TaskKind = TaskKind::Workflow;
+    fn lease(&self) -> &Lease {
+        &self.lease
+    }
+    fn describe(&self) -> String {
+        format!("workflow task of {}", self.instance.instance_id)
+    }
+    async fn extend(&mut self, store: &Store, lease: Duration) -> Result<(), StoreError> {
+        store.extend_workflow_task(self, lease).await
+    }
+}
+
+/// Runs `work` (a handler's future) to its end, catching a panic, while
+/// extending `task`'s lease every third of it and publishing each new
+/// fencing token to `shared_lease`. `None` when the lease was lost: the work
+/// is abandoned, since its result could not be recorded.
+async fn run_with_heartbeat<T: LeasedTask, R>(
+    store: &Store,
+    task: &mut T,
+    lease: Duration,
+    shared_lease: &RefCell<Lease>,
+    work: impl std::future::Future<Output = R>,
+) -> Option<std::thread::Result<R>> {
+    let work = AssertUnwindSafe(work).catch_unwind();
+    futures::pin_mut!(work);
+    let heartbeat = lease / 3;
+    let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    loop {
+        tokio::select! {
+            result = &mut work => return Some(result),
+            _ = beats.tick() => match task.extend(store, lease).await {
+                Ok(()) => {
+                    *shared_lease.borrow_mut() = task.lease().clone();
+                    #[cfg(feature = "metrics")]
+                    crate::metrics::lease_extended(T::KIND);
+                }
+                Err(StoreError::LeaseLost { .. }) => {
+                    tracing::warn!(kind = ?T::KIND, task = %task.describe(), "lease lost while running; abandoning it");
+                    return None;
+                }
+                Err(err) => tracing::warn!(task = %task.describe(), error = %err, "lease extension failed; will retry"),
+            },
+        }
+    }
+}
+
 /// Runs an activity handler while extending its lease; the worker records
 /// the result (with others finished at the same time). A panic inside the
 /// handler is caught here.
@@ -490,26 +559,14 @@ async fn run_activity(
     #[cfg(feature = "metrics")]
     let started = crate::metrics::activity_started(&task);
     let input = task.clone();
-    let work = AssertUnwindSafe(async move { handler(input).await }).catch_unwind();
-    futures::pin_mut!(work);
-    let heartbeat = lease / 3;
-    let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    let result = loop {
-        tokio::select! {
-            result = &mut work => break result,
-            _ = beats.tick() => match store.extend_activity_task(&mut task, lease).await {
-                Ok(()) => {
-                    *shared_lease.borrow_mut() = task.lease.clone();
-                    #[cfg(feature = "metrics")]
-                    crate::metrics::lease_extended(TaskKind::Activity);
-                }
-                Err(StoreError::LeaseLost { .. }) => {
-                    tracing::warn!(activity_id = %task.activity_id, "lease lost while running; abandoning the activity");
-                    return ActivityEnd { task, report: None, outcome: Outcome::LeaseLost };
-                }
-                Err(err) => tracing::warn!(activity_id = %task.activity_id, error = %err, "lease extension failed; will retry"),
-            },
-        }
+    let work = async move { handler(input).await };
+    let Some(result) = run_with_heartbeat(&store, &mut task, lease, &shared_lease, work).await
+    else {
+        return ActivityEnd {
+            task,
+            report: None,
+            outcome: Outcome::LeaseLost,
+        };
     };
     #[cfg(feature = "metrics")]
     crate::metrics::handler_ended(TaskKind::Activity, &task.queue, started, &result);
@@ -544,23 +601,10 @@ async fn run_workflow(
     #[cfg(feature = "metrics")]
     let started = crate::metrics::workflow_started(&task);
     let input = task.clone();
-    let work = AssertUnwindSafe(async move { handler(input).await }).catch_unwind();
-    futures::pin_mut!(work);
-    let heartbeat = lease / 3;
-    let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    let result = loop {
-        tokio::select! {
-            result = &mut work => break result,
-            _ = beats.tick() => match store.extend_workflow_task(&mut task, lease).await {
-                Ok(()) => {
-                    *shared_lease.borrow_mut() = task.lease.clone();
-                    #[cfg(feature = "metrics")]
-                    crate::metrics::lease_extended(TaskKind::Workflow);
-                }
-                Err(StoreError::LeaseLost { .. }) => return Outcome::LeaseLost,
-                Err(err) => tracing::warn!(instance_id = %task.instance.instance_id, error = %err, "lease extension failed; will retry"),
-            },
-        }
+    let work = async move { handler(input).await };
+    let Some(result) = run_with_heartbeat(&store, &mut task, lease, &shared_lease, work).await
+    else {
+        return Outcome::LeaseLost;
     };
     #[cfg(feature = "metrics")]
     crate::metrics::handler_ended(TaskKind::Workflow, &task.queue, started, &result);

@@ -5,35 +5,12 @@
 
 mod support;
 
+use support::{notify_only, receive_within, reporting_activities};
+
 use std::time::{Duration, Instant};
 
 use pgwake::testing::{fresh_database, FaultProxy, TestPostgres};
-use pgwake::{
-    ActivityTask, ActivityWorker, ListenerState, Runtime, RuntimeConfig, RuntimeHandle, TaskKind,
-};
-use serde_json::json;
-use tokio::sync::mpsc;
-
-const NEVER: Duration = Duration::from_secs(600);
-
-fn config(url: &str) -> RuntimeConfig {
-    let mut config = RuntimeConfig::new(url);
-    config.fallback_while_listening = NEVER;
-    config.fallback_while_degraded = NEVER;
-    config
-}
-
-fn reporting_activities(queue: &str) -> (ActivityWorker, mpsc::UnboundedReceiver<String>) {
-    let (sender, receiver) = mpsc::unbounded_channel();
-    let worker = ActivityWorker::new([queue], move |task: ActivityTask| {
-        let sender = sender.clone();
-        async move {
-            let _ = sender.send(task.activity_id.clone());
-            Ok::<_, String>(json!(null))
-        }
-    });
-    (worker, receiver)
-}
+use pgwake::{ListenerState, Runtime, RuntimeHandle, TaskKind};
 
 async fn insert_activity(url: &str, id: &str, queue: &str) {
     let client = support::connect(url).await;
@@ -68,18 +45,11 @@ async fn wait_listening(runtime: &RuntimeHandle, reconnects: u64, within: Durati
     .await;
 }
 
-async fn receive_within(receiver: &mut mpsc::UnboundedReceiver<String>, limit: Duration) -> String {
-    tokio::time::timeout(limit, receiver.recv())
-        .await
-        .unwrap_or_else(|_| panic!("no task started within {limit:?}"))
-        .expect("handler channel closed")
-}
-
 #[actix_rt::test]
 async fn activity_inserted_while_listener_down_is_claimed_after_reconnect() {
     let database = fresh_database().await.unwrap();
     let (worker, mut started) = reporting_activities("acts");
-    let mut config = config(database.url());
+    let mut config = notify_only(database.url());
     // Long enough that the insert below surely lands while it is down.
     config.reconnect_backoff_min = Duration::from_secs(1);
     config.reconnect_backoff_max = Duration::from_secs(1);
@@ -110,7 +80,7 @@ async fn activity_inserted_while_listener_down_is_claimed_after_reconnect() {
     wait_listening(&runtime, 1, Duration::from_secs(10)).await;
     let reconnected_at = Instant::now();
     assert_eq!(
-        receive_within(&mut started, Duration::from_secs(2)).await,
+        receive_within(&mut started, Duration::from_secs(2), "the task").await,
         "while-down"
     );
     assert!(reconnected_at.elapsed() < Duration::from_secs(2));
@@ -122,7 +92,7 @@ async fn after_a_server_restart_listeners_reconnect_and_workers_recover() {
     let mut server = TestPostgres::new().unwrap();
     let database = server.create_database().await.unwrap();
     let (worker, mut started) = reporting_activities("acts");
-    let runtime = Runtime::builder(config(database.url()))
+    let runtime = Runtime::builder(notify_only(database.url()))
         .activity_worker(worker)
         .start()
         .await
@@ -130,7 +100,7 @@ async fn after_a_server_restart_listeners_reconnect_and_workers_recover() {
     wait_listening(&runtime, 0, Duration::from_secs(10)).await;
     insert_activity(database.url(), "before", "acts").await;
     assert_eq!(
-        receive_within(&mut started, Duration::from_secs(2)).await,
+        receive_within(&mut started, Duration::from_secs(2), "the task").await,
         "before"
     );
 
@@ -145,7 +115,7 @@ async fn after_a_server_restart_listeners_reconnect_and_workers_recover() {
     wait_listening(&runtime, 1, Duration::from_secs(30)).await;
     insert_activity(database.url(), "after", "acts").await;
     assert_eq!(
-        receive_within(&mut started, Duration::from_secs(5)).await,
+        receive_within(&mut started, Duration::from_secs(5), "the task").await,
         "after"
     );
     // The pool recovered too: the result was recorded.
@@ -174,7 +144,7 @@ async fn a_blackholed_listener_is_detected_by_its_ping_and_reconnects() {
     let upstream = format!("127.0.0.1:{}", server.port()).parse().unwrap();
     let proxy = FaultProxy::start(upstream).await.unwrap();
     let (worker, mut started) = reporting_activities("acts");
-    let mut config = config(database.url());
+    let mut config = notify_only(database.url());
     // Only the listeners go through the proxy; the pool talks to the server.
     config.listener_url = Some(format!(
         "{}?connect_timeout=2",
@@ -219,7 +189,7 @@ async fn a_blackholed_listener_is_detected_by_its_ping_and_reconnects() {
 
     insert_activity(database.url(), "after-blackhole", "acts").await;
     assert_eq!(
-        receive_within(&mut started, Duration::from_secs(2)).await,
+        receive_within(&mut started, Duration::from_secs(2), "the task").await,
         "after-blackhole"
     );
     runtime.shutdown(Duration::from_secs(5)).await;
@@ -234,7 +204,7 @@ async fn an_unreachable_server_at_start_is_retried_with_backoff_not_fatal() {
         .port();
     let url = format!("postgres://app:hunter2@127.0.0.1:{closed_port}/x?connect_timeout=1");
     let (worker, _started) = reporting_activities("acts");
-    let mut config = config(&url);
+    let mut config = notify_only(&url);
     config.reconnect_backoff_min = Duration::from_millis(50);
     config.reconnect_backoff_max = Duration::from_millis(200);
     let runtime = Runtime::builder(config)

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::{notify_only, receive_within, reporting_activities, reporting_workflows};
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -17,57 +19,6 @@ use pgwake::{
 };
 use serde_json::json;
 use tokio::sync::mpsc;
-
-const NEVER: Duration = Duration::from_secs(600);
-
-/// A config whose fallback is so long that only a wake-up (or a due time)
-/// can find work in time.
-fn notify_only(url: &str) -> RuntimeConfig {
-    let mut config = RuntimeConfig::new(url);
-    config.fallback_while_listening = NEVER;
-    config.fallback_while_degraded = NEVER;
-    config
-}
-
-/// An activity worker on `queue` that reports each task's activity id.
-fn reporting_activities(queue: &str) -> (ActivityWorker, mpsc::UnboundedReceiver<String>) {
-    let (sender, receiver) = mpsc::unbounded_channel();
-    let worker = ActivityWorker::new([queue], move |task: ActivityTask| {
-        let sender = sender.clone();
-        async move {
-            let _ = sender.send(task.activity_id.clone());
-            Ok::<_, String>(json!("done"))
-        }
-    });
-    (worker, receiver)
-}
-
-/// A workflow worker on `queue` that reports each task's instance id and
-/// finishes the instance.
-fn reporting_workflows(queue: &str) -> (WorkflowWorker, mpsc::UnboundedReceiver<String>) {
-    let (sender, receiver) = mpsc::unbounded_channel();
-    let worker = WorkflowWorker::new([queue], move |task: WorkflowTask| {
-        let sender = sender.clone();
-        async move {
-            let _ = sender.send(task.instance.instance_id.clone());
-            Ok::<_, String>(
-                WorkflowCompletion::default().finish(WorkflowOutcome::Completed(json!(null))),
-            )
-        }
-    });
-    (worker, receiver)
-}
-
-async fn receive_within<T>(
-    receiver: &mut mpsc::UnboundedReceiver<T>,
-    limit: Duration,
-    what: &str,
-) -> T {
-    tokio::time::timeout(limit, receiver.recv())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not start within {limit:?}"))
-        .expect("handler channel closed")
-}
 
 /// Receives exactly `count` reports, failing after `limit`.
 async fn receive_all(

@@ -4,7 +4,11 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use pgwake::ConnectionConfig;
+use pgwake::{
+    ActivityTask, ActivityWorker, ConnectionConfig, RuntimeConfig, WorkflowCompletion,
+    WorkflowOutcome, WorkflowTask, WorkflowWorker,
+};
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -94,4 +98,57 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
         .connect()
         .await
         .unwrap()
+}
+
+/// A fallback so long that a test finishing in time proves a wake-up (or a
+/// due time) found the work.
+pub const NEVER: Duration = Duration::from_secs(600);
+
+/// A config whose fallbacks are [`NEVER`].
+pub fn notify_only(url: &str) -> RuntimeConfig {
+    let mut config = RuntimeConfig::new(url);
+    config.fallback_while_listening = NEVER;
+    config.fallback_while_degraded = NEVER;
+    config
+}
+
+/// An activity worker on `queue` that reports each task's activity id.
+pub fn reporting_activities(queue: &str) -> (ActivityWorker, mpsc::UnboundedReceiver<String>) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let worker = ActivityWorker::new([queue], move |task: ActivityTask| {
+        let sender = sender.clone();
+        async move {
+            let _ = sender.send(task.activity_id.clone());
+            Ok::<_, String>(json!("done"))
+        }
+    });
+    (worker, receiver)
+}
+
+/// A workflow worker on `queue` that reports each task's instance id and
+/// finishes the instance.
+pub fn reporting_workflows(queue: &str) -> (WorkflowWorker, mpsc::UnboundedReceiver<String>) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let worker = WorkflowWorker::new([queue], move |task: WorkflowTask| {
+        let sender = sender.clone();
+        async move {
+            let _ = sender.send(task.instance.instance_id.clone());
+            Ok::<_, String>(
+                WorkflowCompletion::default().finish(WorkflowOutcome::Completed(json!(null))),
+            )
+        }
+    });
+    (worker, receiver)
+}
+
+/// The next report, failing the test after `limit` with `what` in the message.
+pub async fn receive_within<T>(
+    receiver: &mut mpsc::UnboundedReceiver<T>,
+    limit: Duration,
+    what: &str,
+) -> T {
+    tokio::time::timeout(limit, receiver.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not start within {limit:?}"))
+        .expect("handler channel closed")
 }

@@ -3,7 +3,9 @@
 
 mod support;
 
-use support::{notify_only, receive_within, reporting_activities, reporting_workflows};
+use support::{
+    insert_by_plain_sql, notify_only, receive_within, reporting_activities, reporting_workflows,
+};
 
 use std::time::{Duration, Instant};
 
@@ -14,44 +16,6 @@ use pgwake::{
 };
 use serde_json::json;
 use tokio::sync::mpsc;
-
-/// Inserts, by plain SQL with no setting, an instance with a start event on
-/// `workflow_queue` and an activity on `activity_queue`. The activity belongs
-/// to `activity_owner`: where the workflow handler finishes its instance at
-/// once, it must be another execution, since an ending execution deletes its
-/// outstanding activities.
-async fn insert_by_plain_sql(
-    url: &str,
-    id: &str,
-    workflow_queue: &str,
-    activity_queue: &str,
-    activity_owner: &str,
-) {
-    let client = support::connect(url).await;
-    client
-        .execute(
-            "INSERT INTO instances (instance_id, execution_id, state, queue) VALUES ($1, 'e', 0, $2)",
-            &[&id, &workflow_queue],
-        )
-        .await
-        .unwrap();
-    client
-        .execute(
-            "INSERT INTO pending_events (event_id, instance_id, execution_id, event_type, timestamp)
-             VALUES ($1, $1, 'e', 1, now())",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    client
-        .execute(
-            "INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue, timestamp)
-             VALUES ($1, $3, 'e', 11, $2, now())",
-            &[&id, &activity_queue, &activity_owner],
-        )
-        .await
-        .unwrap();
-}
 
 async fn wait_listening(runtime: &RuntimeHandle) {
     support::eventually(Duration::from_secs(10), "listeners to listen", || async {

@@ -5,7 +5,9 @@
 
 mod support;
 
-use support::{notify_only, receive_within, reporting_activities, reporting_workflows};
+use support::{
+    insert_by_plain_sql, notify_only, receive_within, reporting_activities, reporting_workflows,
+};
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -40,35 +42,6 @@ async fn receive_all(
         }
     }
     received
-}
-
-/// Inserts, by plain SQL with no setting, an instance with a start event on
-/// `workflow_queue` and an activity on `activity_queue`.
-async fn insert_by_plain_sql(url: &str, id: &str, workflow_queue: &str, activity_queue: &str) {
-    let client = support::connect(url).await;
-    client
-        .execute(
-            "INSERT INTO instances (instance_id, execution_id, state, queue) VALUES ($1, 'e', 0, $2)",
-            &[&id, &workflow_queue],
-        )
-        .await
-        .unwrap();
-    client
-        .execute(
-            "INSERT INTO pending_events (event_id, instance_id, execution_id, event_type, timestamp)
-             VALUES ($1, $1, 'e', 1, now())",
-            &[&id],
-        )
-        .await
-        .unwrap();
-    client
-        .execute(
-            "INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue, timestamp)
-             VALUES ($1, $1, 'e', 11, $2, now())",
-            &[&id, &activity_queue],
-        )
-        .await
-        .unwrap();
 }
 
 async fn wait_listening(runtime: &RuntimeHandle) {
@@ -469,7 +442,7 @@ async fn shutdown_releases_a_running_handlers_lease_and_another_runtime_claims_i
         .await
         .unwrap();
     wait_listening(&first).await;
-    insert_by_plain_sql(database.url(), "held", "flows", "stuck").await;
+    insert_by_plain_sql(database.url(), "held", "flows", "stuck", "held").await;
     assert_eq!(
         receive_within(&mut running, Duration::from_secs(5), "the stuck handler").await,
         "held"
@@ -555,7 +528,7 @@ async fn a_handler_error_is_recorded_as_activity_failed_with_its_text() {
         .await
         .unwrap();
     wait_listening(&runtime).await;
-    insert_by_plain_sql(database.url(), "charge", "flows", "acts").await;
+    insert_by_plain_sql(database.url(), "charge", "flows", "acts", "charge").await;
     assert_eq!(
         receive_within(&mut ran, Duration::from_secs(5), "the failing handler").await,
         "charge"
@@ -624,7 +597,7 @@ async fn poll_only_mode_opens_no_listener_connection_and_notifications_open_two(
         .await
         .unwrap();
     // Work is found, by polling: the runtime is up and connected.
-    insert_by_plain_sql(database.url(), "polled", "flows", "acts").await;
+    insert_by_plain_sql(database.url(), "polled", "flows", "acts", "polled").await;
     assert_eq!(
         receive_within(&mut polled, Duration::from_secs(5), "the polled activity").await,
         "polled"

@@ -9,6 +9,13 @@ use pgwake::{
 };
 use serde_json::{json, Value};
 
+/// The most `echo` activities one `fanout` instance schedules: they are
+/// scheduled in one decision, held in memory and written in one
+/// transaction, so an unbounded count aborts every worker that claims it.
+pub(crate) const MAX_ACTIVITIES: u64 = 10_000;
+/// The longest timer a `fanout` instance waits on, in milliseconds: 10 years.
+pub(crate) const MAX_TIMER_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
 /// `echo`: returns its input, after sleeping `activity_ms` if asked.
 pub(crate) fn echo_worker(
     queues: &[String],
@@ -61,8 +68,18 @@ async fn decide(
     for event in &task.new_events {
         match event.event_type {
             EventType::WorkflowExecutionStarted => {
-                let count = event.attributes["activities"].as_u64().unwrap_or(0);
-                let timer_ms = event.attributes["timer_ms"].as_u64().unwrap_or(0);
+                // Any writer can start an instance: its input is checked
+                // here, and a bad one fails the instance instead of the
+                // worker.
+                let (count, timer_ms) = match (
+                    bounded(&event.attributes, "activities", MAX_ACTIVITIES),
+                    bounded(&event.attributes, "timer_ms", MAX_TIMER_MS),
+                ) {
+                    (Ok(count), Ok(timer_ms)) => (count, timer_ms),
+                    (Err(reason), _) | (_, Err(reason)) => {
+                        return Ok(decision.finish(WorkflowOutcome::Failed(reason)));
+                    }
+                };
                 decision = if timer_ms > 0 {
                     decision.start_timer(
                         Duration::from_millis(timer_ms),
@@ -75,7 +92,10 @@ async fn decide(
                 };
             }
             EventType::TimerFired => {
-                let count = event.attributes["activities"].as_u64().unwrap_or(0);
+                let count = match bounded(&event.attributes, "activities", MAX_ACTIVITIES) {
+                    Ok(count) => count,
+                    Err(reason) => return Ok(decision.finish(WorkflowOutcome::Failed(reason))),
+                };
                 decision = if count == 0 {
                     decision.finish(WorkflowOutcome::Completed(json!({ "completed": 0 })))
                 } else {
@@ -110,4 +130,26 @@ async fn decide(
         decision = decision.finish(WorkflowOutcome::Completed(json!({ "completed": expected })));
     }
     Ok(decision)
+}
+
+/// `attributes[field]`: absent is 0; otherwise a whole number up to `max`,
+/// or why not.
+fn bounded(attributes: &Value, field: &str, max: u64) -> Result<u64, String> {
+    match &attributes[field] {
+        Value::Null => Ok(0),
+        value => match value.as_u64() {
+            Some(n) if n <= max => Ok(n),
+            _ => {
+                // The value as given, cut short: it may be a long string.
+                let mut shown: String = value.to_string().chars().take(40).collect();
+                if shown.len() < value.to_string().len() {
+                    shown.push_str("...");
+                }
+                Err(format!(
+                    "fanout input {field} = {shown} is out of range: it must be a whole \
+                     number from 0 to {max}"
+                ))
+            }
+        },
+    }
 }

@@ -2,6 +2,7 @@
 //! producer, queue figures, and the benchmarks whose results the README quotes.
 
 mod bench;
+mod bounds;
 mod demo;
 mod migrate;
 mod start;

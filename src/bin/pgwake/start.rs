@@ -5,21 +5,29 @@ use std::time::Instant;
 use clap::Args;
 use pgwake::{NewInstance, Queue, Store, StoreOptions};
 
-use crate::demo;
+use crate::bounds::whole;
+use crate::demo::{self, MAX_ACTIVITIES, MAX_TIMER_MS};
+
+/// The most instances one `pgwake start` creates.
+const MAX_COUNT: u64 = 1_000_000;
 
 #[derive(Debug, Args)]
 pub(crate) struct StartArgs {
     /// The queue of the new instances (and of their activities).
     #[arg(long)]
     queue: String,
-    /// How many instances to start.
-    #[arg(long, default_value_t = 1)]
+    /// How many instances to start (1 to 1000000).
+    #[arg(long, default_value_t = 1, value_parser = whole(1, MAX_COUNT, "instances"))]
     count: u64,
-    /// How many echo activities each schedules.
-    #[arg(long, default_value_t = 1)]
+    /// How many echo activities each schedules (at most 10000, what the
+    /// fanout workflow schedules in one decision).
+    #[arg(long, default_value_t = 1,
+          value_parser = whole(0, MAX_ACTIVITIES, "activities (the fanout workflow's limit per instance)"))]
     activities: u64,
-    /// Wait this long (a timer) before scheduling the activities, in milliseconds.
-    #[arg(long, default_value_t = 0)]
+    /// Wait this long (a timer) before scheduling the activities, in
+    /// milliseconds (at most 10 years).
+    #[arg(long, default_value_t = 0,
+          value_parser = whole(0, MAX_TIMER_MS, "milliseconds (10 years)"))]
     timer_ms: u64,
     /// Instance ids are PREFIX-<n>-<random>.
     #[arg(long, default_value = "fanout")]

@@ -6,30 +6,42 @@ use std::time::Duration;
 use clap::Args;
 use pgwake::{Runtime, RuntimeConfig};
 
+use crate::bounds::{whole, MAX_CONCURRENCY, MAX_LEASE_SECS, MIN_LEASE_SECS};
 use crate::demo;
+
+/// The longest wait for running handlers at shutdown, in seconds: 1 hour.
+const MAX_SHUTDOWN_TIMEOUT_SECS: u64 = 3600;
+/// The longest an echo activity sleeps, in milliseconds: 1 hour.
+const MAX_ACTIVITY_MS: u64 = 3600 * 1000;
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkArgs {
     /// A queue to serve (repeat for several).
     #[arg(long = "queue", required = true)]
     queues: Vec<String>,
-    /// Activities and workflow tasks each worker runs at once.
-    #[arg(long, default_value_t = 8)]
+    /// Activities and workflow tasks each worker runs at once (1 to 10000).
+    #[arg(long, default_value_t = 8,
+          value_parser = whole(1, MAX_CONCURRENCY, "tasks at once (the runtime's limit)"))]
     concurrency: usize,
     /// Poll only: no LISTEN, no NOTIFY (for PgBouncer in transaction mode).
     #[arg(long)]
     no_notify: bool,
-    /// How long each echo activity sleeps, in milliseconds.
-    #[arg(long, default_value_t = 0)]
+    /// How long each echo activity sleeps, in milliseconds (at most 1 hour).
+    #[arg(long, default_value_t = 0,
+          value_parser = whole(0, MAX_ACTIVITY_MS, "milliseconds (1 hour)"))]
     activity_ms: u64,
-    /// Activity lease, in seconds.
-    #[arg(long, default_value_t = 120)]
+    /// Activity lease, in seconds (1 to 86400: 24 hours).
+    #[arg(long, default_value_t = 120,
+          value_parser = whole(MIN_LEASE_SECS, MAX_LEASE_SECS, "seconds (24 hours)"))]
     activity_lease: u64,
-    /// Workflow-task lease, in seconds.
-    #[arg(long, default_value_t = 60)]
+    /// Workflow-task lease, in seconds (1 to 86400: 24 hours).
+    #[arg(long, default_value_t = 60,
+          value_parser = whole(MIN_LEASE_SECS, MAX_LEASE_SECS, "seconds (24 hours)"))]
     workflow_lease: u64,
-    /// How long shutdown waits for running handlers, in seconds.
-    #[arg(long, default_value_t = 30)]
+    /// How long shutdown waits for running handlers, in seconds (at most
+    /// 3600: 1 hour).
+    #[arg(long, default_value_t = 30,
+          value_parser = whole(0, MAX_SHUTDOWN_TIMEOUT_SECS, "seconds (1 hour)"))]
     shutdown_timeout: u64,
 }
 

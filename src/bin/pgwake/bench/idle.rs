@@ -23,20 +23,27 @@ use serde_json::{json, Value};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::{connect, row, Progress, Server};
+use crate::bounds::{whole, MAX_BENCH_SECONDS};
+
+/// The most idle worker actors (each is one actor; they share the pool).
+const MAX_WORKERS: usize = 10_000;
 
 #[derive(Debug, Args)]
 pub(crate) struct IdleArgs {
-    /// Worker actors (concurrency 1 each), spread evenly over 4 queues.
-    #[arg(long, default_value_t = 64)]
+    /// Worker actors (concurrency 1 each), spread evenly over 4 queues (1
+    /// to 10000).
+    #[arg(long, default_value_t = 64, value_parser = whole(1, MAX_WORKERS, "workers"))]
     workers: usize,
-    /// Length of each measured window, in seconds.
-    #[arg(long, default_value_t = 20)]
+    /// Length of each measured window, in seconds (1 to 3600).
+    #[arg(long, default_value_t = 20,
+          value_parser = whole(1, MAX_BENCH_SECONDS, "seconds (1 hour)"))]
     seconds: u64,
     /// Seconds between the listeners listening and the window's start. A
     /// backend that committed within 1 s of its last statistics flush holds
     /// its counts for up to 10 s while idle, so less than 11 s lets the
-    /// start-up polls leak into the window.
-    #[arg(long, default_value_t = 11)]
+    /// start-up polls leak into the window. At most 3600.
+    #[arg(long, default_value_t = 11,
+          value_parser = whole(0, MAX_BENCH_SECONDS, "seconds (1 hour)"))]
     settle: u64,
 }
 
@@ -243,9 +250,6 @@ async fn measure(
 }
 
 pub(crate) async fn run(server: Server, args: IdleArgs) -> Result<(Value, Value), String> {
-    if args.workers == 0 || args.seconds == 0 {
-        return Err("--workers and --seconds must be at least 1".into());
-    }
     println!("idle on {}", server.description);
     let description = server.description.clone();
     let stats = connect(&server.url).await?;

@@ -12,23 +12,36 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{connect, row, Latencies, Progress, Server};
+use crate::bounds::{decimal, whole};
+
+/// The most activities one mode enqueues (measured, unmeasured or steady).
+const MAX_SAMPLES: u64 = 1_000_000;
+/// The most polling samples: each waits up to 200 ms, so about 30 minutes.
+const MAX_POLL_SAMPLES: u64 = 10_000;
+/// The fastest steady load, in activities per second.
+const MAX_RATE: f64 = 100_000.0;
+/// The slowest: one activity every 10 seconds.
+const MIN_RATE: f64 = 0.1;
 
 #[derive(Debug, Args)]
 pub(crate) struct LatencyArgs {
-    /// Measured activities per mode (local and remote).
-    #[arg(long, default_value_t = 1000)]
+    /// Measured activities per mode (local and remote; 1 to 1000000).
+    #[arg(long, default_value_t = 1000, value_parser = whole(1, MAX_SAMPLES, "activities"))]
     samples: u64,
-    /// Unmeasured activities before each mode.
-    #[arg(long, default_value_t = 100)]
+    /// Unmeasured activities before each mode (at most 1000000).
+    #[arg(long, default_value_t = 100, value_parser = whole(0, MAX_SAMPLES, "activities"))]
     warmup: u64,
-    /// Measured activities in the polling mode (each waits up to 200 ms).
-    #[arg(long, default_value_t = 100)]
+    /// Measured activities in the polling mode (each waits up to 200 ms; 1
+    /// to 10000).
+    #[arg(long, default_value_t = 100,
+          value_parser = whole(1, MAX_POLL_SAMPLES, "activities (each waits up to 200 ms)"))]
     poll_samples: u64,
-    /// Also measure under a steady load of this many activities per second.
-    #[arg(long)]
+    /// Also measure under a steady load of this many activities per second
+    /// (0.1 to 100000).
+    #[arg(long, value_parser = decimal(MIN_RATE, MAX_RATE, "activities per second"))]
     rate: Option<f64>,
-    /// Activities enqueued in the steady-load variant.
-    #[arg(long, default_value_t = 3000)]
+    /// Activities enqueued in the steady-load variant (1 to 1000000).
+    #[arg(long, default_value_t = 3000, value_parser = whole(1, MAX_SAMPLES, "activities"))]
     steady_samples: u64,
 }
 

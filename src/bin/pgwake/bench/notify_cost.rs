@@ -26,20 +26,26 @@ use serde_json::{json, Value};
 use tokio_postgres::{AsyncMessage, Client, Statement};
 
 use super::{connect, Progress, Server};
+use crate::bounds::{decimal, whole, MAX_BENCH_CONNECTIONS, MAX_BENCH_SECONDS};
+
+/// The most slices a variant's seconds are cut into.
+const MAX_ROUNDS: usize = 1000;
 
 #[derive(Debug, Args)]
 pub(crate) struct NotifyCostArgs {
     /// Concurrent producers to measure, comma-separated; each producer is
-    /// one connection enqueuing one activity per transaction.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16])]
+    /// one connection enqueuing one activity per transaction (1 to 256).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16],
+          value_parser = whole(1, MAX_BENCH_CONNECTIONS, "connections"))]
     producers: Vec<usize>,
-    /// Measured seconds per variant and producer count.
-    #[arg(long, default_value_t = 3.0)]
+    /// Measured seconds per variant and producer count (0.1 to 3600).
+    #[arg(long, default_value_t = 3.0,
+          value_parser = decimal(0.1, MAX_BENCH_SECONDS as f64, "seconds (1 hour)"))]
     seconds: f64,
     /// Slices each variant's seconds are cut into, the variants taking
     /// turns, so that a slow spell of the machine or its disk spreads over
-    /// all of them instead of landing on one.
-    #[arg(long, default_value_t = 3)]
+    /// all of them instead of landing on one. 1 to 1000.
+    #[arg(long, default_value_t = 3, value_parser = whole(1, MAX_ROUNDS, "rounds"))]
     rounds: usize,
 }
 
@@ -297,16 +303,9 @@ async fn run_variant(
 }
 
 pub(crate) async fn run(server: Server, args: NotifyCostArgs) -> Result<(Value, Value), String> {
-    if args.producers.is_empty()
-        || args.producers.contains(&0)
-        || args.seconds <= 0.0
-        || args.rounds == 0
-    {
-        return Err(
-            "--producers must list counts of at least 1, --seconds must be positive \
-                    and --rounds at least 1"
-                .into(),
-        );
+    // Each count, --seconds and --rounds are bounded when parsed.
+    if args.producers.is_empty() {
+        return Err("--producers must list at least one count".into());
     }
     println!("notify-cost on {}", server.description);
     let description = server.description.clone();

@@ -18,11 +18,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
 use super::{connect, row, Progress, Server};
+use crate::bounds::whole;
+
+/// The most outages of each kind (a server restart takes seconds).
+const MAX_REPEATS: usize = 1000;
 
 #[derive(Debug, Args)]
 pub(crate) struct RecoveryArgs {
-    /// Measured outages of each kind; the median is reported.
-    #[arg(long, default_value_t = 5)]
+    /// Measured outages of each kind; the median is reported (1 to 1000).
+    #[arg(long, default_value_t = 5, value_parser = whole(1, MAX_REPEATS, "outages"))]
     repeats: usize,
 }
 
@@ -375,9 +379,6 @@ pub(crate) async fn run(
     durable: bool,
     args: RecoveryArgs,
 ) -> Result<(Value, Value), String> {
-    if args.repeats == 0 {
-        return Err("--repeats must be at least 1".into());
-    }
     let given_server = url.is_some();
     let mut server = Server::open(url, durable).await?;
     println!("recovery on {}", server.description);

@@ -9,23 +9,34 @@ use pgwake::{ActivityTask, ActivityWorker, Runtime, RuntimeConfig, RuntimeHandle
 use serde_json::{json, Value};
 
 use super::{connect, Progress, Server};
+use crate::bounds::{whole, MAX_BENCH_CONNECTIONS, MAX_BENCH_SECONDS, MAX_CONCURRENCY};
+
+/// The most activities bulk-inserted per run.
+const MAX_TASKS: u64 = 10_000_000;
+/// The most worker actors (they share a pool of at most 32 connections).
+const MAX_WORKERS: usize = 1000;
 
 #[derive(Debug, Args)]
 pub(crate) struct ThroughputArgs {
-    /// Activities bulk-inserted and drained in each of the first two runs.
-    #[arg(long, default_value_t = 20_000)]
+    /// Activities bulk-inserted and drained in each of the first two runs
+    /// (1 to 10000000).
+    #[arg(long, default_value_t = 20_000, value_parser = whole(1, MAX_TASKS, "activities"))]
     tasks: u64,
-    /// Worker actors.
-    #[arg(long, default_value_t = 8)]
+    /// Worker actors (1 to 1000).
+    #[arg(long, default_value_t = 8, value_parser = whole(1, MAX_WORKERS, "workers"))]
     workers: usize,
-    /// Activities each worker claims and runs at once in the batch run.
-    #[arg(long, default_value_t = 100)]
+    /// Activities each worker claims and runs at once in the batch run (1
+    /// to 10000).
+    #[arg(long, default_value_t = 100,
+          value_parser = whole(1, MAX_CONCURRENCY, "activities at once (the runtime's limit)"))]
     batch: usize,
-    /// Producer connections in the mixed run.
-    #[arg(long, default_value_t = 4)]
+    /// Producer connections in the mixed run (1 to 256).
+    #[arg(long, default_value_t = 4,
+          value_parser = whole(1, MAX_BENCH_CONNECTIONS, "connections"))]
     producers: usize,
-    /// Length of the mixed run, in seconds.
-    #[arg(long, default_value_t = 10)]
+    /// Length of the mixed run, in seconds (1 to 3600).
+    #[arg(long, default_value_t = 10,
+          value_parser = whole(1, MAX_BENCH_SECONDS, "seconds (1 hour)"))]
     mixed_seconds: u64,
 }
 

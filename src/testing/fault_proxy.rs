@@ -66,6 +66,9 @@ struct Shared {
     /// A watch rather than an atomic so that paused pumps sleep until it
     /// changes instead of polling.
     blackhole: watch::Sender<bool>,
+    /// Bumped to silence, for good, every connection open at that moment;
+    /// each connection knows the epoch it was accepted in.
+    silence: watch::Sender<u64>,
     accepted: AtomicU64,
     open: AtomicUsize,
 }
@@ -103,6 +106,7 @@ impl FaultProxy {
             shut_down: AtomicBool::new(false),
             kill: watch::channel(0).0,
             blackhole: watch::channel(false).0,
+            silence: watch::channel(0).0,
             accepted: AtomicU64::new(0),
             open: AtomicUsize::new(0),
         });
@@ -241,6 +245,33 @@ impl FaultProxy {
         self.shared.blackhole.send_replace(blackhole);
     }
 
+    /// Silences, for good, every connection open now: no byte crosses them
+    /// again in either direction, yet their sockets stay open, so neither
+    /// side gets an error. Connections accepted afterwards work normally.
+    /// This is what a NAT, load balancer or proxy that lost its state after
+    /// a partition does to old connections while new ones get through: the
+    /// case where only a client-side deadline ends the wait.
+    ///
+    /// ```
+    /// # async fn example(proxy: &pgwake::testing::FaultProxy, url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    ///
+    /// let old = pgwake::ConnectionConfig::from_url(&proxy.proxied_url(url))?.connect().await?;
+    /// proxy.silence_open_connections();
+    /// let query = tokio::time::timeout(Duration::from_millis(200), old.simple_query("SELECT 1"));
+    /// assert!(query.await.is_err()); // silence, not an error
+    /// let new = pgwake::ConnectionConfig::from_url(&proxy.proxied_url(url))?.connect().await?;
+    /// new.simple_query("SELECT 1").await?; // new connections work
+    /// # Ok(()) }
+    /// ```
+    pub fn silence_open_connections(&self) {
+        tracing::debug!(
+            open = self.open_connections(),
+            "fault proxy silencing open connections"
+        );
+        self.shared.silence.send_modify(|epoch| *epoch += 1);
+    }
+
     /// Connections accepted since the proxy started, refused ones included.
     ///
     /// ```
@@ -360,6 +391,8 @@ async fn serve(
 }
 
 async fn forward(mut client: TcpStream, shared: &Shared) -> io::Result<()> {
+    // Accepted in this epoch: silenced by any later bump.
+    let epoch = *shared.silence.borrow();
     let mut blackhole = shared.blackhole.subscribe();
     wait_while_blackholed(&mut blackhole).await?;
     let mut server = TcpStream::connect(shared.upstream).await?;
@@ -370,8 +403,16 @@ async fn forward(mut client: TcpStream, shared: &Shared) -> io::Result<()> {
     let (client_read, client_write) = client.split();
     let (server_read, server_write) = server.split();
     tokio::try_join!(
-        pump(client_read, server_write, shared.blackhole.subscribe()),
-        pump(server_read, client_write, blackhole),
+        pump(
+            client_read,
+            server_write,
+            Pause::new(shared.blackhole.subscribe(), shared, epoch)
+        ),
+        pump(
+            server_read,
+            client_write,
+            Pause::new(blackhole, shared, epoch)
+        ),
     )?;
     Ok(())
 }
@@ -382,20 +423,46 @@ async fn forward(mut client: TcpStream, shared: &Shared) -> io::Result<()> {
 async fn pump(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
-    mut blackhole: watch::Receiver<bool>,
+    mut pause: Pause,
 ) -> io::Result<()> {
     let mut buffer = vec![0; CHUNK];
     loop {
         // Not reading while blackholed is what makes the peer's writes
         // neither fail nor arrive: they queue in the kernel, as on a dead link.
-        wait_while_blackholed(&mut blackhole).await?;
+        pause.wait().await?;
         let read = from.read(&mut buffer).await?;
         // The read may have been waiting when the blackhole started.
-        wait_while_blackholed(&mut blackhole).await?;
+        pause.wait().await?;
         if read == 0 {
             return to.shutdown().await;
         }
         to.write_all(&buffer[..read]).await?;
+    }
+}
+
+/// What stops one direction of a connection: the blackhole while it lasts,
+/// or a silencing of the connection's epoch for good.
+struct Pause {
+    blackhole: watch::Receiver<bool>,
+    silence: watch::Receiver<u64>,
+    epoch: u64,
+}
+
+impl Pause {
+    fn new(blackhole: watch::Receiver<bool>, shared: &Shared, epoch: u64) -> Self {
+        Self {
+            blackhole,
+            silence: shared.silence.subscribe(),
+            epoch,
+        }
+    }
+
+    async fn wait(&mut self) -> io::Result<()> {
+        if *self.silence.borrow_and_update() > self.epoch {
+            // Silenced: hold the sockets open until the connection is killed.
+            std::future::pending::<()>().await;
+        }
+        wait_while_blackholed(&mut self.blackhole).await
     }
 }
 

@@ -25,14 +25,29 @@
 //! server.restart()?; // same port, same data
 //! # Ok(()) }
 //! ```
+//!
+//! Tests of what a connection pooler changes put a throwaway [`PgBouncer`]
+//! (the machine's `pgbouncer` binary) in front of a server:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let database = pgwake::testing::fresh_database().await?;
+//! let bouncer = pgwake::testing::PgBouncer::builder(database.url())
+//!     .default_pool_size(1) // transaction mode, one server backend for all
+//!     .start()?;
+//! let through_bouncer = bouncer.url();
+//! # Ok(()) }
+//! ```
 
 mod cluster;
 mod databases;
 mod fault_proxy;
+mod pgbouncer;
 
 pub use cluster::TestPostgres;
 pub use databases::{fresh_database, fresh_empty_database, TestDatabase, TestDatabases};
 pub use fault_proxy::FaultProxy;
+pub use pgbouncer::{PgBouncer, PgBouncerBuilder, PgBouncerError, PoolMode};
 
 use std::path::PathBuf;
 

@@ -16,7 +16,8 @@
 //! Settings (environment): `BIND_ADDR` (default `127.0.0.1:8080`),
 //! `SHIP_DELAY_MS` (the wait between charge and ship, default 500),
 //! `HEALTH_GRACE_MS` (how long a listener may be down before `/health`
-//! answers 503, default 10000), `RUST_LOG` (default `info`).
+//! answers 503, default 10000; a stuck worker makes it 503 at once),
+//! `RUST_LOG` (default `info`).
 //!
 //! SIGTERM or SIGINT stops the HTTP server first (requests in flight finish),
 //! then the runtime (running activities finish or give their leases back).
@@ -362,10 +363,26 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
             (queue.clone(), counters)
         })
         .collect();
+    // A worker whose claim or recording ran past its deadline makes no
+    // progress: as unhealthy as a listener that stays down.
+    let workers: Vec<Value> = health
+        .workers
+        .iter()
+        .map(|w| {
+            healthy &= !w.stuck;
+            json!({
+                "worker": w.worker, "queues": w.queues, "stuck": w.stuck,
+                "slots_used": w.slots_used, "concurrency": w.concurrency,
+                "seconds_claiming": w.claiming_for.map(|d| d.as_secs_f64()),
+                "seconds_recording": w.recording_for.map(|d| d.as_secs_f64()),
+            })
+        })
+        .collect();
     let body = json!({
         "status": if healthy { "ok" } else { "degraded" },
         "listeners": listeners,
         "queues": queues,
+        "workers": workers,
     });
     if healthy {
         HttpResponse::Ok().json(body)

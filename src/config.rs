@@ -151,6 +151,12 @@ impl RuntimeConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        if let Err(reason) = self.store.validate() {
+            return Err(BuildError::Setting {
+                name: "store",
+                reason,
+            });
+        }
         if let Some(schema) = &self.schema {
             let valid = !schema.is_empty()
                 && schema.len() + ".workflow_tasks".len() <= 63

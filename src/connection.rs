@@ -33,6 +33,21 @@ use crate::error::ConnectError;
 /// ```
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Silence after which TCP keepalive probes start, unless the URL says.
+///
+/// ```
+/// assert_eq!(pgwake::connection::DEFAULT_KEEPALIVES_IDLE, std::time::Duration::from_secs(30));
+/// ```
+pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+
+/// How long sent data may stay unacknowledged before the connection is
+/// dropped (`TCP_USER_TIMEOUT`, Linux), unless the URL says.
+///
+/// ```
+/// assert_eq!(pgwake::connection::DEFAULT_TCP_USER_TIMEOUT, std::time::Duration::from_secs(30));
+/// ```
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A connection whose messages (notifications included) the caller polls.
 ///
 /// ```
@@ -68,7 +83,22 @@ pub struct ConnectionConfig {
 }
 
 impl ConnectionConfig {
-    /// Parses `url`, applying [`DEFAULT_CONNECT_TIMEOUT`] when the URL sets none.
+    /// Parses `url`, applying [`DEFAULT_CONNECT_TIMEOUT`] when the URL sets
+    /// none, and TCP settings that notice a dead peer within about a minute
+    /// instead of the operating system's two hours: keepalives after
+    /// [`DEFAULT_KEEPALIVES_IDLE`] of silence every 10 s, 3 probes, and a
+    /// [`DEFAULT_TCP_USER_TIMEOUT`] on unacknowledged data (Linux). A URL's
+    /// own `keepalives_idle` or `tcp_user_timeout` wins.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = pgwake::ConnectionConfig::from_url("postgres://h/db").unwrap();
+    /// let tcp = config.postgres_config();
+    /// assert_eq!(tcp.get_keepalives_idle(), pgwake::connection::DEFAULT_KEEPALIVES_IDLE);
+    /// assert_eq!(tcp.get_tcp_user_timeout(), Some(&pgwake::connection::DEFAULT_TCP_USER_TIMEOUT));
+    /// let config = pgwake::ConnectionConfig::from_url("postgres://h/db?tcp_user_timeout=5").unwrap();
+    /// assert_eq!(config.postgres_config().get_tcp_user_timeout(), Some(&Duration::from_secs(5)));
+    /// ```
     ///
     /// # Errors
     /// [`ConnectError::InvalidUrl`] naming what is wrong, without echoing the URL.
@@ -90,6 +120,19 @@ impl ConnectionConfig {
         }
         if postgres.get_connect_timeout().is_none() {
             postgres.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        // tokio-postgres' defaults, which only a URL that sets nothing keeps.
+        if postgres.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            postgres.keepalives_idle(DEFAULT_KEEPALIVES_IDLE);
+        }
+        if postgres.get_keepalives_interval().is_none() {
+            postgres.keepalives_interval(Duration::from_secs(10));
+        }
+        if postgres.get_keepalives_retries().is_none() {
+            postgres.keepalives_retries(3);
+        }
+        if postgres.get_tcp_user_timeout().is_none() {
+            postgres.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
         }
         let redacted = redact(&postgres);
         Ok(Self { postgres, redacted })

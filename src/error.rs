@@ -80,16 +80,40 @@ impl ConnectError {
     }
 }
 
-/// Connection failures, resource exhaustion, a server shutting down or
-/// starting up, and serialization conflicts pass; authentication failures
-/// (class 28), a missing database (3D) and everything else do not.
+/// Whether a driver error may go away if the same request is tried again
+/// later. Transient: the connection closed or failed (I/O, connecting, a
+/// timeout waiting for the server, a garbled reply), and these SQLSTATEs of
+/// the server: class 08 (connection exception), 53 (insufficient
+/// resources), 57 (operator intervention: a server shutting down or
+/// starting up, `57014` query_canceled by `statement_timeout`), 40
+/// (transaction rollback: serialization failure, deadlock) and `55P03`
+/// lock_not_available (`lock_timeout`). Everything else is permanent: the
+/// same request fails the same way, e.g. class 22 (data exception: a value
+/// out of range, invalid input), 23 (a constraint), 28 (authentication), 3D
+/// (no such database), 42 (bad SQL or privileges), and the driver's own
+/// refusals (a value it cannot convert, an unexpected number of rows).
 pub(crate) fn is_transient_postgres_error(error: &tokio_postgres::Error) -> bool {
-    if error.is_closed() || error.as_db_error().is_none() {
+    if error.is_closed() {
         return true;
     }
-    error
-        .code()
-        .is_some_and(|code| matches!(&code.code()[..2], "08" | "53" | "57" | "40"))
+    if let Some(code) = error.code() {
+        return is_transient_sqlstate(code);
+    }
+    // No server error: the driver's. Its kind is private; I/O failures
+    // (reading, writing, connecting) carry the io::Error as their source,
+    // and the two source-less transient kinds are told by their message.
+    let io_failure =
+        std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>());
+    io_failure || {
+        let message = error.to_string();
+        message == "timeout waiting for server" || message == "unexpected message from server"
+    }
+}
+
+/// The SQLSTATEs [`is_transient_postgres_error`] retries.
+fn is_transient_sqlstate(code: &tokio_postgres::error::SqlState) -> bool {
+    use tokio_postgres::error::SqlState;
+    *code == SqlState::LOCK_NOT_AVAILABLE || matches!(&code.code()[..2], "08" | "53" | "57" | "40")
 }
 
 /// Why a schema migration was refused or failed.
@@ -187,9 +211,21 @@ pub enum MigrateError {
 
 /// Why a store operation was refused or failed.
 ///
+/// What a worker does with one, in this order:
+/// - [`LeaseLost`](Self::LeaseLost): stop working on the task and record
+///   nothing; another worker has it (or it is done).
+/// - [`is_transient`](Self::is_transient) (a connection failure, a lock or
+///   statement timeout, a deadlock, [`InstanceBusy`](Self::InstanceBusy)
+///   ...): try the same call again later; the lease still holds the task.
+/// - anything else is permanent for this task: the same call fails the
+///   same way every time (a payload too large, a value PostgreSQL rejects,
+///   a decision over a bound), so retrying only burns leases. Record a
+///   failure instead (an activity's error, a workflow's failed outcome).
+///
 /// ```
 /// let err = pgwake::StoreError::NoQueues;
 /// assert_eq!(err.to_string(), "no queues given: name at least one queue");
+/// assert!(!err.is_transient()); // a wrong request stays wrong
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -266,6 +302,35 @@ pub enum StoreError {
         /// The caller.
         worker: String,
     },
+    /// The activity's workflow instance is locked by another transaction
+    /// (a workflow completion in progress, or a session outside pgwake), so
+    /// [`Store::complete_activity_tasks`](crate::Store::complete_activity_tasks)
+    /// neither recorded nor dropped this result rather than wait for it.
+    /// Transient: the activity keeps its lease; complete it again shortly.
+    #[error(
+        "workflow instance {instance_id:?} is locked by another transaction: the activity's \
+         result was not recorded and will be retried (the activity keeps its lease)"
+    )]
+    InstanceBusy {
+        /// The owning instance.
+        instance_id: String,
+    },
+    /// A workflow decision holds more commands of one kind than one
+    /// transaction should apply ([`MAX_COMMANDS_PER_DECISION`](crate::store::MAX_COMMANDS_PER_DECISION)).
+    /// Nothing was written.
+    #[error(
+        "a workflow decision with {count} {kind} is refused: one decision holds at most {limit} \
+         of each kind; spread them over several workflow tasks (schedule {limit}, and the rest \
+         as those complete)"
+    )]
+    TooManyCommands {
+        /// Which kind: `activities`, `timers`, `sub-workflows` ...
+        kind: &'static str,
+        /// How many the decision held.
+        count: usize,
+        /// The bound.
+        limit: usize,
+    },
     /// A payload could not be (de)serialized.
     #[error("payload is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -278,6 +343,27 @@ pub enum StoreError {
     /// No connection could be had from the pool in time.
     #[error("no database connection available: {0}")]
     Pool(String),
+    /// An operation ran past its deadline ([`StoreOptions::operation_timeout`](crate::StoreOptions::operation_timeout)):
+    /// the server or the network did not answer in time. Its connection was
+    /// discarded. Transient; a write's outcome is unknown (it may have
+    /// committed), which its fencing and idempotence make safe to retry.
+    #[error(
+        "{context}: no answer within {after:?} (StoreOptions::operation_timeout); the connection \
+         was discarded. Check the server and the network; raise the timeout if the database is \
+         just slow"
+    )]
+    Timeout {
+        /// What we were doing.
+        context: &'static str,
+        /// The deadline.
+        after: std::time::Duration,
+    },
+    /// The store's options are out of range.
+    #[error("invalid store options: {reason}")]
+    InvalidOptions {
+        /// Which setting, and what is wrong.
+        reason: String,
+    },
     /// A query failed.
     #[error("{context}: {}", ErrorChain(.source))]
     Database {
@@ -290,16 +376,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying later may succeed: the server or network failed, as
-    /// opposed to the request being wrong.
+    /// Whether retrying later may succeed: the server or network failed, a
+    /// lock or statement timeout or a deadlock ended the attempt, or the
+    /// instance was busy, as opposed to the request being wrong. A value
+    /// PostgreSQL refuses (SQLSTATE class 22: out of range, invalid input)
+    /// is not transient: it would be refused again. [`LeaseLost`](Self::LeaseLost)
+    /// is not either: see the enum's documentation.
     ///
     /// ```
     /// assert!(pgwake::StoreError::Pool("timed out".into()).is_transient());
+    /// assert!(pgwake::StoreError::InstanceBusy { instance_id: "order-7".into() }.is_transient());
     /// assert!(!pgwake::StoreError::NoQueues.is_transient());
     /// ```
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Pool(_) => true,
+            StoreError::Pool(_) | StoreError::InstanceBusy { .. } | StoreError::Timeout { .. } => {
+                true
+            }
             StoreError::Connect(err) => err.is_transient(),
             StoreError::Database { source, .. } => is_transient_postgres_error(source),
             _ => false,
@@ -354,4 +447,89 @@ pub enum RuntimeError {
     /// The database is reachable but its schema is not usable.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::error::SqlState;
+
+    #[test]
+    fn data_exceptions_are_permanent() {
+        for code in [
+            SqlState::DATETIME_FIELD_OVERFLOW, // 22008: timestamp out of range
+            SqlState::NUMERIC_VALUE_OUT_OF_RANGE,
+            SqlState::INTERVAL_FIELD_OVERFLOW,
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            SqlState::DIVISION_BY_ZERO,
+            SqlState::CHARACTER_NOT_IN_REPERTOIRE,
+        ] {
+            assert!(!is_transient_sqlstate(&code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn lock_statement_timeouts_and_rollbacks_are_transient() {
+        for code in [
+            SqlState::LOCK_NOT_AVAILABLE, // 55P03: lock_timeout
+            SqlState::QUERY_CANCELED,     // 57014: statement_timeout
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::CONNECTION_FAILURE,
+        ] {
+            assert!(is_transient_sqlstate(&code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn other_server_refusals_are_permanent() {
+        for code in [
+            SqlState::OBJECT_IN_USE, // 55006: class 55, but not a lock timeout
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_CATALOG_NAME,
+            SqlState::UNDEFINED_TABLE,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ] {
+            assert!(!is_transient_sqlstate(&code), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_timeout_waiting_for_the_server_is_transient() {
+        let error = tokio_postgres::Error::__private_api_timeout();
+        assert!(is_transient_postgres_error(&error));
+        let error = StoreError::Database {
+            context: "claiming activity tasks",
+            source: tokio_postgres::Error::__private_api_timeout(),
+        };
+        assert!(error.is_transient());
+    }
+
+    #[test]
+    fn bounds_and_lost_leases_are_not_transient() {
+        let too_many = StoreError::TooManyCommands {
+            kind: "activities",
+            count: 10_001,
+            limit: 10_000,
+        };
+        assert!(!too_many.is_transient());
+        let lost = StoreError::LeaseLost {
+            task: "activity a of i".into(),
+            worker: "w".into(),
+        };
+        assert!(!lost.is_transient());
+        let busy = StoreError::InstanceBusy {
+            instance_id: "i".into(),
+        };
+        assert!(busy.is_transient());
+        assert!(
+            busy.to_string().contains("locked by another transaction"),
+            "{busy}"
+        );
+        assert!(busy.to_string().contains("will be retried"), "{busy}");
+    }
 }

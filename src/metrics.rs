@@ -19,7 +19,7 @@
 //! | Name | Type | Labels | Meaning |
 //! | --- | --- | --- | --- |
 //! | `pgwake_notifications_received_total` | counter | `channel` | Notifications this process's listener received on `channel`, including those then dropped. |
-//! | `pgwake_notifications_dropped_total` | counter | `channel`, `reason` | Received notifications that woke nobody. `reason`: `invalid_payload` (the payload is not a valid queue name), `own_echo` (sent by this process's notifier, whose workers were already woken in-process), `unserved_queue` (no worker of this process serves the queue). |
+//! | `pgwake_notifications_dropped_total` | counter | `channel`, `reason` | Received notifications that woke nobody. `reason`: `invalid_payload` (the payload is not a valid queue name), `unserved_queue` (no worker of this process serves the queue). |
 //! | `pgwake_wakeups_total` | counter | `kind`, `queue`, `reason` | Wake-ups delivered to workers, per queue; a wake-up for every queue of a worker (a resync, or a notification with an empty payload) counts once for each of its queues. `reason`: `notification`, `resync` (a listener (re)connected), `local` (this process committed work), `more_work` (a worker claimed a full batch). |
 //! | `pgwake_polls_total` | counter | `kind`, `queue` | Polls (claim queries) by workers; `queue` is the worker's queue set, its names joined with `,` (queue names cannot hold a comma). A workflow worker's poll runs claim statements until one finds nothing or its free capacity is filled, and counts once. |
 //! | `pgwake_empty_polls_total` | counter | `kind`, `queue` | Polls that claimed nothing (`queue` as for `pgwake_polls_total`). |
@@ -37,7 +37,6 @@
 //! | `pgwake_listener_listening` | gauge | `channel` | 1 while the listener of `channel` is listening, 0 while it connects, backs off after a loss, or is stopped. |
 //! | `pgwake_listener_reconnects_total` | counter | `channel` | Successful `LISTEN`s after one or more failed attempts or a lost connection. |
 //! | `pgwake_notifications_sent_total` | counter | `channel` | NOTIFYs this process's notifier sent for its own writes (one per queue per send). |
-//! | `pgwake_trailing_notifications_skipped_total` | counter | `channel` | Trailing-edge NOTIFYs not sent because this process's listener had received one for the queue after the commits they covered. |
 //! | `pgwake_notification_queue_usage` | gauge | | The fraction (0 to 1) of PostgreSQL's notification queue in use, from `pg_notification_queue_usage()`: server-wide, not per process. Sampled every 10 s by the notifier while it has a connection (it connects at the first write through the runtime's store; never in poll-only mode). When full, `NOTIFY` fails: a listening session is not consuming (typically one left idle in a transaction). |
 //!
 //! Label values: `kind` is `workflow` or `activity`; `channel` is the
@@ -64,7 +63,7 @@ use crate::store::{ActivityTask, Queue, WorkflowTask};
 /// ```
 pub const NOTIFICATIONS_RECEIVED: &str = "pgwake_notifications_received_total";
 /// Counter: received notifications that woke nobody (labels `channel`, `reason`:
-/// `invalid_payload`, `own_echo`, `unserved_queue`).
+/// `invalid_payload`, `unserved_queue`).
 ///
 /// ```
 /// assert_eq!(pgwake::metrics::NOTIFICATIONS_DROPPED, "pgwake_notifications_dropped_total");
@@ -176,13 +175,6 @@ pub const LISTENER_RECONNECTS: &str = "pgwake_listener_reconnects_total";
 /// assert_eq!(pgwake::metrics::NOTIFICATIONS_SENT, "pgwake_notifications_sent_total");
 /// ```
 pub const NOTIFICATIONS_SENT: &str = "pgwake_notifications_sent_total";
-/// Counter: trailing-edge NOTIFYs skipped because the other processes were
-/// already notified (label `channel`).
-///
-/// ```
-/// assert_eq!(pgwake::metrics::TRAILING_NOTIFICATIONS_SKIPPED, "pgwake_trailing_notifications_skipped_total");
-/// ```
-pub const TRAILING_NOTIFICATIONS_SKIPPED: &str = "pgwake_trailing_notifications_skipped_total";
 /// Gauge: the fraction (0 to 1) of PostgreSQL's notification queue in use.
 ///
 /// ```
@@ -243,7 +235,7 @@ const fn gauge_def(name: &'static str, help: &'static str) -> Metric {
 /// Every metric pgwake records, in the order of the table above.
 const METRICS: &[Metric] = &[
     counter_def(NOTIFICATIONS_RECEIVED, "Notifications received by this process's listener, including those then dropped."),
-    counter_def(NOTIFICATIONS_DROPPED, "Received notifications that woke nobody: invalid_payload, own_echo (already woken in-process), unserved_queue."),
+    counter_def(NOTIFICATIONS_DROPPED, "Received notifications that woke nobody: invalid_payload, unserved_queue."),
     counter_def(WAKEUPS, "Wake-ups delivered to workers, per queue, by reason: notification, resync, local, more_work."),
     counter_def(POLLS, "Polls (claim queries) by workers; queue is the worker's queues joined with ','."),
     counter_def(EMPTY_POLLS, "Polls that claimed nothing."),
@@ -261,7 +253,6 @@ const METRICS: &[Metric] = &[
     gauge_def(LISTENER_LISTENING, "1 while the listener of the channel is listening, else 0."),
     counter_def(LISTENER_RECONNECTS, "Successful LISTENs after one or more failed attempts or a lost connection."),
     counter_def(NOTIFICATIONS_SENT, "NOTIFYs sent by this process's notifier for its own writes (one per queue per send)."),
-    counter_def(TRAILING_NOTIFICATIONS_SKIPPED, "Trailing-edge NOTIFYs skipped because this process's listener saw one for the queue after the commits they covered."),
     gauge_def(NOTIFICATION_QUEUE_USAGE, "Fraction (0 to 1) of PostgreSQL's notification queue in use, server-wide, from pg_notification_queue_usage()."),
 ];
 
@@ -289,7 +280,6 @@ pub fn describe() {
 
 /// The reasons of [`NOTIFICATIONS_DROPPED`].
 pub(crate) const DROP_INVALID_PAYLOAD: &str = "invalid_payload";
-pub(crate) const DROP_OWN_ECHO: &str = "own_echo";
 pub(crate) const DROP_UNSERVED_QUEUE: &str = "unserved_queue";
 
 fn kind_label(kind: TaskKind) -> &'static str {
@@ -446,12 +436,6 @@ pub(crate) fn completion_duration(kind: TaskKind, started: Instant) {
 pub(crate) fn notifications_sent(batch: &[(String, String)]) {
     for (channel, _) in batch {
         counter!(NOTIFICATIONS_SENT, "channel" => channel.clone()).increment(1);
-    }
-}
-
-pub(crate) fn trailing_notification_skipped(channel: Option<&String>) {
-    if let Some(channel) = channel {
-        counter!(TRAILING_NOTIFICATIONS_SKIPPED, "channel" => channel.clone()).increment(1);
     }
 }
 

@@ -71,6 +71,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(2, "add_notify_triggers", "000002_add_notify_triggers"),
     migration!(3, "add_due_time_indexes", "000003_add_due_time_indexes"),
     migration!(4, "statement_level_notify", "000004_statement_level_notify"),
+    migration!(5, "lease_ids", "000005_lease_ids"),
 ];
 
 /// The newest version this binary carries: what [`up`] goes to by default

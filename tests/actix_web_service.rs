@@ -304,3 +304,41 @@ async fn health_says_503_once_a_listener_is_down_past_the_grace_period() {
     service.stop().await;
     drop(server);
 }
+
+#[actix_rt::test]
+async fn health_says_503_while_a_worker_cannot_reach_the_database() {
+    // The pool goes through a proxy that falls silent; the listeners do not.
+    let server = TestPostgres::new().unwrap();
+    let database = server.create_database().await.unwrap();
+    let upstream = format!("127.0.0.1:{}", server.port()).parse().unwrap();
+    let proxy = FaultProxy::start(upstream).await.unwrap();
+    let mut config = service::Config::new(&proxy.proxied_url(database.url()));
+    config.runtime.listener_url = Some(database.url().to_string());
+    config.runtime.fallback_while_listening = Duration::from_millis(200);
+    config.runtime.store.operation_timeout = Duration::from_millis(500);
+    config.runtime.store.statement_timeout = Duration::from_millis(400);
+    config.runtime.store.lock_timeout = Duration::from_millis(300);
+    let (service, http) = start(config).await;
+    wait_healthy(&http).await;
+
+    proxy.set_blackhole(true);
+    let stuck = http
+        .get_until("/health", "503", |status, _| status == 503)
+        .await;
+    assert_eq!(stuck["status"], "degraded");
+    assert!(stuck["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w["stuck"] == true));
+
+    proxy.set_blackhole(false);
+    let health = wait_healthy(&http).await;
+    assert!(health["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["stuck"] == false));
+    service.stop().await;
+    drop(server);
+}

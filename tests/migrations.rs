@@ -7,8 +7,9 @@ use pgwake::testing::fresh_empty_database;
 use pgwake::MigrateError;
 use support::{connect, drain_until_sentinel, listen};
 
-/// go-workflows' columns, `table.column type [not null]`, in table order.
-const EXPECTED_COLUMNS: &str = "\
+/// go-workflows' columns, `table.column type [not null]`, in table order:
+/// the schema of versions 1 to 4.
+const GO_WORKFLOWS_COLUMNS: &str = "\
 activities.id bigint not null
 activities.activity_id character varying(128) not null
 activities.instance_id character varying(128) not null
@@ -77,6 +78,23 @@ const EXPECTED_INDEXES_V1: &[&str] = &[
     "pending_events(instance_id,execution_id)",
     "pending_events(instance_id,execution_id,visible_at,schedule_event_id)",
 ];
+
+/// The columns at the newest version: go-workflows' and, after each table's
+/// last one, the `lease_id` of migration 5.
+fn expected_columns() -> String {
+    GO_WORKFLOWS_COLUMNS
+        .lines()
+        .flat_map(|line| {
+            let lease_id = match line {
+                "activities.worker character varying(64)" => Some("activities.lease_id bigint"),
+                "instances.worker character varying(64)" => Some("instances.lease_id bigint"),
+                _ => None,
+            };
+            std::iter::once(line).chain(lease_id)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 const TABLES: &str = "'instances','pending_events','history','activities','attributes'";
 
@@ -179,7 +197,7 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
         report.applied,
         MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>()
     );
-    assert_eq!(columns(&client).await, EXPECTED_COLUMNS);
+    assert_eq!(columns(&client).await, expected_columns());
     let v1_indexes: Vec<String> = EXPECTED_INDEXES_V1.iter().map(|s| s.to_string()).collect();
     for index in &v1_indexes {
         assert!(
@@ -202,6 +220,12 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
         ]
     );
 
+    let report = migrate::down(&mut client, DownSteps::Steps(1))
+        .await
+        .unwrap();
+    assert_eq!(report.to, Some(4));
+    assert_eq!(columns(&client).await, GO_WORKFLOWS_COLUMNS);
+
     let report = migrate::down(&mut client, DownSteps::All).await.unwrap();
     assert_eq!(report.to, None);
     assert_eq!(table_count(&client).await, 0);
@@ -215,7 +239,7 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
     assert_eq!((status.version, status.dirty), (None, false));
 
     migrate::up(&mut client, None).await.unwrap();
-    assert_eq!(columns(&client).await, EXPECTED_COLUMNS);
+    assert_eq!(columns(&client).await, expected_columns());
     assert_eq!(
         triggers(&client).await,
         [

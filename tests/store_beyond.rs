@@ -164,7 +164,7 @@ async fn an_expired_workflow_lease_is_reclaimed_and_the_late_completion_is_refus
         types(&task2.new_events),
         [EventType::WorkflowExecutionStarted]
     );
-    assert_ne!(task2.lease.locked_until, task1.lease.locked_until);
+    assert_ne!(task2.lease.locked_until(), task1.lease.locked_until());
 
     let late = WorkflowCompletion {
         sub_workflows: vec![StartSubWorkflow {
@@ -203,7 +203,7 @@ async fn an_expired_workflow_lease_is_reclaimed_and_the_late_completion_is_refus
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "w2");
-    assert_eq!(row.get::<_, SystemTime>(1), task2.lease.locked_until);
+    assert_eq!(row.get::<_, SystemTime>(1), task2.lease.locked_until());
     assert_eq!(row.get::<_, i32>(2), 0);
     let snapshot = store.instance("i1").await.unwrap().unwrap();
     assert!(snapshot.history.is_empty(), "{:?}", snapshot.history);
@@ -275,15 +275,16 @@ async fn an_expired_activity_lease_is_reclaimed_and_the_old_holder_can_neither_c
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost { .. }), "{err:?}");
-    let before = task1.lease.locked_until;
+    let before = task1.lease.locked_until();
     let err = store
         .extend_activity_task(&mut task1, LEASE)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost { .. }), "{err:?}");
     assert_eq!(
-        task1.lease.locked_until, before,
-        "a failed extend changed the token"
+        task1.lease.locked_until(),
+        before,
+        "a failed extend changed the deadline"
     );
     assert!(!store.release_activity_task(&task1).await.unwrap());
 
@@ -293,7 +294,7 @@ async fn an_expired_activity_lease_is_reclaimed_and_the_old_holder_can_neither_c
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "w2");
-    assert_eq!(row.get::<_, SystemTime>(1), task2.lease.locked_until);
+    assert_eq!(row.get::<_, SystemTime>(1), task2.lease.locked_until());
     assert!(store
         .instance("i1")
         .await
@@ -365,7 +366,7 @@ async fn a_holder_whose_lease_expired_without_being_reclaimed_still_completes() 
         .extend_activity_task(&mut second, LEASE)
         .await
         .unwrap();
-    assert!(second.lease.locked_until > tasks[1].lease.locked_until);
+    assert!(second.lease.locked_until() > tasks[1].lease.locked_until());
     assert_eq!(
         count(
             &sql,
@@ -374,15 +375,16 @@ async fn a_holder_whose_lease_expired_without_being_reclaimed_still_completes() 
         .await,
         1
     );
-    // The old token is dead now; the new one works.
-    assert!(matches!(
-        store.complete_activity_task(&tasks[1], Ok(json!(0))).await,
-        Err(StoreError::LeaseLost { .. })
-    ));
+    // An extension keeps the claim: the copy from before it completes
+    // (as after a lost reply), and then no copy holds the task any more.
     store
-        .complete_activity_task(&second, Ok(json!("extended")))
+        .complete_activity_task(&tasks[1], Ok(json!("extended")))
         .await
         .unwrap();
+    assert!(matches!(
+        store.complete_activity_task(&second, Ok(json!(0))).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
     let pending = store.instance("i1").await.unwrap().unwrap().pending;
     assert_eq!(
         types(&pending),

@@ -136,7 +136,7 @@ async fn claim_returns_a_task() {
         [EventType::WorkflowExecutionStarted]
     );
     assert_eq!(task.new_events[0].attributes, json!("go"));
-    assert_eq!(task.lease.worker, worker("w"));
+    assert_eq!(task.lease.worker(), &worker("w"));
 }
 
 #[actix_rt::test]

@@ -113,6 +113,52 @@ impl ActivityWorker {
         }
     }
 
+    /// A worker for `queues` running a synchronous, CPU-bound or blocking
+    /// `handler` on tokio's blocking thread pool, off the actix arbiter: the
+    /// arbiter goes on routing wake-ups, claiming and heartbeating every
+    /// other task of the process while the handler computes. Use it for
+    /// hashing, compression, image work or a blocking client library; an
+    /// `async` handler that awaits I/O belongs in [`new`](Self::new).
+    ///
+    /// A panic in the handler is caught and recorded as a failure, as for
+    /// [`new`](Self::new). The lease is kept alive while it runs.
+    ///
+    /// ```
+    /// use pgwake::{ActivityTask, ActivityWorker};
+    /// let worker = ActivityWorker::blocking(["thumbnails"], |task: ActivityTask| {
+    ///     let pixels: u64 = (0..1_000_000u64).sum(); // stands for real CPU work
+    ///     Ok::<_, String>(serde_json::json!({ "input": task.input, "pixels": pixels }))
+    /// })
+    /// .concurrency(2);
+    /// ```
+    pub fn blocking<I, S, F, E>(queues: I, handler: F) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+        F: Fn(ActivityTask) -> Result<Value, E> + Send + Sync + 'static,
+        E: Into<HandlerError> + 'static,
+    {
+        let handler = Arc::new(handler);
+        let handler: ActivityFn = Arc::new(move |task| {
+            let handler = handler.clone();
+            async move {
+                match tokio::task::spawn_blocking(move || handler(task).map_err(Into::into)).await {
+                    Ok(result) => result,
+                    // Re-raised here, where the worker catches handler panics.
+                    Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                    Err(join) => Err(format!("blocking handler did not finish: {join}").into()),
+                }
+            }
+            .boxed_local()
+        });
+        Self {
+            queues: queues.into_iter().map(Into::into).collect(),
+            handler,
+            concurrency: 1,
+            lease: DEFAULT_ACTIVITY_LEASE,
+        }
+    }
+
     /// How many activities it runs at once (claimed in one batch).
     ///
     /// ```

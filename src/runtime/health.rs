@@ -94,6 +94,48 @@ pub struct QueueCounters {
     pub leases_lost: u64,
 }
 
+/// One worker's state, as its wake-up state machine and its store calls
+/// leave it.
+///
+/// ```
+/// # fn example(runtime: pgwake::RuntimeHandle) {
+/// for worker in runtime.health().workers {
+///     println!(
+///         "{} ({:?} on {:?}): {}/{} slots, claiming for {:?}, recording for {:?}{}",
+///         worker.worker, worker.kind, worker.queues, worker.slots_used, worker.concurrency,
+///         worker.claiming_for, worker.recording_for, if worker.stuck { ", STUCK" } else { "" },
+///     );
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerHealth {
+    /// The worker's id (also in `activities.worker` / `instances.worker`).
+    pub worker: String,
+    /// The kind of task it runs.
+    pub kind: TaskKind,
+    /// The queues it serves.
+    pub queues: Vec<String>,
+    /// Tasks claimed and not finished (running, or their results being recorded).
+    pub slots_used: usize,
+    /// Its concurrency.
+    pub concurrency: usize,
+    /// How long the claim under way has run, if one is.
+    pub claiming_for: Option<Duration>,
+    /// How long the oldest result being recorded has waited, if any is.
+    pub recording_for: Option<Duration>,
+    /// It has stopped claiming (shutdown).
+    pub stopped: bool,
+    /// How long its claims or recordings have been failing in a row (the
+    /// database unreachable, silent or refusing), if they are.
+    pub failing_for: Option<Duration>,
+    /// The worker makes no progress: a claim or a recording has run, or its
+    /// store calls have kept failing, for longer than twice the store's
+    /// operation deadline. Report unhealthy.
+    pub stuck: bool,
+}
+
 /// A snapshot of the runtime's health.
 ///
 /// ```
@@ -110,6 +152,8 @@ pub struct Health {
     pub listeners: Vec<ListenerHealth>,
     /// Counters per queue (`kind:queue`, e.g. `activity:emails`).
     pub queues: BTreeMap<String, QueueCounters>,
+    /// Every worker of the runtime, by id.
+    pub workers: Vec<WorkerHealth>,
 }
 
 impl Health {
@@ -123,7 +167,7 @@ impl Health {
     /// #     state: ListenerState::Listening, for_how_long: Duration::ZERO,
     /// #     not_listening_for: None, reconnects: 0,
     /// # };
-    /// let mut health = Health { listeners: vec![listener], queues: Default::default() };
+    /// let mut health = Health { listeners: vec![listener], queues: Default::default(), workers: Vec::new() };
     /// assert!(health.all_listening());
     /// let retry_in = Duration::from_millis(100);
     /// health.listeners[0].state = ListenerState::Backoff { attempt: 1, retry_in };
@@ -137,11 +181,25 @@ impl Health {
             .all(|l| matches!(l.state, ListenerState::Listening | ListenerState::Disabled))
     }
 
+    /// Workers that make no progress: see [`WorkerHealth::stuck`].
+    ///
+    /// ```
+    /// # fn example(runtime: pgwake::RuntimeHandle) {
+    /// let health = runtime.health();
+    /// if health.all_listening() && health.stuck_workers().next().is_none() {
+    ///     println!("healthy");
+    /// }
+    /// # }
+    /// ```
+    pub fn stuck_workers(&self) -> impl Iterator<Item = &WorkerHealth> {
+        self.workers.iter().filter(|w| w.stuck)
+    }
+
     /// The counters of `queue` for `kind`, zero if it saw no activity.
     ///
     /// ```
     /// use pgwake::{Health, QueueCounters, TaskKind};
-    /// let mut health = Health { listeners: Vec::new(), queues: Default::default() };
+    /// let mut health = Health { listeners: Vec::new(), queues: Default::default(), workers: Vec::new() };
     /// let counters = QueueCounters { claimed: 3, completed: 2, ..Default::default() };
     /// health.queues.insert("activity:emails".to_string(), counters.clone());
     /// assert_eq!(health.counters(TaskKind::Activity, "emails"), counters);
@@ -174,10 +232,26 @@ struct ListenerEntry {
     ever_listened: bool,
 }
 
+/// What a worker last reported; times are turned into durations when read.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerEntry {
+    pub(crate) kind: TaskKind,
+    pub(crate) queues: Arc<[String]>,
+    pub(crate) concurrency: usize,
+    pub(crate) slots_used: usize,
+    pub(crate) claiming_since: Option<Instant>,
+    pub(crate) recording_since: Option<Instant>,
+    pub(crate) failing_since: Option<Instant>,
+    pub(crate) stopped: bool,
+    /// Past this, a claim or recording counts as stuck.
+    pub(crate) stuck_after: Duration,
+}
+
 #[derive(Debug, Default)]
 struct State {
     listeners: BTreeMap<TaskKind, ListenerEntry>,
     queues: BTreeMap<String, QueueCounters>,
+    workers: BTreeMap<String, WorkerEntry>,
 }
 
 /// The shared, updatable health (cheap to clone).
@@ -249,6 +323,15 @@ impl HealthBoard {
         }
     }
 
+    /// Records a worker's state (replacing what it reported before).
+    pub(crate) fn set_worker(&self, worker: &str, entry: WorkerEntry) {
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.workers.insert(worker.to_string(), entry);
+    }
+
     pub(crate) fn snapshot(&self) -> Health {
         let guard = self
             .0
@@ -268,6 +351,32 @@ impl HealthBoard {
                 })
                 .collect(),
             queues: guard.queues.clone(),
+            workers: guard
+                .workers
+                .iter()
+                .map(|(worker, w)| {
+                    let claiming_for = w.claiming_since.map(|at| at.elapsed());
+                    let recording_for = w.recording_since.map(|at| at.elapsed());
+                    let failing_for = w.failing_since.map(|at| at.elapsed());
+                    let stuck = claiming_for
+                        .into_iter()
+                        .chain(recording_for)
+                        .chain(failing_for)
+                        .any(|running| running > w.stuck_after);
+                    WorkerHealth {
+                        worker: worker.clone(),
+                        kind: w.kind,
+                        queues: w.queues.to_vec(),
+                        slots_used: w.slots_used,
+                        concurrency: w.concurrency,
+                        claiming_for,
+                        recording_for,
+                        failing_for,
+                        stopped: w.stopped,
+                        stuck,
+                    }
+                })
+                .collect(),
         }
     }
 }

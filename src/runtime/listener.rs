@@ -2,8 +2,6 @@
 //! notifications into wake-ups and connection loss into a restart.
 
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -11,7 +9,6 @@ use tokio_postgres::{AsyncMessage, Client};
 
 use super::backoff::Backoff;
 use super::health::{HealthBoard, ListenerState};
-use super::ledger::NotificationLedger;
 use super::messages::{ListenerStateChanged, StopListening, TaskAvailable, TaskKind, WakeReason};
 use super::router::QueueRouter;
 use crate::connection::ConnectionConfig;
@@ -26,6 +23,8 @@ pub(crate) struct ListenerSettings {
     pub(crate) ping_after: Duration,
     pub(crate) ping_timeout: Duration,
     pub(crate) backoff: Backoff,
+    /// How long a connection must stay up before the backoff starts over.
+    pub(crate) stable_after: Duration,
 }
 
 /// Owns one connection that `LISTEN`s on one channel.
@@ -51,11 +50,8 @@ pub struct ListenerActor {
     settings: ListenerSettings,
     router: Addr<QueueRouter>,
     health: HealthBoard,
-    ledger: NotificationLedger,
-    /// The notifier's backend pid: its NOTIFYs come back to us, and the
-    /// workers they concern were already woken in-process.
-    notifier_pid: Arc<AtomicI32>,
-    /// Failed attempts in a row; survives restarts, reset by `LISTEN`.
+    /// Failed attempts in a row; survives restarts, reset once a
+    /// connection has stayed up for `stable_after`.
     failures: u32,
     client: Option<Rc<Client>>,
     last_traffic: Instant,
@@ -80,15 +76,11 @@ impl ListenerActor {
         settings: ListenerSettings,
         router: Addr<QueueRouter>,
         health: HealthBoard,
-        ledger: NotificationLedger,
-        notifier_pid: Arc<AtomicI32>,
     ) -> Self {
         Self {
             settings,
             router,
             health,
-            ledger,
-            notifier_pid,
             failures: 0,
             client: None,
             last_traffic: Instant::now(),
@@ -145,7 +137,12 @@ impl ListenerActor {
 
     fn listening(&mut self, ctx: &mut Context<Self>) {
         let reconnected = self.failures > 0;
-        self.failures = 0;
+        // The backoff starts over only once the connection has stayed up a
+        // while: a session killed right after each LISTEN must not make
+        // this listener reconnect (and every worker resync) every 100 ms.
+        if reconnected {
+            ctx.run_later(self.settings.stable_after, |act, _| act.failures = 0);
+        }
         self.last_traffic = Instant::now();
         self.set_state(ListenerState::Listening);
         tracing::info!(channel = %self.settings.channel, reconnected, "listening");
@@ -246,15 +243,9 @@ impl StreamHandler<Result<AsyncMessage, tokio_postgres::Error>> for ListenerActo
                 self.last_traffic = Instant::now();
                 #[cfg(feature = "metrics")]
                 crate::metrics::notification_received(&self.settings.channel);
-                let own = self.notifier_pid.load(Ordering::Relaxed);
-                if own != 0 && notification.process_id() == own {
-                    #[cfg(feature = "metrics")]
-                    crate::metrics::notification_dropped(
-                        &self.settings.channel,
-                        crate::metrics::DROP_OWN_ECHO,
-                    );
-                    return;
-                }
+                // No filter on the sender's pid: behind a pooler, pids are
+                // shared, and another writer's NOTIFY can carry our own
+                // notifier's. An echo of our own costs one empty claim.
                 let payload = notification.payload();
                 let queue = if payload.is_empty() {
                     None
@@ -272,9 +263,6 @@ impl StreamHandler<Result<AsyncMessage, tokio_postgres::Error>> for ListenerActo
                         }
                     }
                 };
-                if let Some(queue) = &queue {
-                    self.ledger.record(self.settings.kind, queue);
-                }
                 self.router.do_send(TaskAvailable {
                     kind: self.settings.kind,
                     queue,

@@ -119,7 +119,8 @@ pub struct TaskAvailable {
 pub enum WakePolicy {
     /// Only while it has reported [`WorkerIdle`] since its last wake-up: a
     /// burst of notifications wakes idle workers once each, not every worker
-    /// once per notification. pgwake's workers use this.
+    /// once per notification. (pgwake's own workers are asked instead, and
+    /// answer whether they can take the work.)
     WhenIdle,
     /// On every notification for its queues (simplest for your own actors).
     Always,
@@ -326,3 +327,36 @@ pub struct InFlightCount;
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StopListening;
+
+/// The router offers a wake-up to one of pgwake's own workers, which answers
+/// whether it takes it (`true`) or cannot (`false`: every slot is taken, or
+/// it is stopping), so that the router gives it to another worker or keeps
+/// it owed. `queue: None` is a resync of every queue of the worker.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "bool")]
+pub(crate) struct OfferWake {
+    pub(crate) queue: Option<Queue>,
+    pub(crate) reason: WakeReason,
+}
+
+/// Registers one of pgwake's own workers, which is asked rather than told.
+#[derive(Debug, Message)]
+#[rtype(result = "u64")]
+pub(crate) struct RegisterOwnWorker {
+    pub(crate) kind: TaskKind,
+    pub(crate) queues: Vec<Queue>,
+    pub(crate) offers: Recipient<OfferWake>,
+    pub(crate) listener_state: Recipient<ListenerStateChanged>,
+}
+
+/// Sends every NOTIFY the notifier still owes now, without waiting for the
+/// debounce window; answered with how many are still unsent (0: all sent).
+/// The runtime's shutdown repeats it until 0 or its deadline.
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub(crate) struct FlushNotifications;
+
+/// Stops the notifier (after [`FlushNotifications`], at shutdown).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct StopNotifying;

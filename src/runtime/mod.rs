@@ -52,24 +52,30 @@
 //! ## Guarantees
 //! - At-least-once execution: a task whose worker dies is claimed again when
 //!   its lease expires; one whose runtime shuts down is released at once.
-//! - Exactly-once completion: a result is recorded only under the lease
-//!   that produced it (fenced by `locked_until`), so a task run twice is
-//!   recorded once.
+//! - Exactly-once completion: a result is recorded only under the claim
+//!   that produced it (fenced by the lease id the claim wrote, which no
+//!   extension changes), so a task run twice is recorded once.
+//! - No wedged worker: every store operation has a deadline that discards
+//!   its connection, and a row held by another session delays only its own
+//!   instance's results.
+//! - No lost wake-up: the router offers a wake-up to one worker at a time
+//!   and a worker with no free slot declines it, so another takes it or it
+//!   is owed to the next worker that reports idle.
 //! - Bounded wake-up after loss: a lost listener reconnects with backoff and
 //!   resyncs; meanwhile workers poll every `fallback_while_degraded`.
 
 mod backoff;
 mod handler;
 mod health;
-mod ledger;
 mod listener;
 mod messages;
 mod notifier;
 mod router;
+mod wake;
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,26 +84,44 @@ use actix::prelude::*;
 pub use handler::{
     ActivityWorker, HandlerError, WorkflowWorker, DEFAULT_ACTIVITY_LEASE, DEFAULT_WORKFLOW_LEASE,
 };
-pub use health::{Health, ListenerHealth, ListenerState, QueueCounters};
+pub use health::{Health, ListenerHealth, ListenerState, QueueCounters, WorkerHealth};
 pub use listener::ListenerActor;
 pub use messages::{
     AbandonInFlight, InFlightCount, ListenerStateChanged, MoreWorkLikely, QueuesTouched,
     RegisterWorker, StopClaiming, StopListening, TaskAvailable, TaskKind, UnregisterWorker,
     WakePolicy, WakeReason, WorkerIdle,
 };
+use messages::{FlushNotifications, StopNotifying};
 pub use notifier::Notifier;
 pub use router::QueueRouter;
 pub use worker::WorkerActor;
 
 use self::backoff::Backoff;
 use self::health::HealthBoard;
-use self::ledger::NotificationLedger;
 use self::listener::ListenerSettings;
 use self::worker::{Job, WorkerSettings};
 use crate::config::RuntimeConfig;
 use crate::connection::ConnectionConfig;
 use crate::error::{BuildError, RuntimeError};
 use crate::store::{build_pool, Store, WorkerId};
+
+/// One step of the shutdown, bounded by [`SHUTDOWN_STEP_TIMEOUT`].
+fn bounded_step<F: std::future::Future>(future: F) -> tokio::time::Timeout<F> {
+    tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, future)
+}
+
+/// How long a listener's connection must stay up before its reconnect
+/// backoff starts over (capped by `reconnect_backoff_max`).
+const LISTENER_STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// The longest shutdown timeout honoured; longer ones are capped to it (an
+/// `Instant` far in the future cannot be represented on every platform).
+const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// How long shutdown gives each of its own steps after the drain deadline
+/// (releasing leases, flushing the notifier): bounded, so a silent database
+/// cannot hold a process that is asked to stop.
+const SHUTDOWN_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Entry point: [`Runtime::builder`].
 ///
@@ -232,8 +256,6 @@ impl RuntimeBuilder {
         self.validate()?;
         let config = self.config;
         let health = HealthBoard::default();
-        let ledger = NotificationLedger::default();
-        let notifier_pid = Arc::new(AtomicI32::new(0));
         let notifications_sent = Arc::new(AtomicU64::new(0));
         let database =
             ConnectionConfig::from_url(&config.database_url).map_err(BuildError::from)?;
@@ -254,8 +276,7 @@ impl RuntimeBuilder {
                 .then(|| database.with_application_name("pgwake-notifier")),
             channels.clone(),
             config.notify_debounce,
-            ledger.clone(),
-            notifier_pid.clone(),
+            config.store.operation_timeout,
             notifications_sent.clone(),
         )
         .start();
@@ -297,15 +318,11 @@ impl RuntimeBuilder {
                     ping_after: config.listener_ping_after,
                     ping_timeout: config.listener_ping_timeout,
                     backoff,
+                    stable_after: LISTENER_STABLE_AFTER.min(config.reconnect_backoff_max),
                 };
-                let (router, health, ledger, pid) = (
-                    router.clone(),
-                    health.clone(),
-                    ledger.clone(),
-                    notifier_pid.clone(),
-                );
+                let (router, health) = (router.clone(), health.clone());
                 listeners.push(Supervisor::start(move |_| {
-                    ListenerActor::new(settings, router, health, ledger, pid)
+                    ListenerActor::new(settings, router, health)
                 }));
             }
         } else {
@@ -328,6 +345,8 @@ impl RuntimeBuilder {
                 fallback_while_listening: config.fallback_while_listening,
                 fallback_while_degraded: config.fallback_while_degraded,
                 error_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+                locked_backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+                stuck_after: config.store.operation_timeout * 2,
             };
         let mut workers = Vec::new();
         for (index, w) in self.activity_workers.into_iter().enumerate() {
@@ -511,34 +530,67 @@ impl RuntimeHandle {
     /// # Ok(()) }
     /// ```
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
-        let deadline = Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_SHUTDOWN_TIMEOUT);
+        // Every step is bounded: a mailbox that does not answer (a worker
+        // stuck in a CPU-bound handler) must not hold the shutdown.
         for worker in &self.workers {
-            let _ = worker.send(StopClaiming).await;
+            let _ = bounded_step(worker.send(StopClaiming)).await;
         }
         let drained = loop {
             let mut running = 0;
             for worker in &self.workers {
-                running += worker.send(InFlightCount).await.unwrap_or(0);
+                running += match bounded_step(worker.send(InFlightCount)).await {
+                    Ok(Ok(count)) => count,
+                    Ok(Err(_)) => 0,
+                    Err(_) => 1,
+                };
             }
             if running == 0 {
                 break true;
             }
-            if Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline {
                 break false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         let mut released_leases = 0;
         for worker in &self.workers {
-            released_leases += worker.send(AbandonInFlight).await.unwrap_or(0);
+            // Releases are store operations, each under the store's deadline.
+            let release = tokio::time::timeout(
+                self.store.options().operation_timeout + SHUTDOWN_STEP_TIMEOUT,
+                worker.send(AbandonInFlight),
+            );
+            if let Ok(Ok(released)) = release.await {
+                released_leases += released;
+            }
         }
         for listener in &self.listeners {
-            let _ = listener.send(StopListening).await;
+            let _ = bounded_step(listener.send(StopListening)).await;
         }
-        tracing::info!(released_leases, drained, "pgwake runtime stopped");
+        // From here on, writes through the store announce themselves through
+        // the triggers; then what the notifier still owes is sent.
+        self.store.stop_deferring_notifications();
+        let flushed = self.flush_notifier().await;
+        self.notifier.do_send(StopNotifying);
+        tracing::info!(released_leases, drained, flushed, "pgwake runtime stopped");
         ShutdownReport {
             released_leases,
             drained,
+        }
+    }
+
+    /// Sends every NOTIFY the notifier owes, within [`SHUTDOWN_STEP_TIMEOUT`];
+    /// whether all were sent.
+    async fn flush_notifier(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_STEP_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.notifier.send(FlushNotifications)).await {
+                Ok(Ok(0)) => return true,
+                Ok(Ok(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => return false,
+            }
         }
     }
 }

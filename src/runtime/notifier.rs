@@ -4,15 +4,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio_postgres::Client;
 
-use super::ledger::NotificationLedger;
-use super::messages::{QueuesTouched, TaskAvailable, TaskKind, WakeReason};
+use super::messages::{
+    FlushNotifications, QueuesTouched, StopNotifying, TaskAvailable, TaskKind, WakeReason,
+};
 use super::router::QueueRouter;
 use crate::connection::ConnectionConfig;
 use crate::store::Queue;
@@ -22,8 +23,8 @@ use crate::store::Queue;
 #[derive(Debug, Default)]
 struct Debounce {
     last_sent: Option<Instant>,
-    /// The first commit after the last NOTIFY, if any.
-    waiting_since: Option<Instant>,
+    /// A commit since the last NOTIFY waits for the trailing edge.
+    waiting: bool,
     trailing_armed: bool,
 }
 
@@ -33,8 +34,8 @@ struct Debounce {
 /// within `debounce` of a NOTIFY are notified once when the window ends
 /// (trailing edge), so none is lost, and each process sends at most one
 /// NOTIFY per queue per window whatever its write rate. A trailing NOTIFY is
-/// skipped when this process's listener received one for the queue after
-/// the commit it covers: every listening process got that one too.
+/// always sent when a commit waits for it: a notification received after
+/// our commit may have been sent before it, so receiving one proves nothing.
 ///
 /// The runtime starts it; the store's commit hook and you reach it through
 /// the handle:
@@ -54,8 +55,8 @@ pub struct Notifier {
     connection: Option<ConnectionConfig>,
     channels: HashMap<TaskKind, String>,
     debounce: Duration,
-    ledger: NotificationLedger,
-    pid: Arc<AtomicI32>,
+    /// How long one NOTIFY may take before its connection is given up.
+    deadline: Duration,
     sent: Arc<AtomicU64>,
     client: Option<Rc<Client>>,
     connecting: bool,
@@ -79,8 +80,7 @@ impl Notifier {
         connection: Option<ConnectionConfig>,
         channels: HashMap<TaskKind, String>,
         debounce: Duration,
-        ledger: NotificationLedger,
-        pid: Arc<AtomicI32>,
+        deadline: Duration,
         sent: Arc<AtomicU64>,
     ) -> Self {
         Self {
@@ -88,8 +88,7 @@ impl Notifier {
             connection,
             channels,
             debounce,
-            ledger,
-            pid,
+            deadline,
             sent,
             client: None,
             connecting: false,
@@ -99,7 +98,7 @@ impl Notifier {
         }
     }
 
-    fn touch(&mut self, kind: TaskKind, queue: Queue, at: Instant, ctx: &mut Context<Self>) {
+    fn touch(&mut self, kind: TaskKind, queue: Queue, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let debounce = self.debounce;
         let window = self.windows.entry((kind, queue.clone())).or_default();
@@ -112,7 +111,7 @@ impl Notifier {
             self.flush(ctx);
             return;
         }
-        window.waiting_since.get_or_insert(at);
+        window.waiting = true;
         if !window.trailing_armed {
             window.trailing_armed = true;
             let wait = window.last_sent.map_or(Duration::ZERO, |sent| {
@@ -127,13 +126,7 @@ impl Notifier {
             return;
         };
         window.trailing_armed = false;
-        let Some(since) = window.waiting_since.take() else {
-            return;
-        };
-        if self.ledger.received_since(kind, &queue, since) {
-            tracing::trace!(?kind, %queue, "trailing NOTIFY skipped: the others were woken after our commit");
-            #[cfg(feature = "metrics")]
-            crate::metrics::trailing_notification_skipped(self.channels.get(&kind));
+        if !std::mem::take(&mut window.waiting) {
             return;
         }
         window.last_sent = Some(Instant::now());
@@ -162,25 +155,27 @@ impl Notifier {
         let queues: Vec<String> = batch.iter().map(|(_, q)| q.clone()).collect();
         // One statement, one transaction that writes nothing: no WAL flush,
         // and the commit lock is held by this connection only, for microseconds.
+        // Bounded: a silent connection must not stop every later NOTIFY.
+        let deadline = self.deadline;
         let send = async move {
-            client
-                .execute(
-                    "SELECT pg_notify(c, q) FROM unnest($1::text[], $2::text[]) AS t(c, q)",
-                    &[&channels, &queues],
-                )
-                .await
+            let sql = "SELECT pg_notify(c, q) FROM unnest($1::text[], $2::text[]) AS t(c, q)";
+            match tokio::time::timeout(deadline, client.execute(sql, &[&channels, &queues])).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(err)) => Err(crate::error::ErrorChain(&err).to_string()),
+                Err(_) => Err(format!("no answer within {deadline:?}")),
+            }
         };
         ctx.spawn(send.into_actor(self).map(move |result, act, ctx| {
             act.sending = false;
             match result {
-                Ok(_) => {
+                Ok(()) => {
                     act.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     #[cfg(feature = "metrics")]
                     crate::metrics::notifications_sent(&batch);
                     act.flush(ctx);
                 }
                 Err(err) => {
-                    tracing::warn!(error = %crate::error::ErrorChain(&err), "NOTIFY failed; retrying on a new connection");
+                    tracing::warn!(error = %err, "NOTIFY failed; retrying on a new connection");
                     act.client = None;
                     act.outbox.extend(batch);
                     ctx.run_later(Duration::from_secs(1), |act, ctx| act.flush(ctx));
@@ -205,23 +200,11 @@ impl Notifier {
             return;
         }
         self.connecting = true;
-        let connect = async move {
-            let client = config.connect().await?;
-            let pid: i32 = client
-                .query_one("SELECT pg_backend_pid()", &[])
-                .await
-                .map_err(|source| crate::ConnectError::Refused {
-                    server: config.redacted().to_string(),
-                    source,
-                })?
-                .get(0);
-            Ok::<_, crate::ConnectError>((client, pid))
-        };
+        let connect = async move { config.connect().await };
         ctx.spawn(connect.into_actor(self).map(|result, act, ctx| {
             act.connecting = false;
             match result {
-                Ok((client, pid)) => {
-                    act.pid.store(pid, Ordering::Relaxed);
+                Ok(client) => {
                     act.client = Some(Rc::new(client));
                     #[cfg(feature = "metrics")]
                     act.sample_queue_usage(ctx);
@@ -254,7 +237,6 @@ impl Handler<QueuesTouched> for Notifier {
     type Result = ();
 
     fn handle(&mut self, msg: QueuesTouched, ctx: &mut Context<Self>) {
-        let at = msg.at.unwrap_or_else(Instant::now);
         let touched = msg
             .workflow
             .into_iter()
@@ -268,8 +250,39 @@ impl Handler<QueuesTouched> for Notifier {
                 reason: WakeReason::Local,
             });
             if self.connection.is_some() {
-                self.touch(kind, queue, at, ctx);
+                self.touch(kind, queue, ctx);
             }
         }
+    }
+}
+
+impl Handler<FlushNotifications> for Notifier {
+    type Result = usize;
+
+    fn handle(&mut self, _: FlushNotifications, ctx: &mut Context<Self>) -> usize {
+        let waiting: Vec<(TaskKind, Queue)> = self
+            .windows
+            .iter_mut()
+            .filter_map(|(key, window)| std::mem::take(&mut window.waiting).then(|| key.clone()))
+            .collect();
+        for (kind, queue) in waiting {
+            self.enqueue(kind, &queue);
+        }
+        self.flush(ctx);
+        self.outbox.len() + usize::from(self.sending)
+    }
+}
+
+impl Handler<StopNotifying> for Notifier {
+    type Result = ();
+
+    fn handle(&mut self, _: StopNotifying, ctx: &mut Context<Self>) {
+        if !self.outbox.is_empty() {
+            tracing::warn!(
+                unsent = self.outbox.len(),
+                "notifier stopped with NOTIFYs unsent; other processes find that work at their next poll"
+            );
+        }
+        ctx.stop();
     }
 }

@@ -2,31 +2,36 @@
 //! handlers within its concurrency, completes them through the store, and
 //! keeps its own fallback timer so that work is found even when no
 //! notification ever arrives.
+//!
+//! When it claims is decided by its [`WakeState`] alone; this actor carries
+//! out what that state machine returns, and answers the router's offers with
+//! it. Every store call it makes has the store's deadline, so no silent
+//! connection or held lock can leave it waiting for good.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::rc::Rc;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::FutureExt;
 
 use super::backoff::{jittered, Backoff};
 use super::handler::{ActivityFn, WorkflowFn};
-use super::health::{HealthBoard, QueueCounters};
+use super::health::{HealthBoard, QueueCounters, WorkerEntry};
 use super::messages::{
-    AbandonInFlight, InFlightCount, ListenerStateChanged, MoreWorkLikely, RegisterWorker,
-    StopClaiming, TaskAvailable, TaskKind, UnregisterWorker, WakePolicy, WorkerIdle,
+    AbandonInFlight, InFlightCount, ListenerStateChanged, MoreWorkLikely, OfferWake,
+    RegisterOwnWorker, StopClaiming, TaskAvailable, TaskKind, UnregisterWorker, WorkerIdle,
 };
 use super::router::QueueRouter;
+use super::wake::{AfterClaim, ClaimEnd, Offer, Phase, WakeState};
 use crate::error::StoreError;
-use crate::store::{ActivityTask, Lease, Queue, Store, WorkerId, WorkflowTask};
+use crate::store::{
+    ActivityTask, Queue, Store, WorkerId, WorkflowCompletion, WorkflowOutcome, WorkflowTask,
+};
 
 /// How long a failed workflow task waits before it is retried.
 const WORKFLOW_RETRY_DELAY: Duration = Duration::from_secs(1);
-/// Attempts at recording a result through a passing database failure.
-const COMPLETION_ATTEMPTS: u32 = 6;
 
 #[derive(Clone)]
 pub(crate) enum Job {
@@ -45,7 +50,13 @@ pub(crate) struct WorkerSettings {
     pub(crate) notifications: bool,
     pub(crate) fallback_while_listening: Duration,
     pub(crate) fallback_while_degraded: Duration,
+    /// After a failed claim or recording.
     pub(crate) error_backoff: Backoff,
+    /// After a claim that skipped rows locked by another transaction: the
+    /// lock ends unannounced, so look again, less often the longer it lasts.
+    pub(crate) locked_backoff: Backoff,
+    /// A claim or recording running longer than this is reported stuck.
+    pub(crate) stuck_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -61,13 +72,13 @@ impl Claimed {
             Claimed::Workflow(task) => &task.queue,
         }
     }
+}
 
-    fn lease(&self) -> &Lease {
-        match self {
-            Claimed::Activity(task) => &task.lease,
-            Claimed::Workflow(task) => &task.lease,
-        }
-    }
+/// What a claim found.
+struct ClaimResult {
+    claimed: Vec<Claimed>,
+    due_in: Option<Duration>,
+    skipped_locked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,10 +93,8 @@ enum Outcome {
 struct InFlight {
     handle: SpawnHandle,
     task: Claimed,
-    /// The newest fencing token, as the heartbeat renews it.
-    lease: Rc<RefCell<Lease>>,
-    /// The handler finished; its result is being recorded.
-    recording: bool,
+    /// Since when its result is being recorded (its handler finished).
+    recording_since: Option<Instant>,
 }
 
 /// A finished activity whose result waits to be recorded with others.
@@ -104,10 +113,19 @@ struct ActivityEnd {
     outcome: Outcome,
 }
 
+/// How a run of a workflow handler ended.
+struct WorkflowEnd {
+    task: WorkflowTask,
+    /// The decision to record, or the handler's error/panic (`Err`), or
+    /// `None` when the lease was lost while it ran.
+    decision: Option<Result<WorkflowCompletion, (String, Outcome)>>,
+}
+
 /// Runs one kind of handler for a set of queues.
 ///
 /// The runtime starts one for each [`ActivityWorker`](crate::ActivityWorker)
-/// and [`WorkflowWorker`](crate::WorkflowWorker); its counters are in the health:
+/// and [`WorkflowWorker`](crate::WorkflowWorker); its counters and state are
+/// in the health:
 ///
 /// ```
 /// use pgwake::{ActivityTask, ActivityWorker, Runtime, RuntimeConfig, TaskKind};
@@ -121,23 +139,31 @@ struct ActivityEnd {
 /// ```
 pub struct WorkerActor {
     settings: WorkerSettings,
+    /// Its queues' names, shared with every health report.
+    queue_names: Arc<[String]>,
     job: Job,
     store: Store,
     router: Addr<QueueRouter>,
     health: HealthBoard,
     registration: Option<u64>,
+    wake: WakeState,
     in_flight: HashMap<u64, InFlight>,
     next_task_number: u64,
-    polling: bool,
-    /// A wake-up came while polling: poll again right after.
-    repoll: bool,
-    fallback: Option<SpawnHandle>,
-    failed_polls: u32,
-    draining: bool,
+    /// Since when the claim under way runs.
+    claiming_since: Option<Instant>,
+    timer: Option<SpawnHandle>,
+    failed_claims: u32,
+    /// Claims in a row that skipped rows locked by another transaction.
+    locked_claims: u32,
     /// Activity results waiting to be recorded in one transaction.
     records: Vec<PendingRecord>,
     /// A batch of results is being recorded.
     recording: bool,
+    failed_records: u32,
+    retry_records: Option<SpawnHandle>,
+    /// Since when claims, or recordings, have failed in a row.
+    claims_failing_since: Option<Instant>,
+    records_failing_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for WorkerActor {
@@ -145,8 +171,8 @@ impl std::fmt::Debug for WorkerActor {
         f.debug_struct("WorkerActor")
             .field("worker", &self.settings.worker_id)
             .field("queues", &self.settings.queues)
+            .field("wake", &self.wake)
             .field("in_flight", &self.in_flight.len())
-            .field("draining", &self.draining)
             .finish()
     }
 }
@@ -159,55 +185,85 @@ impl WorkerActor {
         router: Addr<QueueRouter>,
         health: HealthBoard,
     ) -> Self {
-        Self {
+        let wake = WakeState::new(settings.concurrency);
+        let queue_names = settings
+            .queues
+            .iter()
+            .map(|q| q.as_str().to_string())
+            .collect();
+        let actor = Self {
             settings,
+            queue_names,
             job,
             store,
             router,
             health,
             registration: None,
+            wake,
             in_flight: HashMap::new(),
             next_task_number: 0,
-            polling: false,
-            repoll: false,
-            fallback: None,
-            failed_polls: 0,
-            draining: false,
+            claiming_since: None,
+            timer: None,
+            failed_claims: 0,
+            locked_claims: 0,
             records: Vec::new(),
             recording: false,
-        }
+            failed_records: 0,
+            retry_records: None,
+            claims_failing_since: None,
+            records_failing_since: None,
+        };
+        actor.report_health();
+        actor
     }
 
     fn count(&self, queues: &[Queue], update: impl Fn(&mut QueueCounters)) {
         self.health.count(self.settings.kind, queues, update);
     }
 
-    fn capacity(&self) -> usize {
-        self.settings
-            .concurrency
-            .saturating_sub(self.in_flight.len())
+    /// Publishes this worker's state to the health board.
+    fn report_health(&self) {
+        let recording_since = self
+            .in_flight
+            .values()
+            .filter_map(|f| f.recording_since)
+            .min();
+        self.health.set_worker(
+            self.settings.worker_id.as_str(),
+            WorkerEntry {
+                kind: self.settings.kind,
+                queues: self.queue_names.clone(),
+                concurrency: self.settings.concurrency,
+                slots_used: self.wake.running(),
+                claiming_since: self.claiming_since,
+                recording_since,
+                failing_since: [self.claims_failing_since, self.records_failing_since]
+                    .into_iter()
+                    .flatten()
+                    .min(),
+                stopped: self.wake.phase() == Phase::Stopped,
+                stuck_after: self.settings.stuck_after,
+            },
+        );
     }
 
-    /// Claims as much as there is room for, unless a poll is under way (then
-    /// once more right after it) or there is no room (then after the next
-    /// completion).
-    fn poll(&mut self, ctx: &mut Context<Self>) {
-        if self.draining {
-            return;
+    /// Carries out a wake-up offer (from the router, or told directly).
+    fn offered(&mut self, ctx: &mut Context<Self>) -> Offer {
+        let offer = self.wake.offer();
+        if let Offer::Started { max } = offer {
+            self.claim(max, ctx);
         }
-        if self.polling {
-            self.repoll = true;
-            return;
-        }
-        let capacity = self.capacity();
-        if capacity == 0 {
-            return;
-        }
-        if let Some(handle) = self.fallback.take() {
+        offer
+    }
+
+    /// Claims up to `max` tasks; the wake-up state has already moved to
+    /// claiming.
+    fn claim(&mut self, max: usize, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
-        self.polling = true;
-        self.repoll = false;
+        self.claiming_since = Some(Instant::now());
+        self.report_health();
         self.count(&self.settings.queues, |c| c.polls += 1);
         #[cfg(feature = "metrics")]
         crate::metrics::poll(self.settings.kind, &self.settings.queues);
@@ -216,115 +272,154 @@ impl WorkerActor {
         let is_activity = matches!(self.job, Job::Activity(_));
         let claim = async move {
             let (worker, queues, lease) = (&settings.worker_id, &settings.queues, settings.lease);
-            // Each poll is one statement that also says when the next timer
+            // Each claim is one statement that also says when the next timer
             // is due: what keeps an idle worker cheap and its timers on time.
             if is_activity {
-                let (tasks, due_in) = store
-                    .poll_activity_tasks(worker, queues, capacity, lease)
+                let poll = store
+                    .poll_activity_tasks_detailed(worker, queues, max, lease)
                     .await?;
-                return Ok((tasks.into_iter().map(Claimed::Activity).collect(), due_in));
+                return Ok(ClaimResult {
+                    claimed: poll.tasks.into_iter().map(Claimed::Activity).collect(),
+                    due_in: poll.due_in,
+                    skipped_locked: poll.skipped_locked,
+                });
             }
             let mut claimed = Vec::new();
             loop {
-                match store.poll_workflow_task(worker, queues, lease).await {
-                    Ok((Some(task), _)) => {
-                        claimed.push(Claimed::Workflow(task));
-                        if claimed.len() == capacity {
-                            return Ok((claimed, None));
+                match store
+                    .poll_workflow_task_detailed(worker, queues, lease)
+                    .await
+                {
+                    Ok(poll) => match poll.task {
+                        Some(task) => {
+                            claimed.push(Claimed::Workflow(task));
+                            if claimed.len() == max {
+                                return Ok(ClaimResult {
+                                    claimed,
+                                    due_in: None,
+                                    skipped_locked: false,
+                                });
+                            }
                         }
-                    }
-                    Ok((None, due_in)) => return Ok((claimed, due_in)),
-                    // Keep what was claimed; the next poll reports the error.
+                        None => {
+                            return Ok(ClaimResult {
+                                claimed,
+                                due_in: poll.due_in,
+                                skipped_locked: poll.skipped_locked,
+                            })
+                        }
+                    },
+                    // Keep what was claimed; look again soon for the rest.
                     Err(err) if !claimed.is_empty() => {
                         tracing::debug!(error = %err, "claim failed after some succeeded");
-                        return Ok((claimed, None));
+                        return Ok(ClaimResult {
+                            claimed,
+                            due_in: Some(Duration::ZERO),
+                            skipped_locked: false,
+                        });
                     }
                     Err(err) => return Err(err),
                 }
             }
         };
-        ctx.spawn(claim.into_actor(self).map(move |result, act, ctx| {
-            act.polling = false;
-            act.polled(result, capacity, ctx);
+        ctx.spawn(claim.into_actor(self).map(|result, act, ctx| {
+            act.claiming_since = None;
+            act.claimed(result, ctx);
         }));
     }
 
-    fn polled(
-        &mut self,
-        result: Result<(Vec<Claimed>, Option<Duration>), StoreError>,
-        requested: usize,
-        ctx: &mut Context<Self>,
-    ) {
-        let (claimed, next_due) = match result {
-            Ok(outcome) => outcome,
+    fn claimed(&mut self, result: Result<ClaimResult, StoreError>, ctx: &mut Context<Self>) {
+        let found = match result {
+            Ok(found) => {
+                self.failed_claims = 0;
+                self.claims_failing_since = None;
+                found
+            }
             Err(err) => {
-                self.failed_polls = self.failed_polls.saturating_add(1);
+                self.failed_claims = self.failed_claims.saturating_add(1);
+                self.claims_failing_since.get_or_insert_with(Instant::now);
                 #[cfg(feature = "metrics")]
                 crate::metrics::poll_failed(self.settings.kind, &self.settings.queues);
-                let delay = self.settings.error_backoff.delay(self.failed_polls);
+                let delay = self.settings.error_backoff.delay(self.failed_claims);
                 tracing::warn!(
                     worker = %self.settings.worker_id,
-                    attempt = self.failed_polls,
+                    attempt = self.failed_claims,
                     retry_in = ?delay,
                     error = %err,
-                    "poll failed; retrying"
+                    "claim failed; retrying"
                 );
-                self.arm_timer(delay, ctx);
+                let after = self.wake.claim_ended(ClaimEnd::Failed);
+                debug_assert!(matches!(
+                    after,
+                    AfterClaim::RetryLater | AfterClaim::Stopped
+                ));
+                if after == AfterClaim::RetryLater {
+                    self.arm_timer(delay, ctx);
+                }
+                self.report_health();
                 return;
             }
         };
-        self.failed_polls = 0;
-        if claimed.is_empty() {
+        if found.claimed.is_empty() {
             self.count(&self.settings.queues, |c| c.empty_polls += 1);
             #[cfg(feature = "metrics")]
             crate::metrics::empty_poll(self.settings.kind, &self.settings.queues);
         }
-        let got = claimed.len();
-        for task in claimed {
+        let after = self
+            .wake
+            .claim_ended(ClaimEnd::Claimed(found.claimed.len()));
+        for task in found.claimed {
             self.start_task(task, ctx);
         }
-        if self.draining {
-            return;
-        }
-        if got == requested {
-            // As much as we asked for: probably more waiting.
-            if self.capacity() > 0 {
-                self.poll(ctx);
-            } else {
-                self.router.do_send(MoreWorkLikely {
-                    kind: self.settings.kind,
-                    queues: self.settings.queues.clone(),
-                });
+        match after {
+            AfterClaim::ClaimAgain { max } => self.claim(max, ctx),
+            AfterClaim::Full => self.router.do_send(MoreWorkLikely {
+                kind: self.settings.kind,
+                queues: self.settings.queues.clone(),
+            }),
+            AfterClaim::Idle => {
+                if let Some(id) = self.registration {
+                    self.router.do_send(WorkerIdle { id });
+                }
+                self.sleep(found.due_in, found.skipped_locked, ctx);
             }
-            return;
+            AfterClaim::RetryLater | AfterClaim::Stopped => {}
         }
-        if self.repoll {
-            self.poll(ctx);
-            return;
-        }
-        if let Some(id) = self.registration {
-            self.router.do_send(WorkerIdle { id });
-        }
+        self.report_health();
+    }
+
+    /// Sleeps until the fallback, the next due time, or (when the claim
+    /// skipped locked rows) a short, growing delay: a lock that ends is
+    /// announced by nobody.
+    fn sleep(&mut self, due_in: Option<Duration>, skipped_locked: bool, ctx: &mut Context<Self>) {
         let base = if self.settings.notifications && self.health.listening(self.settings.kind) {
             self.settings.fallback_while_listening
         } else {
             self.settings.fallback_while_degraded
         };
         let mut delay = jittered(base);
-        if let Some(due) = next_due {
+        if let Some(due) = due_in {
             // A hair after the due time: visible_at <= now() must hold.
             delay = delay.min(due + Duration::from_millis(2));
+        }
+        if skipped_locked {
+            self.locked_claims = self.locked_claims.saturating_add(1);
+            delay = delay.min(self.settings.locked_backoff.delay(self.locked_claims));
+        } else {
+            self.locked_claims = 0;
         }
         self.arm_timer(delay, ctx);
     }
 
     fn arm_timer(&mut self, delay: Duration, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.fallback.take() {
+        if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
-        self.fallback = Some(ctx.run_later(delay, |act, ctx| {
-            act.fallback = None;
-            act.poll(ctx);
+        self.timer = Some(ctx.run_later(delay, |act, ctx| {
+            act.timer = None;
+            if let Some(max) = act.wake.timer_fired() {
+                act.claim(max, ctx);
+            }
         }));
     }
 
@@ -332,7 +427,6 @@ impl WorkerActor {
         self.count(std::slice::from_ref(task.queue()), |c| c.claimed += 1);
         let number = self.next_task_number;
         self.next_task_number += 1;
-        let lease = Rc::new(RefCell::new(task.lease().clone()));
         let handle = match (&self.job, task.clone()) {
             (Job::Activity(handler), Claimed::Activity(task)) => {
                 let run = run_activity(
@@ -340,7 +434,6 @@ impl WorkerActor {
                     handler.clone(),
                     task,
                     self.settings.lease,
-                    lease.clone(),
                 );
                 ctx.spawn(
                     run.into_actor(self)
@@ -348,18 +441,16 @@ impl WorkerActor {
                 )
             }
             (Job::Workflow(handler), Claimed::Workflow(task)) => {
-                let queue = task.queue.clone();
                 let run = run_workflow(
                     self.store.clone(),
                     handler.clone(),
                     task,
                     self.settings.lease,
-                    lease.clone(),
                 );
-                ctx.spawn(run.into_actor(self).map(move |outcome, act, ctx| {
-                    act.in_flight.remove(&number);
-                    act.finished(&queue, outcome, ctx);
-                }))
+                ctx.spawn(
+                    run.into_actor(self)
+                        .map(move |end, act, ctx| act.workflow_ended(number, end, ctx)),
+                )
             }
             _ => unreachable!("a worker claims only its own kind of task"),
         };
@@ -368,21 +459,24 @@ impl WorkerActor {
             InFlight {
                 handle,
                 task,
-                lease,
-                recording: false,
+                recording_since: None,
             },
         );
     }
 
+    fn mark_recording(&mut self, number: u64) {
+        if let Some(in_flight) = self.in_flight.get_mut(&number) {
+            in_flight.recording_since.get_or_insert_with(Instant::now);
+        }
+        self.report_health();
+    }
+
     fn activity_ended(&mut self, number: u64, end: ActivityEnd, ctx: &mut Context<Self>) {
         let Some(report) = end.report else {
-            self.in_flight.remove(&number);
-            self.finished(&end.task.queue, end.outcome, ctx);
+            self.finished(number, &end.task.queue, end.outcome, ctx);
             return;
         };
-        if let Some(in_flight) = self.in_flight.get_mut(&number) {
-            in_flight.recording = true;
-        }
+        self.mark_recording(number);
         self.records.push(PendingRecord {
             number,
             task: end.task,
@@ -394,51 +488,162 @@ impl WorkerActor {
 
     /// Records every waiting result in one transaction; results that finish
     /// meanwhile wait for the next one. Alone, a result is recorded at once;
-    /// under load, results of a batch are recorded together.
+    /// under load, results of a batch are recorded together. A result whose
+    /// workflow is locked by another transaction waits (with its slot) and
+    /// is retried; the others are not held up by it.
     fn flush_records(&mut self, ctx: &mut Context<Self>) {
-        if self.recording || self.records.is_empty() {
+        if self.recording || self.retry_records.is_some() || self.records.is_empty() {
             return;
         }
         self.recording = true;
         let batch = std::mem::take(&mut self.records);
         let store = self.store.clone();
         let record = async move {
-            let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-            let mut attempt = 0;
-            let outcome = loop {
-                attempt += 1;
-                let pairs: Vec<(&ActivityTask, Result<serde_json::Value, String>)> =
-                    batch.iter().map(|r| (&r.task, r.report.clone())).collect();
-                match store.complete_activity_tasks(&pairs).await {
-                    Ok(outcomes) => break Ok(outcomes),
-                    Err(err) if err.is_transient() && attempt < COMPLETION_ATTEMPTS => {
-                        tracing::warn!(attempt, error = %err, "recording results failed; retrying");
-                        tokio::time::sleep(backoff.delay(attempt)).await;
-                    }
-                    Err(err) => break Err(err),
-                }
-            };
+            let pairs: Vec<(&ActivityTask, Result<serde_json::Value, String>)> =
+                batch.iter().map(|r| (&r.task, r.report.clone())).collect();
+            let outcome = store.complete_activity_tasks(&pairs).await;
             (batch, outcome)
         };
         ctx.spawn(record.into_actor(self).map(|(batch, outcome), act, ctx| {
             act.recording = false;
-            if let Err(err) = &outcome {
+            act.recorded(batch, outcome, ctx);
+        }));
+    }
+
+    fn recorded(
+        &mut self,
+        batch: Vec<PendingRecord>,
+        outcome: Result<Vec<Result<(), StoreError>>, StoreError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let outcomes = match outcome {
+            Ok(outcomes) => outcomes,
+            Err(err) if err.is_transient() => {
+                // The work is done and its lease still fences it: keep the
+                // results and try again, rather than run the tasks again.
+                tracing::warn!(error = %err, count = batch.len(), "recording results failed; retrying");
+                self.records.splice(0..0, batch);
+                self.retry_recording(ctx);
+                return;
+            }
+            Err(err) => {
                 tracing::error!(error = %err, count = batch.len(), "could not record results; those tasks will run again when their leases expire");
+                for done in batch {
+                    self.finished(done.number, &done.task.queue, Outcome::NotRecorded, ctx);
+                }
+                return;
             }
-            for (index, done) in batch.into_iter().enumerate() {
-                act.in_flight.remove(&done.number);
-                let recorded = match &outcome {
-                    Ok(outcomes) => match outcomes.get(index) {
-                        Some(Ok(())) => done.outcome,
-                        Some(Err(StoreError::LeaseLost { .. })) => Outcome::LeaseLost,
-                        _ => Outcome::NotRecorded,
-                    },
-                    Err(_) => Outcome::NotRecorded,
-                };
-                act.count_outcome(&done.task.queue, recorded);
-            }
+        };
+        let mut busy = Vec::new();
+        for (done, result) in batch.into_iter().zip(outcomes) {
+            let recorded = match result {
+                Ok(()) => done.outcome,
+                Err(StoreError::LeaseLost { .. }) => Outcome::LeaseLost,
+                Err(err) if err.is_transient() => {
+                    tracing::debug!(activity_id = %done.task.activity_id, error = %err, "result waits for its workflow");
+                    busy.push(done);
+                    continue;
+                }
+                Err(err) => {
+                    tracing::error!(activity_id = %done.task.activity_id, error = %err, "could not record a result");
+                    Outcome::NotRecorded
+                }
+            };
+            self.finished(done.number, &done.task.queue, recorded, ctx);
+        }
+        if busy.is_empty() {
+            self.failed_records = 0;
+            self.records_failing_since = None;
+            self.flush_records(ctx);
+        } else {
+            self.records.splice(0..0, busy);
+            self.retry_recording(ctx);
+        }
+    }
+
+    fn retry_recording(&mut self, ctx: &mut Context<Self>) {
+        self.failed_records = self.failed_records.saturating_add(1);
+        self.records_failing_since.get_or_insert_with(Instant::now);
+        self.report_health();
+        let delay = self.settings.error_backoff.delay(self.failed_records);
+        self.retry_records = Some(ctx.run_later(delay, |act, ctx| {
+            act.retry_records = None;
             act.flush_records(ctx);
-            act.poll(ctx);
+        }));
+    }
+
+    fn workflow_ended(&mut self, number: u64, end: WorkflowEnd, ctx: &mut Context<Self>) {
+        let queue = end.task.queue.clone();
+        let decision = match end.decision {
+            None => return self.finished(number, &queue, Outcome::LeaseLost, ctx),
+            Some(Err((error, outcome))) => {
+                tracing::warn!(instance_id = %end.task.instance.instance_id, %error, "workflow task failed; retrying in {WORKFLOW_RETRY_DELAY:?}");
+                // Keep the lease just long enough to pace the retry, then
+                // let it lapse; its expiry is a due time the claim reports.
+                let store = self.store.clone();
+                let mut task = end.task;
+                let pace = async move {
+                    let _ = store
+                        .extend_workflow_task(&mut task, WORKFLOW_RETRY_DELAY)
+                        .await;
+                };
+                self.mark_recording(number);
+                ctx.spawn(
+                    pace.into_actor(self)
+                        .map(move |(), act, ctx| act.finished(number, &queue, outcome, ctx)),
+                );
+                return;
+            }
+            Some(Ok(decision)) => decision,
+        };
+        self.mark_recording(number);
+        self.record_workflow(number, end.task, decision, false, ctx);
+    }
+
+    /// Records a workflow task's decision, retrying through passing
+    /// failures with the actor's backoff. A decision the store refuses for
+    /// good (out of range, too large, invalid) fails the instance with the
+    /// reason, visibly, instead of being retried forever.
+    fn record_workflow(
+        &mut self,
+        number: u64,
+        task: WorkflowTask,
+        decision: WorkflowCompletion,
+        replaces_refused: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let store = self.store.clone();
+        let record = async move {
+            let result = store.complete_workflow_task(&task, decision.clone()).await;
+            (task, decision, result)
+        };
+        ctx.spawn(record.into_actor(self).map(move |(task, decision, result), act, ctx| {
+            let queue = task.queue.clone();
+            match result {
+                Ok(()) => {
+                    act.failed_records = 0;
+                    act.records_failing_since = None;
+                    act.finished(number, &queue, Outcome::Completed, ctx)
+                }
+                Err(StoreError::LeaseLost { .. }) => act.finished(number, &queue, Outcome::LeaseLost, ctx),
+                Err(err) if err.is_transient() => {
+                    act.failed_records = act.failed_records.saturating_add(1);
+                    act.records_failing_since.get_or_insert_with(Instant::now);
+                    let delay = act.settings.error_backoff.delay(act.failed_records);
+                    tracing::warn!(instance_id = %task.instance.instance_id, error = %err, retry_in = ?delay, "recording a decision failed; retrying");
+                    ctx.run_later(delay, move |act, ctx| {
+                        act.record_workflow(number, task, decision, replaces_refused, ctx)
+                    });
+                }
+                Err(err) if replaces_refused => {
+                    tracing::error!(instance_id = %task.instance.instance_id, error = %err, "could not record the failure of an unrecordable decision; the task runs again when its lease expires");
+                    act.finished(number, &queue, Outcome::NotRecorded, ctx);
+                }
+                Err(err) => {
+                    tracing::error!(instance_id = %task.instance.instance_id, error = %err, "the store refused the workflow's decision; failing the instance");
+                    act.record_workflow(number, task, unrecordable(&err), true, ctx);
+                }
+            }
         }));
     }
 
@@ -460,13 +665,26 @@ impl WorkerActor {
         }
     }
 
-    fn finished(&mut self, queue: &Queue, outcome: Outcome, ctx: &mut Context<Self>) {
+    /// A task is done with (recorded, failed, or lost): its slot is free.
+    fn finished(&mut self, number: u64, queue: &Queue, outcome: Outcome, ctx: &mut Context<Self>) {
+        if self.in_flight.remove(&number).is_none() {
+            // Released at shutdown meanwhile; its slot was freed then.
+            return;
+        }
         self.count_outcome(queue, outcome);
-        // A failed workflow task keeps its lease for WORKFLOW_RETRY_DELAY; the
-        // poll below sees that lease's expiry as a due time and comes back
-        // for it then.
-        self.poll(ctx);
+        if let Some(max) = self.wake.slot_freed() {
+            self.claim(max, ctx);
+        }
+        self.report_health();
     }
+}
+
+/// The decision recorded instead of one the store refused for good: the
+/// instance fails, with the store's reason.
+fn unrecordable(error: &StoreError) -> WorkflowCompletion {
+    WorkflowCompletion::default().finish(WorkflowOutcome::Failed(format!(
+        "the workflow's decision could not be recorded: {error}"
+    )))
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -478,9 +696,8 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// A claimed task whose lease a running handler keeps alive.
-trait LeasedTask {
+trait LeasedTask: Clone + 'static {
     const KIND: TaskKind;
-    fn lease(&self) -> &Lease;
     /// Names the task in logs.
     fn describe(&self) -> String;
     async fn extend(&mut self, store: &Store, lease: Duration) -> Result<(), StoreError>;
@@ -488,9 +705,6 @@ trait LeasedTask {
 
 impl LeasedTask for ActivityTask {
     const KIND: TaskKind = TaskKind::Activity;
-    fn lease(&self) -> &Lease {
-        &self.lease
-    }
     fn describe(&self) -> String {
         format!("activity {}", self.activity_id)
     }
@@ -501,9 +715,6 @@ impl LeasedTask for ActivityTask {
 
 impl LeasedTask for WorkflowTask {
     const KIND: TaskKind = TaskKind::Workflow;
-    fn lease(&self) -> &Lease {
-        &self.lease
-    }
     fn describe(&self) -> String {
         format!("workflow task of {}", self.instance.instance_id)
     }
@@ -513,35 +724,45 @@ impl LeasedTask for WorkflowTask {
 }
 
 /// Runs `work` (a handler's future) to its end, catching a panic, while
-/// extending `task`'s lease every third of it and publishing each new
-/// fencing token to `shared_lease`. `None` when the lease was lost: the work
-/// is abandoned, since its result could not be recorded.
+/// extending `task`'s lease every third of it. The handler is polled the
+/// whole time, an extension in flight included: a slow extension never
+/// pauses the work. `None` when the lease was lost: the work is abandoned,
+/// since its result could not be recorded.
 async fn run_with_heartbeat<T: LeasedTask, R>(
     store: &Store,
-    task: &mut T,
+    task: &T,
     lease: Duration,
-    shared_lease: &RefCell<Lease>,
     work: impl std::future::Future<Output = R>,
 ) -> Option<std::thread::Result<R>> {
     let work = AssertUnwindSafe(work).catch_unwind();
     futures::pin_mut!(work);
     let heartbeat = lease / 3;
     let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    // The lease id fences the claim and never changes, so an extension works
+    // on a copy of the task and only its outcome matters.
+    let mut extending: Option<futures::future::LocalBoxFuture<'static, Result<(), StoreError>>> =
+        None;
     loop {
         tokio::select! {
             result = &mut work => return Some(result),
-            _ = beats.tick() => match task.extend(store, lease).await {
-                Ok(()) => {
-                    *shared_lease.borrow_mut() = task.lease().clone();
-                    #[cfg(feature = "metrics")]
-                    crate::metrics::lease_extended(T::KIND);
+            _ = beats.tick(), if extending.is_none() => {
+                let (store, mut copy) = (store.clone(), task.clone());
+                extending = Some(async move { copy.extend(&store, lease).await }.boxed_local());
+            }
+            extended = async { extending.as_mut().expect("guarded").await }, if extending.is_some() => {
+                extending = None;
+                match extended {
+                    Ok(()) => {
+                        #[cfg(feature = "metrics")]
+                        crate::metrics::lease_extended(T::KIND);
+                    }
+                    Err(StoreError::LeaseLost { .. }) => {
+                        tracing::warn!(kind = ?T::KIND, task = %task.describe(), "lease lost while running; abandoning it");
+                        return None;
+                    }
+                    Err(err) => tracing::warn!(task = %task.describe(), error = %err, "lease extension failed; will retry"),
                 }
-                Err(StoreError::LeaseLost { .. }) => {
-                    tracing::warn!(kind = ?T::KIND, task = %task.describe(), "lease lost while running; abandoning it");
-                    return None;
-                }
-                Err(err) => tracing::warn!(task = %task.describe(), error = %err, "lease extension failed; will retry"),
-            },
+            }
         }
     }
 }
@@ -552,16 +773,13 @@ async fn run_with_heartbeat<T: LeasedTask, R>(
 async fn run_activity(
     store: Store,
     handler: ActivityFn,
-    mut task: ActivityTask,
+    task: ActivityTask,
     lease: Duration,
-    shared_lease: Rc<RefCell<Lease>>,
 ) -> ActivityEnd {
     #[cfg(feature = "metrics")]
     let started = crate::metrics::activity_started(&task);
-    let input = task.clone();
-    let work = async move { handler(input).await };
-    let Some(result) = run_with_heartbeat(&store, &mut task, lease, &shared_lease, work).await
-    else {
+    let work = handler(task.clone());
+    let Some(result) = run_with_heartbeat(&store, &task, lease, work).await else {
         return ActivityEnd {
             task,
             report: None,
@@ -589,82 +807,48 @@ async fn run_activity(
     }
 }
 
-/// Runs a workflow handler while extending its lease, then applies its
-/// decision; an error or panic keeps the lease a moment and lets it retry.
+/// Runs a workflow handler while extending its lease; the worker records
+/// its decision.
 async fn run_workflow(
     store: Store,
     handler: WorkflowFn,
-    mut task: WorkflowTask,
+    task: WorkflowTask,
     lease: Duration,
-    shared_lease: Rc<RefCell<Lease>>,
-) -> Outcome {
+) -> WorkflowEnd {
     #[cfg(feature = "metrics")]
     let started = crate::metrics::workflow_started(&task);
-    let input = task.clone();
-    let work = async move { handler(input).await };
-    let Some(result) = run_with_heartbeat(&store, &mut task, lease, &shared_lease, work).await
-    else {
-        return Outcome::LeaseLost;
+    let work = handler(task.clone());
+    let Some(result) = run_with_heartbeat(&store, &task, lease, work).await else {
+        return WorkflowEnd {
+            task,
+            decision: None,
+        };
     };
     #[cfg(feature = "metrics")]
     crate::metrics::handler_ended(TaskKind::Workflow, &task.queue, started, &result);
-    let (error, outcome) = match result {
-        Ok(Ok(decision)) => {
-            return record(
-                || store.complete_workflow_task(&task, decision.clone()),
-                Outcome::Completed,
-            )
-            .await
-        }
-        Ok(Err(err)) => (err.to_string(), Outcome::Failed),
-        Err(panic) => (
+    let decision = match result {
+        Ok(Ok(decision)) => Ok(decision),
+        Ok(Err(err)) => Err((err.to_string(), Outcome::Failed)),
+        Err(panic) => Err((
             format!("handler panicked: {}", panic_message(panic.as_ref())),
             Outcome::Panicked,
-        ),
+        )),
     };
-    tracing::warn!(instance_id = %task.instance.instance_id, %error, "workflow task failed; retrying in {WORKFLOW_RETRY_DELAY:?}");
-    // Keep the lease just long enough to pace the retry, then let it lapse.
-    let _ = store
-        .extend_workflow_task(&mut task, WORKFLOW_RETRY_DELAY)
-        .await;
-    outcome
-}
-
-/// Records a result, retrying through passing database failures: the work
-/// is done, and losing its result would mean doing it again.
-async fn record<F, Fut>(mut complete: F, outcome: Outcome) -> Outcome
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
-{
-    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-    for attempt in 1..=COMPLETION_ATTEMPTS {
-        match complete().await {
-            Ok(()) => return outcome,
-            Err(StoreError::LeaseLost { .. }) => return Outcome::LeaseLost,
-            Err(err) if err.is_transient() && attempt < COMPLETION_ATTEMPTS => {
-                tracing::warn!(attempt, error = %err, "recording a result failed; retrying");
-                tokio::time::sleep(backoff.delay(attempt)).await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "could not record a result; the task will run again when its lease expires");
-                return Outcome::NotRecorded;
-            }
-        }
+    WorkflowEnd {
+        task,
+        decision: Some(decision),
     }
-    Outcome::NotRecorded
 }
 
 impl Actor for WorkerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let register = RegisterWorker {
+        let register = RegisterOwnWorker {
             kind: self.settings.kind,
             queues: self.settings.queues.clone(),
-            recipient: ctx.address().recipient(),
-            policy: WakePolicy::WhenIdle,
-            listener_state: Some(ctx.address().recipient()),
+            offers: ctx.address().recipient(),
+            listener_state: ctx.address().recipient(),
         };
         ctx.wait(
             self.router
@@ -672,7 +856,9 @@ impl Actor for WorkerActor {
                 .into_actor(self)
                 .map(|result, act, ctx| {
                     act.registration = result.ok();
-                    act.poll(ctx);
+                    if let Some(max) = act.wake.timer_fired() {
+                        act.claim(max, ctx);
+                    }
                 }),
         );
     }
@@ -685,11 +871,23 @@ impl Actor for WorkerActor {
     }
 }
 
+impl Handler<OfferWake> for WorkerActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: OfferWake, ctx: &mut Context<Self>) -> bool {
+        let offer = self.offered(ctx);
+        tracing::trace!(worker = %self.settings.worker_id, queue = ?msg.queue.as_ref().map(Queue::as_str), reason = ?msg.reason, ?offer, "wake-up offered");
+        offer.accepted()
+    }
+}
+
 impl Handler<TaskAvailable> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, _: TaskAvailable, ctx: &mut Context<Self>) {
-        self.poll(ctx);
+        // Told directly (not through the router): nobody to decline to; a
+        // full worker claims anyway when its next slot frees.
+        self.offered(ctx);
     }
 }
 
@@ -699,7 +897,7 @@ impl Handler<ListenerStateChanged> for WorkerActor {
     fn handle(&mut self, msg: ListenerStateChanged, ctx: &mut Context<Self>) {
         // The notification path is down: a long sleep would now be a long
         // delay. Shorten it; the resync after reconnecting wakes us anyway.
-        if !msg.listening && self.fallback.is_some() && !self.draining {
+        if !msg.listening && self.timer.is_some() && self.wake.phase() == Phase::Idle {
             self.arm_timer(jittered(self.settings.fallback_while_degraded), ctx);
         }
     }
@@ -709,13 +907,14 @@ impl Handler<StopClaiming> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, _: StopClaiming, ctx: &mut Context<Self>) {
-        self.draining = true;
-        if let Some(handle) = self.fallback.take() {
+        self.wake.stop();
+        if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
         if let Some(id) = self.registration.take() {
             self.router.do_send(UnregisterWorker { id });
         }
+        self.report_health();
     }
 }
 
@@ -737,30 +936,25 @@ impl Handler<AbandonInFlight> for WorkerActor {
         let running: Vec<u64> = self
             .in_flight
             .iter()
-            .filter(|(_, f)| !f.recording)
+            .filter(|(_, f)| f.recording_since.is_none())
             .map(|(n, _)| *n)
             .collect();
+        self.wake.released(running.len());
         for number in running {
             let Some(in_flight) = self.in_flight.remove(&number) else {
                 continue;
             };
             ctx.cancel_future(in_flight.handle);
-            let lease = in_flight.lease.borrow().clone();
             let store = self.store.clone();
             releases.push(async move {
                 let released = match in_flight.task {
-                    Claimed::Activity(mut task) => {
-                        task.lease = lease;
-                        store.release_activity_task(&task).await
-                    }
-                    Claimed::Workflow(mut task) => {
-                        task.lease = lease;
-                        store.release_workflow_task(&task).await
-                    }
+                    Claimed::Activity(task) => store.release_activity_task(&task).await,
+                    Claimed::Workflow(task) => store.release_workflow_task(&task).await,
                 };
                 matches!(released, Ok(true))
             });
         }
+        self.report_health();
         Box::pin(
             futures::future::join_all(releases)
                 .into_actor(self)

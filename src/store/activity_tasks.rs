@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::events::{insert_pending, NewEvent};
-use super::model::{ActivityTask, EventType, InstanceRef, Lease};
+use super::model::{ActivityPoll, ActivityTask, EventType, InstanceRef, InstanceState, Lease};
 use super::names::{Queue, WorkerId};
 use super::{db, lease_seconds, Store, TouchedQueues};
 use crate::error::StoreError;
@@ -64,17 +64,72 @@ impl Store {
         max: usize,
         lease: Duration,
     ) -> Result<(Vec<ActivityTask>, Option<Duration>), StoreError> {
+        let poll = self
+            .poll_activity_tasks_detailed(worker, queues, max, lease)
+            .await?;
+        Ok((poll.tasks, poll.due_in))
+    }
+
+    /// [`poll_activity_tasks`](Self::poll_activity_tasks), and whether the
+    /// claim skipped claimable activities that another transaction had
+    /// locked: nothing announces when such a lock goes, so a worker told
+    /// `skipped_locked` polls again soon instead of sleeping until the next
+    /// notification. Still one statement; the look for skipped rows (a
+    /// plain read, no locks) runs only when the batch was not full.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// let worker = pgwake::WorkerId::unique("docs");
+    /// let queues = pgwake::queues(["emails"])?;
+    /// let poll = store
+    ///     .poll_activity_tasks_detailed(&worker, &queues, 32, std::time::Duration::from_secs(120))
+    ///     .await?;
+    /// println!("{} claimed, locked elsewhere: {}", poll.tasks.len(), poll.skipped_locked);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`claim_activity_tasks`](Self::claim_activity_tasks).
+    pub async fn poll_activity_tasks_detailed(
+        &self,
+        worker: &WorkerId,
+        queues: &[Queue],
+        max: usize,
+        lease: Duration,
+    ) -> Result<ActivityPoll, StoreError> {
+        self.bounded(
+            "claiming activity tasks",
+            self.poll_activity_tasks_detailed_unbounded(worker, queues, max, lease),
+        )
+        .await
+    }
+
+    async fn poll_activity_tasks_detailed_unbounded(
+        &self,
+        worker: &WorkerId,
+        queues: &[Queue],
+        max: usize,
+        lease: Duration,
+    ) -> Result<ActivityPoll, StoreError> {
         if queues.is_empty() {
             return Err(StoreError::NoQueues);
         }
         let lease_secs = lease_seconds(lease)?;
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let queue_names: Vec<&str> = queues.iter().map(Queue::as_str).collect();
+        // One token for every row of this claim: (row, worker, lease id)
+        // names the claim, and a later claim of any of them writes another.
+        let lease_id = fastrand::i64(..);
         let client = self.client().await?;
         // Locks up to `max` activities rows, FOR UPDATE SKIP LOCKED: it never
         // waits, so it cannot deadlock, and concurrent claimers take
-        // disjoint rows. The due time rides along as the first column of a
-        // row that exists even when nothing is claimed.
+        // disjoint rows. The due time and the skipped-rows flag ride along
+        // in the first columns of a row that exists even when nothing is
+        // claimed. The flag's EXISTS reads the statement's snapshot, in
+        // which the rows this statement claimed are still unclaimed: hence
+        // `NOT IN claimed`. A row that snapshot shows claimable and that the
+        // claim did not take was locked by someone else (or changed since
+        // the snapshot, and then the next poll sees it as it is).
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
         let rows = client
@@ -90,19 +145,31 @@ impl Store {
                         FOR UPDATE SKIP LOCKED),
                      claimed AS (
                        UPDATE activities a
-                          SET locked_until = now() + make_interval(secs => $3), worker = $2
+                          SET locked_until = now() + make_interval(secs => $3), worker = $2,
+                              lease_id = $5
                          FROM candidate c WHERE a.id = c.id
                        RETURNING a.id, a.activity_id, a.instance_id, a.execution_id, a.queue,
                                  a.schedule_event_id, a.locked_until, a.timestamp),
-                     -- A full batch polls again at once: no due time needed.
-                     due AS (SELECT CASE WHEN (SELECT count(*) FROM claimed) < $4
-                                         THEN (SELECT due_in FROM ({}) next) END AS due_in),
+                     -- A full batch polls again at once: it needs no due time and no
+                     -- look for skipped rows.
+                     short AS (SELECT (SELECT count(*) FROM claimed) < $4 AS short),
+                     due AS (
+                       SELECT CASE WHEN short THEN (SELECT due_in FROM ({}) next) END AS due_in,
+                              CASE WHEN short THEN EXISTS (
+                                SELECT 1 FROM activities s
+                                 WHERE s.queue = ANY($1)
+                                   AND (s.locked_until IS NULL OR s.locked_until < now())
+                                   AND (s.visible_at IS NULL OR s.visible_at <= now())
+                                   AND s.id NOT IN (SELECT id FROM claimed))
+                              ELSE false END AS skipped_locked
+                         FROM short),
                      -- A claim is a lease: if its commit is lost in a crash, the task
                      -- is claimed again, and fencing keeps completion exactly-once.
                      -- So it need not wait for its WAL flush.
                      lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true))
-                     SELECT due.due_in, c.id, c.activity_id, c.instance_id, c.execution_id, c.queue,
-                            c.schedule_event_id, c.locked_until, at.data, c.timestamp
+                     SELECT due.due_in, due.skipped_locked, c.id, c.activity_id, c.instance_id,
+                            c.execution_id, c.queue, c.schedule_event_id, c.locked_until, at.data,
+                            c.timestamp
                        FROM due CROSS JOIN lazy_commit LEFT JOIN (claimed c
                          LEFT JOIN attributes at ON at.instance_id = c.instance_id
                               AND at.execution_id = c.execution_id AND at.event_id = c.activity_id)
@@ -112,7 +179,13 @@ impl Store {
                     ))
                     .await
                     .map_err(db("preparing a statement"))?,
-                &[&queue_names, &worker.as_str(), &lease_secs, &limit],
+                &[
+                    &queue_names,
+                    &worker.as_str(),
+                    &lease_secs,
+                    &limit,
+                    &lease_id,
+                ],
             )
             .await
             .map_err(db("claiming activity tasks"))?;
@@ -122,41 +195,46 @@ impl Store {
             .first()
             .and_then(|r| r.get::<_, Option<f64>>(0))
             .map(super::stats::seconds);
+        let skipped_locked = rows.first().is_some_and(|r| r.get::<_, bool>(1));
         let rows: Vec<_> = rows
             .into_iter()
-            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+            .filter(|r| r.get::<_, Option<i64>>(2).is_some())
             .collect();
         let tasks = rows
             .iter()
             .map(|row| {
-                let data: Option<Vec<u8>> = row.get(8);
+                let data: Option<Vec<u8>> = row.get(9);
                 let scheduled: Value = match data {
                     Some(bytes) => serde_json::from_slice(&bytes)?,
                     None => Value::Null,
                 };
                 Ok(ActivityTask {
-                    row_id: row.get(1),
-                    activity_id: row.get(2),
+                    row_id: row.get(2),
+                    activity_id: row.get(3),
                     instance: InstanceRef {
-                        instance_id: row.get(3),
-                        execution_id: row.get(4),
+                        instance_id: row.get(4),
+                        execution_id: row.get(5),
                     },
-                    queue: Queue::new(row.get::<_, String>(5)).unwrap_or_default(),
-                    schedule_event_id: row.get(6),
+                    queue: Queue::new(row.get::<_, String>(6)).unwrap_or_default(),
+                    schedule_event_id: row.get(7),
                     name: scheduled["name"].as_str().unwrap_or_default().to_string(),
                     input: scheduled.get("input").cloned().unwrap_or(Value::Null),
-                    enqueued_at: row.get(9),
-                    lease: Lease {
-                        worker: worker.clone(),
-                        locked_until: row.get(7),
-                    },
+                    enqueued_at: row.get(10),
+                    lease: Lease::new(worker.clone(), row.get(8), lease_id),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         if !tasks.is_empty() {
             tracing::debug!(count = tasks.len(), worker = %worker, "activity tasks claimed");
         }
-        Ok((tasks, due_in))
+        if skipped_locked {
+            tracing::debug!(worker = %worker, "claimable activities skipped: locked by another transaction");
+        }
+        Ok(ActivityPoll {
+            tasks,
+            due_in,
+            skipped_locked,
+        })
     }
 
     /// Records an activity's result (`Ok`) or error (`Err`): deletes the
@@ -177,6 +255,18 @@ impl Store {
     /// # Errors
     /// [`StoreError::LeaseLost`], a payload too large, a database failure.
     pub async fn complete_activity_task(
+        &self,
+        task: &ActivityTask,
+        result: Result<Value, String>,
+    ) -> Result<(), StoreError> {
+        self.bounded(
+            "recording an activity result",
+            self.complete_activity_task_unbounded(task, result),
+        )
+        .await
+    }
+
+    async fn complete_activity_task_unbounded(
         &self,
         task: &ActivityTask,
         result: Result<Value, String>,
@@ -213,14 +303,14 @@ impl Store {
         let deleted = tx
             .execute(
                 &tx.prepare_cached(
-                    "DELETE FROM activities WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                    "DELETE FROM activities WHERE id = $1 AND worker = $2 AND lease_id = $3",
                 )
                 .await
                 .map_err(db("preparing a statement"))?,
                 &[
                     &task.row_id,
-                    &task.lease.worker.as_str(),
-                    &task.lease.locked_until,
+                    &task.lease.worker().as_str(),
+                    &task.lease.lease_id(),
                 ],
             )
             .await
@@ -235,7 +325,7 @@ impl Store {
                     "activity {} of {}",
                     task.activity_id, task.instance.instance_id
                 ),
-                worker: task.lease.worker.to_string(),
+                worker: task.lease.worker().to_string(),
             });
         }
         let mut touched = TouchedQueues::default();
@@ -258,42 +348,56 @@ impl Store {
     /// [`complete_activity_task`](Self::complete_activity_task) fences one;
     /// the returned outcomes are in the order given.
     ///
+    /// It never waits for a workflow instance: a result whose instance
+    /// another transaction has locked (a workflow completion in progress, a
+    /// session outside pgwake) is neither recorded nor dropped, and its
+    /// outcome is [`StoreError::InstanceBusy`] (transient: complete it
+    /// again shortly; the activity keeps its lease). The others are
+    /// recorded. A result (or error) larger than
+    /// [`StoreOptions::max_payload_bytes`](super::StoreOptions::max_payload_bytes)
+    /// is recorded as `ActivityFailed`, with an error naming both sizes, so
+    /// that the workflow learns of it and the batch goes through; its
+    /// outcome is `Ok`.
+    ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store, a: pgwake::ActivityTask, b: pgwake::ActivityTask) -> Result<(), pgwake::StoreError> {
     /// let outcomes = store
     ///     .complete_activity_tasks(&[(&a, Ok(serde_json::json!(1))), (&b, Err("timeout".into()))])
     ///     .await?;
-    /// assert_eq!(outcomes.len(), 2);
+    /// for outcome in outcomes {
+    ///     match outcome {
+    ///         Ok(()) => {}
+    ///         Err(err) if err.is_transient() => println!("try again shortly: {err}"),
+    ///         Err(err) => println!("not recorded: {err}"),
+    ///     }
+    /// }
     /// # Ok(()) }
     /// ```
     ///
     /// # Errors
-    /// A payload too large (nothing is recorded), a database failure
-    /// (nothing is recorded). A lost lease is an `Err` in its own outcome.
+    /// A database failure (nothing is recorded). A lost lease or a busy
+    /// instance is an `Err` in its own outcome.
     pub async fn complete_activity_tasks(
+        &self,
+        completions: &[(&ActivityTask, Result<Value, String>)],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.bounded(
+            "recording activity results",
+            self.complete_activity_tasks_unbounded(completions),
+        )
+        .await
+    }
+
+    async fn complete_activity_tasks_unbounded(
         &self,
         completions: &[(&ActivityTask, Result<Value, String>)],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let mut row_ids = Vec::with_capacity(completions.len());
-        let mut workers = Vec::with_capacity(completions.len());
-        let mut tokens = Vec::with_capacity(completions.len());
-        let mut event_ids = Vec::with_capacity(completions.len());
-        let mut event_types = Vec::with_capacity(completions.len());
-        let mut data = Vec::with_capacity(completions.len());
+        let mut encoded = Vec::with_capacity(completions.len());
         for (task, result) in completions {
-            let (event_type, attributes) = match result {
-                Ok(value) => (EventType::ActivityCompleted, json!({ "result": value })),
-                Err(error) => (EventType::ActivityFailed, json!({ "error": error })),
-            };
-            data.push(self.encode(&attributes)?);
-            event_types.push(event_type.code());
-            event_ids.push(super::new_id());
-            row_ids.push(task.row_id);
-            workers.push(task.lease.worker.as_str());
-            tokens.push(task.lease.locked_until);
+            encoded.push(self.encode_activity_result(task, result)?);
         }
         let owner_instances: Vec<&str> = completions
             .iter()
@@ -307,16 +411,31 @@ impl Store {
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
         let tx = self.begin_write(&mut client).await?;
-        // Locks the owning instances rows (shared) in id order, before any
-        // activities row: the order every waiting transaction follows.
+        // Locks the active owning instances rows (shared) in ascending id
+        // order, before any activities row: the order every waiting
+        // transaction follows. SKIP LOCKED: it never waits for an instances
+        // row, so one instance held by another transaction holds up only
+        // its own results, not the batch and the worker behind it. Every
+        // owner's state is read as well, without a lock, to tell an active
+        // owner that could not be locked (busy: try again) from a finished
+        // one (nobody is left to read the result). A row locked here is
+        // returned as its newest committed version, so an owner that
+        // finished since the statement's snapshot counts as finished.
         let owners = tx
             .query(
                 &tx.prepare_cached(
-                    "SELECT i.id, i.instance_id, i.execution_id, i.queue FROM instances i
-                  WHERE (i.instance_id, i.execution_id) IN
-                        (SELECT * FROM unnest($1::text[], $2::text[]))
-                    AND i.state = 0
-                  ORDER BY i.id FOR SHARE",
+                    "WITH owners AS MATERIALIZED (
+                       SELECT i.id, i.instance_id, i.execution_id, i.state, i.queue
+                         FROM instances i
+                        WHERE (i.instance_id, i.execution_id) IN
+                              (SELECT * FROM unnest($1::text[], $2::text[]))),
+                     locked AS MATERIALIZED (
+                       SELECT i.id, i.state FROM instances i
+                        WHERE i.id IN (SELECT id FROM owners WHERE state = 0)
+                        ORDER BY i.id FOR SHARE SKIP LOCKED)
+                     SELECT o.instance_id, o.execution_id, l.id IS NOT NULL, COALESCE(l.state, o.state),
+                            o.queue
+                       FROM owners o LEFT JOIN locked l ON l.id = o.id",
                 )
                 .await
                 .map_err(db("preparing a statement"))?,
@@ -324,24 +443,74 @@ impl Store {
             )
             .await
             .map_err(db("locking the activities' workflows"))?;
-        // Deletes exactly the activities whose lease (holder and fencing
-        // token) still matches, and queues each one's result for its owner
-        // when the owner is active: one statement for the whole batch.
+        let mut owner_of = std::collections::HashMap::new();
+        for row in &owners {
+            let owner = if row.get::<_, i32>(3) != InstanceState::Active as i32 {
+                Owner::Finished
+            } else if row.get::<_, bool>(2) {
+                Owner::Locked(Queue::new(row.get::<_, String>(4)).unwrap_or_default())
+            } else {
+                Owner::Busy
+            };
+            owner_of.insert((row.get::<_, String>(0), row.get::<_, String>(1)), owner);
+        }
+        let owner = |task: &ActivityTask| {
+            owner_of
+                .get(&(
+                    task.instance.instance_id.clone(),
+                    task.instance.execution_id.clone(),
+                ))
+                // No row at all: the execution was removed. Nobody reads it.
+                .unwrap_or(&Owner::Finished)
+        };
+        // Results for busy owners are left out: neither deleted nor recorded.
+        let mut row_ids = Vec::new();
+        let mut workers = Vec::new();
+        let mut lease_ids = Vec::new();
+        let mut event_ids = Vec::new();
+        let mut event_types = Vec::new();
+        let mut data = Vec::new();
+        let mut record = Vec::new();
+        let mut touched = TouchedQueues::default();
+        for ((task, _), (event_type, bytes)) in completions.iter().zip(&encoded) {
+            let active = match owner(task) {
+                Owner::Busy => continue,
+                Owner::Finished => false,
+                Owner::Locked(queue) => {
+                    touched.add_workflow(queue);
+                    true
+                }
+            };
+            row_ids.push(task.row_id);
+            workers.push(task.lease.worker().as_str());
+            lease_ids.push(task.lease.lease_id());
+            event_ids.push(super::new_id());
+            event_types.push(event_type.code());
+            data.push(bytes.as_slice());
+            record.push(active);
+        }
+        // Deletes exactly the activities whose lease (holder and claim)
+        // still matches, and queues each one's result for its owner when
+        // the owner is active and locked above: one statement for the
+        // whole batch. The activities rows it waits for are those of owners
+        // locked above (so no workflow completion can be deleting them) or
+        // of finished owners (whose completion deleted theirs already).
         let deleted = tx
             .query(
                 &tx.prepare_cached("WITH input AS (
-                   SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::int[], $6::bytea[])
-                            WITH ORDINALITY AS t(row_id, worker, token, event_id, event_type, data, ord)),
+                   SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::int[],
+                                        $6::bytea[], $7::bool[])
+                            WITH ORDINALITY AS t(row_id, worker, lease_id, event_id, event_type, data,
+                                                 record, ord)),
                  deleted AS (
                    DELETE FROM activities a USING input
-                    WHERE a.id = input.row_id AND a.worker = input.worker AND a.locked_until = input.token
+                    WHERE a.id = input.row_id AND a.worker = input.worker AND a.lease_id = input.lease_id
                    RETURNING a.id, a.instance_id, a.execution_id, a.schedule_event_id),
                  results AS (
                    SELECT input.ord, input.event_id, input.event_type, input.data,
                           d.instance_id, d.execution_id, d.schedule_event_id
                      FROM deleted d JOIN input ON input.row_id = d.id
-                     JOIN instances i ON i.instance_id = d.instance_id AND i.execution_id = d.execution_id
-                    WHERE i.state = 0),
+                    WHERE input.record),
                  attrs AS (
                    INSERT INTO attributes (event_id, instance_id, execution_id, data)
                    SELECT event_id, instance_id, execution_id, data FROM results),
@@ -351,48 +520,87 @@ impl Store {
                    SELECT event_id, instance_id, execution_id, event_type, now(), schedule_event_id
                      FROM results ORDER BY ord)
                  SELECT id FROM deleted").await.map_err(db("preparing a statement"))?,
-                &[&row_ids, &workers, &tokens, &event_ids, &event_types, &data],
+                &[&row_ids, &workers, &lease_ids, &event_ids, &event_types, &data, &record],
             )
             .await
             .map_err(db("recording activity results"))?;
         let deleted: std::collections::HashSet<i64> = deleted.iter().map(|r| r.get(0)).collect();
-        let active_owners: std::collections::HashSet<(String, String)> =
-            owners.iter().map(|r| (r.get(1), r.get(2))).collect();
-        let mut touched = TouchedQueues::default();
-        for row in &owners {
-            touched.add_workflow(&Queue::new(row.get::<_, String>(3)).unwrap_or_default());
-        }
         self.commit_write(tx, touched, "committing activity results")
             .await?;
         #[cfg(feature = "metrics")]
         crate::metrics::completion_duration(crate::runtime::TaskKind::Activity, started);
         let outcomes = completions
             .iter()
-            .map(|(task, _)| {
-                let owner_active = active_owners.contains(&(
-                    task.instance.instance_id.clone(),
-                    task.instance.execution_id.clone(),
-                ));
-                if deleted.contains(&task.row_id) || !owner_active {
-                    // Recorded, or its workflow ended meanwhile and nobody is
-                    // left to read it (as for a single completion).
-                    Ok(())
-                } else {
-                    Err(StoreError::LeaseLost {
-                        task: format!(
-                            "activity {} of {}",
-                            task.activity_id, task.instance.instance_id
-                        ),
-                        worker: task.lease.worker.to_string(),
-                    })
-                }
+            .map(|(task, _)| match owner(task) {
+                Owner::Busy => Err(StoreError::InstanceBusy {
+                    instance_id: task.instance.instance_id.clone(),
+                }),
+                // Its workflow ended meanwhile and nobody is left to read
+                // it (as for a single completion).
+                Owner::Finished => Ok(()),
+                Owner::Locked(_) if deleted.contains(&task.row_id) => Ok(()),
+                Owner::Locked(_) => Err(StoreError::LeaseLost {
+                    task: format!(
+                        "activity {} of {}",
+                        task.activity_id, task.instance.instance_id
+                    ),
+                    worker: task.lease.worker().to_string(),
+                }),
             })
             .collect();
         Ok(outcomes)
     }
 
+    /// The event type and attributes that record `result`. One too large
+    /// to store becomes an `ActivityFailed` saying so: refusing it would
+    /// fail the whole batch, again on every attempt.
+    fn encode_activity_result(
+        &self,
+        task: &ActivityTask,
+        result: &Result<Value, String>,
+    ) -> Result<(EventType, Vec<u8>), StoreError> {
+        let (event_type, attributes, what) = match result {
+            Ok(value) => (
+                EventType::ActivityCompleted,
+                json!({ "result": value }),
+                "result",
+            ),
+            Err(error) => (
+                EventType::ActivityFailed,
+                json!({ "error": error }),
+                "error",
+            ),
+        };
+        match self.encode(&attributes) {
+            Ok(data) => Ok((event_type, data)),
+            Err(StoreError::PayloadTooLarge { size, limit }) => {
+                tracing::warn!(
+                    activity_id = %task.activity_id,
+                    instance_id = %task.instance.instance_id,
+                    size,
+                    limit,
+                    "activity {what} too large; recorded as a failure"
+                );
+                let error = format!(
+                    "the activity's {what} was not recorded: it is {size} bytes as JSON, larger \
+                     than the {limit} bytes this store accepts (StoreOptions::max_payload_bytes); \
+                     store large data elsewhere and return a reference"
+                );
+                // A few hundred bytes: not held to the limit, so that even
+                // a store with an absurdly small limit can say why.
+                Ok((
+                    EventType::ActivityFailed,
+                    serde_json::to_vec(&json!({ "error": error }))?,
+                ))
+            }
+            Err(other) => Err(other),
+        }
+    }
+
     /// Extends the lease on an activity task by `lease` from now (database
-    /// clock) and records the new fencing token in `task`. Unlike
+    /// clock) and records the new deadline in `task`. The claim's token
+    /// does not change: should the reply be lost, `task` as it was still
+    /// holds the lease (and may extend again, or complete). Unlike
     /// go-workflows', it fails when the lease is no longer held, so a worker
     /// learns that its work will be discarded.
     ///
@@ -409,6 +617,18 @@ impl Store {
         task: &mut ActivityTask,
         lease: Duration,
     ) -> Result<(), StoreError> {
+        self.bounded(
+            "extending an activity task's lease",
+            self.extend_activity_task_unbounded(task, lease),
+        )
+        .await
+    }
+
+    async fn extend_activity_task_unbounded(
+        &self,
+        task: &mut ActivityTask,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
         let lease_secs = lease_seconds(lease)?;
         let client = self.client().await?;
         // Locks one activities row by primary key and nothing else.
@@ -417,15 +637,15 @@ impl Store {
                 &client
                     .prepare_cached(
                         "UPDATE activities SET locked_until = now() + make_interval(secs => $4)
-                  WHERE id = $1 AND worker = $2 AND locked_until = $3
-                  RETURNING locked_until",
+              WHERE id = $1 AND worker = $2 AND lease_id = $3
+              RETURNING locked_until",
                     )
                     .await
                     .map_err(db("preparing a statement"))?,
                 &[
                     &task.row_id,
-                    &task.lease.worker.as_str(),
-                    &task.lease.locked_until,
+                    &task.lease.worker().as_str(),
+                    &task.lease.lease_id(),
                     &lease_secs,
                 ],
             )
@@ -433,7 +653,7 @@ impl Store {
             .map_err(db("extending the activity task's lease"))?;
         match row {
             Some(row) => {
-                task.lease.locked_until = row.get(0);
+                task.lease.extend_to(row.get(0));
                 Ok(())
             }
             None => Err(StoreError::LeaseLost {
@@ -441,7 +661,7 @@ impl Store {
                     "activity {} of {}",
                     task.activity_id, task.instance.instance_id
                 ),
-                worker: task.lease.worker.to_string(),
+                worker: task.lease.worker().to_string(),
             }),
         }
     }
@@ -469,6 +689,20 @@ impl Store {
         name: &str,
         input: Value,
     ) -> Result<String, StoreError> {
+        self.bounded(
+            "enqueueing an activity",
+            self.enqueue_activity_unbounded(instance, queue, name, input),
+        )
+        .await
+    }
+
+    async fn enqueue_activity_unbounded(
+        &self,
+        instance: &InstanceRef,
+        queue: &Queue,
+        name: &str,
+        input: Value,
+    ) -> Result<String, StoreError> {
         super::names::check_id("instance id", &instance.instance_id, 128)?;
         super::names::check_id("execution id", &instance.execution_id, 128)?;
         let data =
@@ -481,7 +715,11 @@ impl Store {
         // AFTER triggers fire at its end, so the trigger skips it exactly
         // as it skips a SET LOCAL: a write without the commit-time NOTIFY
         // lock, in one round trip.
-        client
+        // The statement is its own commit: its reply may be lost too.
+        let mut touched = TouchedQueues::default();
+        touched.add_activity(queue);
+        let report = super::CommitReport::new(self, touched);
+        let written = client
             .execute(
                 &client.prepare_cached("WITH defer AS (SELECT set_config('pgwake.defer_notify', CASE WHEN $6 THEN 'on' ELSE '' END, true) AS v),
                       attrs AS (INSERT INTO attributes (event_id, instance_id, execution_id, data)
@@ -499,10 +737,9 @@ impl Store {
                 ],
             )
             .await
-            .map_err(db("enqueueing an activity"))?;
-        let mut touched = TouchedQueues::default();
-        touched.add_activity(queue);
-        self.report_commit(touched);
+            .map_err(db("enqueueing an activity"));
+        report.settle(written.is_ok());
+        written?;
         Ok(activity_id)
     }
 
@@ -523,25 +760,46 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub async fn release_activity_task(&self, task: &ActivityTask) -> Result<bool, StoreError> {
+        self.bounded(
+            "releasing an activity task",
+            self.release_activity_task_unbounded(task),
+        )
+        .await
+    }
+
+    async fn release_activity_task_unbounded(
+        &self,
+        task: &ActivityTask,
+    ) -> Result<bool, StoreError> {
         let client = self.client().await?;
         // Locks one activities row by primary key and nothing else.
         let released = client
             .execute(
                 &client
                     .prepare_cached(
-                        "UPDATE activities SET locked_until = NULL
-                  WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                        "UPDATE activities SET locked_until = NULL, lease_id = NULL
+              WHERE id = $1 AND worker = $2 AND lease_id = $3",
                     )
                     .await
                     .map_err(db("preparing a statement"))?,
                 &[
                     &task.row_id,
-                    &task.lease.worker.as_str(),
-                    &task.lease.locked_until,
+                    &task.lease.worker().as_str(),
+                    &task.lease.lease_id(),
                 ],
             )
             .await
             .map_err(db("releasing the activity task"))?;
         Ok(released == 1)
     }
+}
+
+/// What a batch completion found of an activity's workflow execution.
+enum Owner {
+    /// Active, and locked (shared) by this transaction: record the result.
+    Locked(Queue),
+    /// Active, but locked by another transaction: leave the result for later.
+    Busy,
+    /// Finished, continued as new, or removed: drop the result.
+    Finished,
 }

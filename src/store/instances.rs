@@ -17,6 +17,38 @@ use crate::error::StoreError;
 /// `hashtext(instance_id)`): apart from applications' own advisory locks.
 const INSTANCE_ID_LOCK_CLASS: i32 = 0x7067_7761; // "pgwa"
 
+/// Takes the advisory locks on `instance_ids` (as [`Store::insert_instance`]
+/// takes one), in one statement, deduplicated and in ascending order of the
+/// lock key: what lets a transaction that creates several instances take
+/// them all without two such transactions waiting for each other in a
+/// cycle. Taking them again later in the same transaction is granted at
+/// once: advisory locks are re-entrant within a session.
+pub(crate) async fn lock_instance_ids(
+    client: &impl GenericClient,
+    instance_ids: &[&str],
+) -> Result<(), StoreError> {
+    if instance_ids.is_empty() {
+        return Ok(());
+    }
+    // The sorted, distinct keys come from a subquery that is not flattened
+    // (DISTINCT), so the locks are taken row by row in its order.
+    client
+        .execute(
+            &client
+                .prepare_cached(
+                    "SELECT pg_advisory_xact_lock($1, key)
+                       FROM (SELECT DISTINCT hashtext(id) AS key
+                               FROM unnest($2::text[]) AS t(id) ORDER BY key) keys",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
+            &[&INSTANCE_ID_LOCK_CLASS, &instance_ids],
+        )
+        .await
+        .map_err(db("locking the instance ids"))?;
+    Ok(())
+}
+
 /// Deletes the instances selected by `doomed` (a query yielding `id,
 /// instance_id, execution_id`) with every row that belongs to them.
 fn delete_instances_sql(doomed: &str) -> String {
@@ -50,6 +82,11 @@ impl Store {
     /// # Errors
     /// [`StoreError::AlreadyExists`], an invalid id, a payload too large.
     pub async fn create_instance(&self, new: NewInstance) -> Result<InstanceRef, StoreError> {
+        self.bounded("creating an instance", self.create_instance_unbounded(new))
+            .await
+    }
+
+    async fn create_instance_unbounded(&self, new: NewInstance) -> Result<InstanceRef, StoreError> {
         let mut client = self.client().await?;
         let tx = self.begin_write(&mut client).await?;
         let created = self.insert_instance(&tx, &new, None).await?;
@@ -70,6 +107,13 @@ impl Store {
     /// (`None` then). Serialized per instance id by a transaction-level
     /// advisory lock: without it two concurrent creates would both find no
     /// active execution and both insert one (go-workflows' race).
+    ///
+    /// Waiting for that lock is safe only where the transaction holds no
+    /// row lock and no other advisory lock yet (as in
+    /// [`create_instance`](Self::create_instance)); a transaction that
+    /// creates instances later or several at once takes all their locks
+    /// first with [`lock_instance_ids`], and the lock taken here is then
+    /// already held: granted at once, it never waits.
     pub(crate) async fn insert_instance(
         &self,
         client: &impl GenericClient,
@@ -163,6 +207,19 @@ impl Store {
         name: &str,
         payload: serde_json::Value,
     ) -> Result<(), StoreError> {
+        self.bounded(
+            "signalling an instance",
+            self.signal_instance_unbounded(instance_id, name, payload),
+        )
+        .await
+    }
+
+    async fn signal_instance_unbounded(
+        &self,
+        instance_id: &str,
+        name: &str,
+        payload: serde_json::Value,
+    ) -> Result<(), StoreError> {
         check_id("instance id", instance_id, 128)?;
         let data = self.encode(&json!({ "name": name, "payload": payload }))?;
         let mut client = self.client().await?;
@@ -173,7 +230,7 @@ impl Store {
             .query_opt(
                 &tx.prepare_cached(
                     "SELECT execution_id, queue FROM instances WHERE instance_id = $1 AND state = 0
-                 ORDER BY id DESC LIMIT 1 FOR SHARE",
+             ORDER BY id DESC LIMIT 1 FOR SHARE",
                 )
                 .await
                 .map_err(db("preparing a statement"))?,
@@ -217,6 +274,17 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`] when the instance never existed.
     pub async fn cancel_instance(&self, instance_id: &str) -> Result<CancelOutcome, StoreError> {
+        self.bounded(
+            "canceling an instance",
+            self.cancel_instance_unbounded(instance_id),
+        )
+        .await
+    }
+
+    async fn cancel_instance_unbounded(
+        &self,
+        instance_id: &str,
+    ) -> Result<CancelOutcome, StoreError> {
         check_id("instance id", instance_id, 128)?;
         let mut client = self.client().await?;
         let tx = self.begin_write(&mut client).await?;
@@ -225,7 +293,7 @@ impl Store {
             .query_opt(
                 &tx.prepare_cached(
                     "SELECT execution_id, state, queue FROM instances WHERE instance_id = $1
-                 ORDER BY (state = 0) DESC, id DESC LIMIT 1 FOR SHARE",
+             ORDER BY (state = 0) DESC, id DESC LIMIT 1 FOR SHARE",
                 )
                 .await
                 .map_err(db("preparing a statement"))?,
@@ -272,6 +340,14 @@ impl Store {
         &self,
         instance_id: &str,
     ) -> Result<Option<InstanceSnapshot>, StoreError> {
+        self.bounded("reading an instance", self.instance_unbounded(instance_id))
+            .await
+    }
+
+    async fn instance_unbounded(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<InstanceSnapshot>, StoreError> {
         check_id("instance id", instance_id, 128)?;
         let client = self.client().await?;
         let row = client
@@ -279,8 +355,8 @@ impl Store {
                 &client
                     .prepare_cached(
                         "SELECT execution_id, queue, state, metadata, created_at, completed_at
-                   FROM instances WHERE instance_id = $1
-                  ORDER BY (state = 0) DESC, id DESC LIMIT 1",
+               FROM instances WHERE instance_id = $1
+              ORDER BY (state = 0) DESC, id DESC LIMIT 1",
                     )
                     .await
                     .map_err(db("preparing a statement"))?,
@@ -297,7 +373,7 @@ impl Store {
         let events = |table: &str, order: &str| {
             format!(
                 "SELECT {EVENT_COLUMNS} FROM {table} e {ATTRIBUTES_JOIN}
-                  WHERE e.instance_id = $1 AND e.execution_id = $2 ORDER BY {order}"
+              WHERE e.instance_id = $1 AND e.execution_id = $2 ORDER BY {order}"
             )
         };
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
@@ -342,6 +418,14 @@ impl Store {
     /// [`StoreError::NotFinished`] while an execution is active,
     /// [`StoreError::NotFound`] when there is none.
     pub async fn remove_instance(&self, instance_id: &str) -> Result<(), StoreError> {
+        self.bounded(
+            "removing an instance",
+            self.remove_instance_unbounded(instance_id),
+        )
+        .await
+    }
+
+    async fn remove_instance_unbounded(&self, instance_id: &str) -> Result<(), StoreError> {
         check_id("instance id", instance_id, 128)?;
         let mut client = self.client().await?;
         let tx = client
@@ -405,12 +489,24 @@ impl Store {
         older_than: Duration,
         batch_size: usize,
     ) -> Result<u64, StoreError> {
+        self.bounded(
+            "removing finished instances",
+            self.remove_finished_instances_unbounded(older_than, batch_size),
+        )
+        .await
+    }
+
+    async fn remove_finished_instances_unbounded(
+        &self,
+        older_than: Duration,
+        batch_size: usize,
+    ) -> Result<u64, StoreError> {
         let batch = i64::try_from(batch_size.max(1)).unwrap_or(i64::MAX);
         let age = older_than.as_secs_f64();
         let sql = delete_instances_sql(
             "SELECT id, instance_id, execution_id FROM instances
-              WHERE state <> 0 AND completed_at < now() - make_interval(secs => $1)
-              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+          WHERE state <> 0 AND completed_at < now() - make_interval(secs => $1)
+          ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
         );
         let client = self.client().await?;
         let mut removed = 0;

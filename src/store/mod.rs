@@ -28,10 +28,16 @@
 //! ```
 //!
 //! ## Locking
-//! Claims lock with `FOR UPDATE SKIP LOCKED` and never wait. Every
-//! transaction that waits for row locks takes its `instances` rows first, in
-//! ascending `id` order, before any `pending_events` or `activities` row; so
-//! no two transactions can wait for each other in a cycle.
+//! Claims lock with `FOR UPDATE SKIP LOCKED` and never wait; neither does a
+//! batch of activity results for their instances (`FOR SHARE SKIP LOCKED`:
+//! a result whose instance another transaction holds comes back as
+//! [`StoreError::InstanceBusy`], to be retried). Every transaction that
+//! waits for row locks takes its `instances` rows first, in ascending `id`
+//! order, before any `pending_events` or `activities` row. The advisory
+//! locks on instance ids that creating an instance takes come before any
+//! row lock, all of a transaction's in one statement in ascending key
+//! order; taking one again later in the same transaction never waits. So no
+//! two transactions can wait for each other in a cycle.
 
 mod activity_tasks;
 mod events;
@@ -41,6 +47,7 @@ mod names;
 mod stats;
 mod workflow_tasks;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,9 +56,10 @@ use serde_json::Value;
 use tokio_postgres::NoTls;
 
 pub use model::{
-    ActivityTask, CancelOutcome, Event, EventType, InstanceRef, InstanceSnapshot, InstanceState,
-    Lease, NewInstance, QueueStats, ScheduleActivity, SendSignal, StartSubWorkflow, StartTimer,
-    WorkflowCompletion, WorkflowOutcome, WorkflowTask,
+    ActivityPoll, ActivityTask, CancelOutcome, Event, EventType, InstanceRef, InstanceSnapshot,
+    InstanceState, Lease, NewInstance, QueueStats, ScheduleActivity, SendSignal, StartSubWorkflow,
+    StartTimer, WorkflowCompletion, WorkflowOutcome, WorkflowPoll, WorkflowTask,
+    MAX_COMMANDS_PER_DECISION, MAX_TIMER_DELAY,
 };
 pub use names::{queues, Queue, WorkerId, MAX_QUEUE_NAME_LEN, QUEUE_NAME_RULE};
 
@@ -65,6 +73,9 @@ use crate::error::StoreError;
 /// let options = pgwake::StoreOptions { pool_size: 4, ..Default::default() };
 /// assert_eq!(options.max_payload_bytes, 1024 * 1024);
 /// assert_eq!(options.pool_wait_timeout, Duration::from_secs(10));
+/// // Every operation has a deadline; the server's own timeouts end first.
+/// assert_eq!(options.operation_timeout, Duration::from_secs(30));
+/// assert!(options.statement_timeout < options.operation_timeout);
 /// ```
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -80,6 +91,26 @@ pub struct StoreOptions {
     pub pool_size: usize,
     /// How long an operation waits for a pooled connection. Default 10 s.
     pub pool_wait_timeout: Duration,
+    /// The client-side deadline of every store operation, from taking a
+    /// pooled connection to the commit's reply. Past it the operation fails
+    /// with [`StoreError::Timeout`] (transient) and its connection is
+    /// discarded, not given back to the pool: a connection that stopped
+    /// answering (a partition, a proxy holding a dead socket) never wedges
+    /// a worker. Default 30 s.
+    pub operation_timeout: Duration,
+    /// The server-side `statement_timeout` of pooled connections: a
+    /// statement running longer is cancelled by the server. Keep it below
+    /// `operation_timeout`, so that the server's clean cancel comes first.
+    /// Default 20 s.
+    pub statement_timeout: Duration,
+    /// The server-side `lock_timeout` of pooled connections: a statement
+    /// waiting this long for a row lock (a row held `FOR UPDATE` by another
+    /// session) fails, transiently, instead of waiting. Default 5 s.
+    pub lock_timeout: Duration,
+    /// The server-side `idle_in_transaction_session_timeout` of pooled
+    /// connections: the server ends a session of ours left idle inside a
+    /// transaction this long, releasing its locks. Default 60 s.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -89,7 +120,74 @@ impl Default for StoreOptions {
             sticky_timeout: Duration::ZERO,
             pool_size: 16,
             pool_wait_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(30),
+            statement_timeout: Duration::from_secs(20),
+            lock_timeout: Duration::from_secs(5),
+            idle_in_transaction_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+impl StoreOptions {
+    /// Checks the settings: every timeout longer than zero and at most a
+    /// day, and `statement_timeout` and `lock_timeout` below
+    /// `operation_timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = pgwake::StoreOptions { statement_timeout: Duration::from_secs(60), ..Default::default() };
+    /// assert!(options.validate().unwrap_err().contains("operation_timeout"));
+    /// assert!(pgwake::StoreOptions::default().validate().is_ok());
+    /// ```
+    ///
+    /// # Errors
+    /// The setting's name and what is wrong with it.
+    pub fn validate(&self) -> Result<(), String> {
+        let timeouts = [
+            ("pool_wait_timeout", self.pool_wait_timeout),
+            ("operation_timeout", self.operation_timeout),
+            ("statement_timeout", self.statement_timeout),
+            ("lock_timeout", self.lock_timeout),
+            (
+                "idle_in_transaction_timeout",
+                self.idle_in_transaction_timeout,
+            ),
+        ];
+        for (name, value) in timeouts {
+            if value < Duration::from_millis(1) || value > MAX_LEASE {
+                return Err(format!(
+                    "store.{name} must be between 1 ms and 24 hours, not {value:?}"
+                ));
+            }
+        }
+        for (name, value) in [
+            ("statement_timeout", self.statement_timeout),
+            ("lock_timeout", self.lock_timeout),
+        ] {
+            if value >= self.operation_timeout {
+                return Err(format!(
+                    "store.{name} ({value:?}) must be shorter than store.operation_timeout ({:?}), \
+                     so that the server cancels a slow statement before the client gives up on \
+                     its connection",
+                    self.operation_timeout
+                ));
+            }
+        }
+        if self.pool_size == 0 {
+            return Err("store.pool_size must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The `SET` statements that give a new pooled connection its timeouts.
+    fn session_settings(&self) -> String {
+        format!(
+            "SET statement_timeout = {}; SET lock_timeout = {}; \
+             SET idle_in_transaction_session_timeout = {}",
+            self.statement_timeout.as_millis(),
+            self.lock_timeout.as_millis(),
+            self.idle_in_transaction_timeout.as_millis()
+        )
     }
 }
 
@@ -158,6 +256,9 @@ pub struct Store {
     pool: Pool,
     options: StoreOptions,
     commit_hook: Option<CommitHook>,
+    /// Whether writes skip the insert triggers' NOTIFY because the hook's
+    /// notifier sends it (shared by clones; off once the runtime stopped).
+    defer_notify: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -186,6 +287,7 @@ impl Store {
             pool,
             options,
             commit_hook: None,
+            defer_notify: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -205,20 +307,58 @@ impl Store {
     /// ```
     pub fn with_commit_hook(mut self, hook: CommitHook) -> Self {
         self.commit_hook = Some(hook);
+        self.defer_notify = Arc::new(AtomicBool::new(true));
         self
+    }
+
+    /// From now on, writes through this store and its clones leave the
+    /// NOTIFY to the insert triggers again (the commit hook still runs):
+    /// what the runtime's shutdown does once its notifier has stopped, so
+    /// no write is left unannounced.
+    pub(crate) fn stop_deferring_notifications(&self) {
+        self.defer_notify.store(false, Ordering::Relaxed);
+    }
+
+    /// Runs one operation under the store's deadline
+    /// ([`StoreOptions::operation_timeout`]). Past it the operation is
+    /// dropped, and with it its pooled connection, which [`PooledClient`]
+    /// then discards.
+    pub(crate) async fn bounded<T>(
+        &self,
+        context: &'static str,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let after = self.options.operation_timeout;
+        let mut operation = Box::pin(operation);
+        match tokio::time::timeout(after, &mut operation).await {
+            Ok(result) => result,
+            Err(_) => {
+                // Dropped here, so that the connection it holds knows it was
+                // cut off mid-operation and is not given back to the pool.
+                CUTTING_OFF.with(|cutting| cutting.set(true));
+                drop(operation);
+                CUTTING_OFF.with(|cutting| cutting.set(false));
+                tracing::warn!(
+                    context,
+                    ?after,
+                    "database operation ran past its deadline; its connection is discarded"
+                );
+                Err(StoreError::Timeout { context, after })
+            }
+        }
     }
 
     /// Starts a write transaction: with a commit hook, one that the
     /// notification triggers skip.
     pub(crate) async fn begin_write<'a>(
         &self,
-        client: &'a mut deadpool_postgres::Object,
+        client: &'a mut PooledClient,
     ) -> Result<deadpool_postgres::Transaction<'a>, StoreError> {
         let tx = client
             .transaction()
             .await
             .map_err(db("starting a transaction"))?;
-        if self.commit_hook.is_some() {
+        if self.defers_notifications() {
             tx.batch_execute("SET LOCAL pgwake.defer_notify = on")
                 .await
                 .map_err(db("deferring notifications"))?;
@@ -233,14 +373,19 @@ impl Store {
         touched: TouchedQueues,
         context: &'static str,
     ) -> Result<(), StoreError> {
-        tx.commit().await.map_err(db(context))?;
-        self.report_commit(touched);
-        Ok(())
+        // A commit whose reply is lost (an error, or the deadline dropping
+        // this future) may have committed: the guard reports the queues in
+        // every case, at once and once more later. A wake-up for nothing
+        // costs one empty claim; a missing one costs a fallback interval.
+        let report = CommitReport::new(self, touched);
+        let committed = tx.commit().await.map_err(db(context));
+        report.settle(committed.is_ok());
+        committed
     }
 
     /// Whether writes skip the triggers (a commit hook notifies instead).
     pub(crate) fn defers_notifications(&self) -> bool {
-        self.commit_hook.is_some()
+        self.commit_hook.is_some() && self.defer_notify.load(Ordering::Relaxed)
     }
 
     /// Hands a committed write's queues to the hook, if any.
@@ -268,6 +413,9 @@ impl Store {
     /// run `pgwake migrate up`.
     pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let config = ConnectionConfig::from_url(url)?.with_application_name("pgwake-store");
+        options
+            .validate()
+            .map_err(|reason| StoreError::InvalidOptions { reason })?;
         let store = Self::new(build_pool(&config, &options)?, options);
         store.check_schema().await?;
         Ok(store)
@@ -286,6 +434,11 @@ impl Store {
     /// # Errors
     /// [`StoreError::Schema`] saying which `pgwake migrate` command fixes it.
     pub async fn check_schema(&self) -> Result<(), StoreError> {
+        self.bounded("checking the schema", self.check_schema_unbounded())
+            .await
+    }
+
+    async fn check_schema_unbounded(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         crate::migrate::check(&client).await?;
         Ok(())
@@ -316,13 +469,16 @@ impl Store {
         &self.options
     }
 
-    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|err| match err {
+    pub(crate) async fn client(&self) -> Result<PooledClient, StoreError> {
+        let object = self.pool.get().await.map_err(|err| match err {
             deadpool_postgres::PoolError::Backend(source) => StoreError::Database {
                 context: "opening a pooled connection",
                 source,
             },
             other => StoreError::Pool(other.to_string()),
+        })?;
+        Ok(PooledClient {
+            object: Some(object),
         })
     }
 
@@ -339,8 +495,108 @@ impl Store {
     }
 }
 
+thread_local! {
+    /// Set while [`Store::bounded`] drops an operation it cut off at its
+    /// deadline (drops run synchronously, on this thread).
+    static CUTTING_OFF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A pooled connection, given back to the pool when dropped unless the
+/// operation holding it was cut off at its deadline: then the connection
+/// may be silent or mid-statement, and it is discarded instead, so the next
+/// operation gets a fresh one.
+pub(crate) struct PooledClient {
+    object: Option<deadpool_postgres::Object>,
+}
+
+impl std::ops::Deref for PooledClient {
+    type Target = deadpool_postgres::Object;
+
+    fn deref(&self) -> &Self::Target {
+        self.object.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PooledClient {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.object.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for PooledClient {
+    fn drop(&mut self) {
+        if CUTTING_OFF.with(|cutting| cutting.get()) {
+            if let Some(object) = self.object.take() {
+                // Detached from the pool; dropping the client closes it.
+                drop(deadpool_postgres::Object::take(object));
+            }
+        }
+    }
+}
+
+/// Reports a commit's touched queues to the commit hook whatever became of
+/// the commit: at once when it succeeded; when its outcome is unknown (an
+/// error, or the operation dropped at its deadline), at once and again a
+/// moment later, since a commit still under way on the server may become
+/// visible only after the first wake-up.
+pub(crate) struct CommitReport<'a> {
+    store: &'a Store,
+    touched: Option<TouchedQueues>,
+}
+
+/// When an in-doubt commit is reported again.
+const IN_DOUBT_REPORT_AGAIN: Duration = Duration::from_secs(1);
+
+impl<'a> CommitReport<'a> {
+    pub(crate) fn new(store: &'a Store, touched: TouchedQueues) -> Self {
+        Self {
+            store,
+            touched: Some(touched),
+        }
+    }
+
+    pub(crate) fn settle(mut self, committed: bool) {
+        if let Some(touched) = self.touched.take() {
+            self.store.report(touched, !committed);
+        }
+    }
+}
+
+impl Drop for CommitReport<'_> {
+    fn drop(&mut self) {
+        if let Some(touched) = self.touched.take() {
+            self.store.report(touched, true);
+        }
+    }
+}
+
+impl Store {
+    /// Calls the commit hook; for a commit in doubt, again after
+    /// [`IN_DOUBT_REPORT_AGAIN`] and after the statement timeout (by then
+    /// the server has finished or abandoned it).
+    fn report(&self, touched: TouchedQueues, in_doubt: bool) {
+        if self.commit_hook.is_none() || touched.is_empty() {
+            return;
+        }
+        if in_doubt {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (store, again) = (self.clone(), touched.clone());
+                let last = self.options.statement_timeout.max(IN_DOUBT_REPORT_AGAIN);
+                runtime.spawn(async move {
+                    tokio::time::sleep(IN_DOUBT_REPORT_AGAIN).await;
+                    store.report_commit(again.clone());
+                    tokio::time::sleep(last - IN_DOUBT_REPORT_AGAIN).await;
+                    store.report_commit(again);
+                });
+            }
+        }
+        self.report_commit(touched);
+    }
+}
+
 /// A pool on `config` with pgwake's settings: connections checked only by
-/// `is_closed` on reuse (a dead one fails its first query and is dropped).
+/// `is_closed` on reuse (a dead one fails its first query and is dropped),
+/// each new one given the server-side timeouts of `options` before use.
 pub(crate) fn build_pool(
     config: &ConnectionConfig,
     options: &StoreOptions,
@@ -352,7 +608,17 @@ pub(crate) fn build_pool(
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    let settings = options.session_settings();
     Pool::builder(manager)
+        .post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+            let settings = settings.clone();
+            Box::pin(async move {
+                client
+                    .batch_execute(&settings)
+                    .await
+                    .map_err(deadpool_postgres::HookError::Backend)
+            })
+        }))
         .max_size(options.pool_size.max(1))
         .wait_timeout(Some(options.pool_wait_timeout))
         .create_timeout(Some(config.connect_timeout()))

@@ -162,25 +162,77 @@ pub struct Event {
     pub attributes: Value,
 }
 
-/// A lease on a claimed task. The pair (worker, `locked_until` as written at
-/// the claim or last extension) is a fencing token: whoever re-claims the
-/// task writes a new `locked_until`, so a late completion by the previous
-/// holder matches nothing and is refused.
+/// A lease on a claimed task: who holds it and until when.
+///
+/// Each claim also writes a fresh random lease id to the task's row, kept
+/// here out of sight. Extending, completing and releasing match the row,
+/// the worker and that id, which no extension changes: a copy of the lease
+/// taken before an extension whose reply was lost still holds the task.
+/// Whoever claims the task again, another worker or the same one, writes a
+/// new id, so the previous holder's late calls match nothing and are refused
+/// with [`StoreError::LeaseLost`](crate::StoreError::LeaseLost). A lease
+/// whose time ran out but that nobody claimed again still holds.
 ///
 /// ```no_run
 /// # async fn f(store: pgwake::Store, mut task: pgwake::WorkflowTask) -> Result<(), pgwake::StoreError> {
 /// let before = task.lease.clone();
 /// store.extend_workflow_task(&mut task, std::time::Duration::from_secs(60)).await?;
-/// // Same holder, new `locked_until`: the old token no longer matches.
-/// assert_eq!(task.lease.worker, before.worker);
+/// // Same holder, later deadline; the copy from before still holds the task.
+/// assert_eq!(task.lease.worker(), before.worker());
+/// assert!(task.lease.locked_until() >= before.locked_until());
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    worker: WorkerId,
+    locked_until: SystemTime,
+    lease_id: i64,
+}
+
+impl Lease {
+    pub(crate) fn new(worker: WorkerId, locked_until: SystemTime, lease_id: i64) -> Self {
+        Self {
+            worker,
+            locked_until,
+            lease_id,
+        }
+    }
+
     /// The holder.
-    pub worker: WorkerId,
-    /// Until when (database clock) the task is reserved.
-    pub locked_until: SystemTime,
+    ///
+    /// ```no_run
+    /// # fn f(task: pgwake::ActivityTask, me: pgwake::WorkerId) {
+    /// assert_eq!(task.lease.worker(), &me);
+    /// println!("{} holds {}", task.lease.worker(), task.activity_id);
+    /// # }
+    /// ```
+    pub fn worker(&self) -> &WorkerId {
+        &self.worker
+    }
+
+    /// Until when (database clock) the task is reserved, as written at the
+    /// claim or at the last extension this copy saw. Past it, another worker
+    /// may claim the task; until one does, this lease still holds.
+    ///
+    /// ```no_run
+    /// # fn f(task: pgwake::WorkflowTask) {
+    /// let left = task.lease.locked_until().duration_since(std::time::SystemTime::now());
+    /// println!("about {left:?} left (give or take the clocks' difference)");
+    /// # }
+    /// ```
+    pub fn locked_until(&self) -> SystemTime {
+        self.locked_until
+    }
+
+    /// The claim's token, written to the row's `lease_id` by the claim.
+    pub(crate) fn lease_id(&self) -> i64 {
+        self.lease_id
+    }
+
+    /// Records an extension: only the deadline moves.
+    pub(crate) fn extend_to(&mut self, locked_until: SystemTime) {
+        self.locked_until = locked_until;
+    }
 }
 
 /// A claimed workflow task: an instance and the events it has to react to.
@@ -251,6 +303,99 @@ pub struct ActivityTask {
     /// The lease.
     pub lease: Lease,
 }
+
+/// What one poll for activity tasks found, from
+/// [`Store::poll_activity_tasks_detailed`](super::Store::poll_activity_tasks_detailed).
+///
+/// ```no_run
+/// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+/// # let (worker, queues) = (pgwake::WorkerId::unique("docs"), pgwake::queues(["emails"])?);
+/// let poll = store
+///     .poll_activity_tasks_detailed(&worker, &queues, 32, std::time::Duration::from_secs(120))
+///     .await?;
+/// if poll.tasks.is_empty() && poll.skipped_locked {
+///     // Claimable work exists but another transaction holds it: poll again soon.
+/// } else if let Some(due_in) = poll.due_in {
+///     println!("nothing to do for {due_in:?}");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ActivityPoll {
+    /// The tasks claimed, oldest first.
+    pub tasks: Vec<ActivityTask>,
+    /// When the batch was not full: how long until an activity of the
+    /// queues that is not claimable yet becomes so unannounced (a delayed
+    /// one turns visible, a lease runs out). `None` when nothing is due or
+    /// the batch was full (poll again at once).
+    pub due_in: Option<Duration>,
+    /// When the batch was not full: whether claimable activities exist that
+    /// the claim skipped because another transaction had them locked. Their
+    /// lock going away wakes nobody, so poll again soon (with backoff)
+    /// rather than wait for a notification. Also true, harmlessly, when a
+    /// concurrent claim took them a moment ago.
+    pub skipped_locked: bool,
+}
+
+/// What one poll for a workflow task found, from
+/// [`Store::poll_workflow_task_detailed`](super::Store::poll_workflow_task_detailed).
+///
+/// ```no_run
+/// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+/// # let (worker, queues) = (pgwake::WorkerId::unique("docs"), pgwake::queues(["orders"])?);
+/// let poll = store
+///     .poll_workflow_task_detailed(&worker, &queues, std::time::Duration::from_secs(60))
+///     .await?;
+/// match poll.task {
+///     Some(task) => println!("{} new events", task.new_events.len()),
+///     None if poll.skipped_locked => println!("an instance is locked elsewhere: poll again soon"),
+///     None => println!("idle; next due in {:?}", poll.due_in),
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkflowPoll {
+    /// The task claimed, if any.
+    pub task: Option<WorkflowTask>,
+    /// When none was claimed: how long until a workflow task of the queues
+    /// may become claimable unannounced (a timer fires, a lease or
+    /// stickiness runs out). `None` when nothing is due.
+    pub due_in: Option<Duration>,
+    /// When none was claimed: whether a claimable instance exists that the
+    /// claim skipped because another transaction had it locked. Its lock
+    /// going away wakes nobody, so poll again soon (with backoff). Also
+    /// true, harmlessly, when a concurrent claim took it a moment ago.
+    pub skipped_locked: bool,
+}
+
+/// The most commands of one kind (activities, timers, canceled timers,
+/// sub-workflows, signals, cancellations, history events) one
+/// [`WorkflowCompletion`] may hold; more is refused with
+/// [`StoreError::TooManyCommands`](crate::StoreError::TooManyCommands)
+/// before anything is written. A decision applies in one transaction; one
+/// this large already holds its locks for seconds.
+///
+/// ```
+/// use pgwake::store::MAX_COMMANDS_PER_DECISION;
+/// // Fan out 25,000 activities over three workflow tasks.
+/// let batches: Vec<usize> = (0..25_000usize).collect::<Vec<_>>()
+///     .chunks(MAX_COMMANDS_PER_DECISION).map(<[usize]>::len).collect();
+/// assert_eq!(batches, [10_000, 10_000, 5_000]);
+/// ```
+pub const MAX_COMMANDS_PER_DECISION: usize = 10_000;
+
+/// The longest timer delay accepted: ten years (3650 days). A longer delay
+/// is refused with [`StoreError::InvalidDuration`](crate::StoreError::InvalidDuration)
+/// before anything is written (PostgreSQL's timestamps end in the year
+/// 294276, and a delay that overflows them would fail every attempt).
+///
+/// ```
+/// use pgwake::store::MAX_TIMER_DELAY;
+/// assert_eq!(MAX_TIMER_DELAY.as_secs(), 3650 * 24 * 3600);
+/// ```
+pub const MAX_TIMER_DELAY: Duration = Duration::from_secs(3650 * 24 * 3600);
 
 /// A workflow instance to create.
 ///

@@ -23,6 +23,11 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub async fn stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        self.bounded("reading queue statistics", self.stats_unbounded())
+            .await
+    }
+
+    async fn stats_unbounded(&self) -> Result<Vec<QueueStats>, StoreError> {
         let client = self.client().await?;
         let instances = client
             .query(
@@ -98,6 +103,17 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub async fn next_due_in(&self, queues: &[Queue]) -> Result<Option<Duration>, StoreError> {
+        self.bounded(
+            "finding the next due time",
+            self.next_due_in_unbounded(queues),
+        )
+        .await
+    }
+
+    async fn next_due_in_unbounded(
+        &self,
+        queues: &[Queue],
+    ) -> Result<Option<Duration>, StoreError> {
         let queue_names: Vec<&str> = queues.iter().map(Queue::as_str).collect();
         let client = self.client().await?;
         let row = client

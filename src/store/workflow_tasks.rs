@@ -8,9 +8,10 @@ use serde_json::json;
 use super::events::{
     append_history, event_from_row_at, insert_pending, NewEvent, ATTRIBUTES_JOIN, EVENT_COLUMNS,
 };
+use super::instances::lock_instance_ids;
 use super::model::{
     Event, EventType, InstanceRef, InstanceState, Lease, NewInstance, WorkflowCompletion,
-    WorkflowOutcome, WorkflowTask,
+    WorkflowOutcome, WorkflowPoll, WorkflowTask, MAX_COMMANDS_PER_DECISION, MAX_TIMER_DELAY,
 };
 use super::names::{check_id, Queue, WorkerId};
 use super::stats::WORKFLOW_DUE_SQL;
@@ -64,16 +65,66 @@ impl Store {
         queues: &[Queue],
         lease: Duration,
     ) -> Result<(Option<WorkflowTask>, Option<Duration>), StoreError> {
+        let poll = self
+            .poll_workflow_task_detailed(worker, queues, lease)
+            .await?;
+        Ok((poll.task, poll.due_in))
+    }
+
+    /// [`poll_workflow_task`](Self::poll_workflow_task), and, when nothing
+    /// was claimed, whether a claimable instance was skipped because another
+    /// transaction had it locked: nothing announces when such a lock goes,
+    /// so a worker told `skipped_locked` polls again soon instead of
+    /// sleeping until the next notification. Still one statement for the
+    /// claim; the look for skipped instances (a plain read, no locks) runs
+    /// only when nothing was claimed.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// let worker = pgwake::WorkerId::unique("docs");
+    /// let poll = store
+    ///     .poll_workflow_task_detailed(&worker, &pgwake::queues(["orders"])?, std::time::Duration::from_secs(60))
+    ///     .await?;
+    /// if poll.task.is_none() && poll.skipped_locked {
+    ///     println!("an instance with work is locked elsewhere: poll again soon");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`claim_workflow_task`](Self::claim_workflow_task).
+    pub async fn poll_workflow_task_detailed(
+        &self,
+        worker: &WorkerId,
+        queues: &[Queue],
+        lease: Duration,
+    ) -> Result<WorkflowPoll, StoreError> {
+        self.bounded(
+            "claiming a workflow task",
+            self.poll_workflow_task_detailed_unbounded(worker, queues, lease),
+        )
+        .await
+    }
+
+    async fn poll_workflow_task_detailed_unbounded(
+        &self,
+        worker: &WorkerId,
+        queues: &[Queue],
+        lease: Duration,
+    ) -> Result<WorkflowPoll, StoreError> {
         if queues.is_empty() {
             return Err(StoreError::NoQueues);
         }
         let lease_secs = lease_seconds(lease)?;
         let queue_names: Vec<&str> = queues.iter().map(Queue::as_str).collect();
+        let lease_id = fastrand::i64(..);
         let client = self.client().await?;
         // Locks one instances row, FOR UPDATE SKIP LOCKED: it never waits,
         // so it cannot deadlock; the row's conditions are re-checked on its
         // newest version once locked. Oldest pending event first is fair
-        // across instances.
+        // across instances. When nothing was claimed, the same conditions
+        // read without locking (the statement's snapshot) tell whether an
+        // instance with work was skipped because someone else holds it.
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
         let claimed = client
@@ -90,29 +141,50 @@ impl Store {
                     FOR UPDATE OF i SKIP LOCKED),
                  claimed AS (
                    UPDATE instances i
-                      SET locked_until = now() + make_interval(secs => $3), worker = $2
+                      SET locked_until = now() + make_interval(secs => $3), worker = $2, lease_id = $4
                      FROM candidate c WHERE i.id = c.id
                    RETURNING i.id, i.instance_id, i.execution_id, i.queue, i.metadata,
                              i.parent_instance_id, i.parent_execution_id,
                              i.parent_schedule_event_id::bigint AS parent_schedule, i.locked_until),
-                 due AS (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM claimed)
-                                     THEN (SELECT due_in FROM ({WORKFLOW_DUE_SQL}) next) END AS due_in),
+                 idle AS (SELECT NOT EXISTS (SELECT 1 FROM claimed) AS idle),
+                 due AS (
+                   SELECT CASE WHEN idle THEN (SELECT due_in FROM ({WORKFLOW_DUE_SQL}) next) END AS due_in,
+                          CASE WHEN idle THEN EXISTS (
+                            SELECT 1 FROM pending_events pe
+                              JOIN instances i ON i.instance_id = pe.instance_id
+                                              AND i.execution_id = pe.execution_id
+                             WHERE (pe.visible_at IS NULL OR pe.visible_at <= now())
+                               AND i.state = 0 AND i.queue = ANY($1)
+                               AND (i.locked_until IS NULL OR i.locked_until < now())
+                               AND (i.sticky_until IS NULL OR i.sticky_until < now() OR i.worker = $2))
+                          ELSE false END AS skipped_locked
+                     FROM idle),
                  lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true))
-                 SELECT due.due_in, claimed.* FROM due CROSS JOIN lazy_commit LEFT JOIN claimed ON true")).await.map_err(db("preparing a statement"))?,
-                &[&queue_names, &worker.as_str(), &lease_secs],
+                 SELECT due.due_in, due.skipped_locked, claimed.*
+                   FROM due CROSS JOIN lazy_commit LEFT JOIN claimed ON true")).await.map_err(db("preparing a statement"))?,
+                &[&queue_names, &worker.as_str(), &lease_secs, &lease_id],
             )
             .await
             .map_err(db("claiming a workflow task"))?;
         #[cfg(feature = "metrics")]
         crate::metrics::claim_duration(crate::runtime::TaskKind::Workflow, started);
         let due_in = claimed.get::<_, Option<f64>>(0).map(super::stats::seconds);
-        if claimed.get::<_, Option<i64>>(1).is_none() {
-            return Ok((None, due_in));
+        let skipped_locked: bool = claimed.get(1);
+        if skipped_locked {
+            tracing::debug!(worker = %worker, "claimable instance skipped: locked by another transaction");
+        }
+        let nothing = WorkflowPoll {
+            task: None,
+            due_in,
+            skipped_locked,
+        };
+        if claimed.get::<_, Option<i64>>(2).is_none() {
+            return Ok(nothing);
         }
         let row = &claimed;
         let instance = InstanceRef {
-            instance_id: row.get(2),
-            execution_id: row.get(3),
+            instance_id: row.get(3),
+            execution_id: row.get(4),
         };
         // Read in a new statement, so with a snapshot taken after the claim
         // committed: a previous holder's late completion that committed
@@ -144,7 +216,7 @@ impl Store {
             .filter(|r| r.get::<_, Option<String>>(1).is_some())
             .map(|r| event_from_row_at(r, 1))
             .collect::<Result<_, _>>()?;
-        let locked_until: std::time::SystemTime = row.get(9);
+        let locked_until: std::time::SystemTime = row.get(10);
         if events.is_empty() {
             // The events we were claimed for were processed by the previous
             // holder, whose completion won the race: nothing to do. Give the
@@ -153,42 +225,39 @@ impl Store {
                 .execute(
                     &client
                         .prepare_cached(
-                            "UPDATE instances SET locked_until = NULL
-                      WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                            "UPDATE instances SET locked_until = NULL, lease_id = NULL
+                      WHERE id = $1 AND worker = $2 AND lease_id = $3",
                         )
                         .await
                         .map_err(db("preparing a statement"))?,
-                    &[&row.get::<_, i64>(1), &worker.as_str(), &locked_until],
+                    &[&row.get::<_, i64>(2), &worker.as_str(), &lease_id],
                 )
                 .await
                 .map_err(db("releasing an empty claim"))?;
-            return Ok((None, due_in));
+            return Ok(nothing);
         }
-        let metadata: Option<Vec<u8>> = row.get(5);
+        let metadata: Option<Vec<u8>> = row.get(6);
         let parent = match (
-            row.get::<_, Option<String>>(6),
             row.get::<_, Option<String>>(7),
+            row.get::<_, Option<String>>(8),
         ) {
             (Some(instance_id), Some(execution_id)) => Some((
                 InstanceRef {
                     instance_id,
                     execution_id,
                 },
-                row.get::<_, Option<i64>>(8).unwrap_or(0),
+                row.get::<_, Option<i64>>(9).unwrap_or(0),
             )),
             _ => None,
         };
         let task = WorkflowTask {
-            row_id: row.get(1),
-            queue: Queue::new(row.get::<_, String>(4)).unwrap_or_default(),
+            row_id: row.get(2),
+            queue: Queue::new(row.get::<_, String>(5)).unwrap_or_default(),
             metadata: metadata.map(|m| serde_json::from_slice(&m)).transpose()?,
             parent,
             new_events: events,
             last_sequence_id,
-            lease: Lease {
-                worker: worker.clone(),
-                locked_until,
-            },
+            lease: Lease::new(worker.clone(), locked_until, lease_id),
             instance,
         };
         tracing::debug!(
@@ -197,7 +266,10 @@ impl Store {
             events = task.new_events.len(),
             "workflow task claimed"
         );
-        Ok((Some(task), due_in))
+        Ok(WorkflowPoll {
+            task: Some(task),
+            ..nothing
+        })
     }
 
     /// Applies a workflow task's decision in one transaction: the task's
@@ -229,6 +301,18 @@ impl Store {
         task: &WorkflowTask,
         completion: WorkflowCompletion,
     ) -> Result<(), StoreError> {
+        self.bounded(
+            "recording a workflow decision",
+            self.complete_workflow_task_unbounded(task, completion),
+        )
+        .await
+    }
+
+    async fn complete_workflow_task_unbounded(
+        &self,
+        task: &WorkflowTask,
+        completion: WorkflowCompletion,
+    ) -> Result<(), StoreError> {
         // Everything that can be refused is refused before the transaction.
         let plan = self.plan_completion(task, &completion)?;
         let mut client = self.client().await?;
@@ -236,6 +320,28 @@ impl Store {
         let started = std::time::Instant::now();
         let tx = self.begin_write(&mut client).await?;
         let mut touched = TouchedQueues::default();
+
+        // 0. The advisory locks on every instance id this completion will
+        //    create (its sub-workflows; its own id when it continues as
+        //    new), all in one statement, in ascending key order, before any
+        //    row lock. Taken one by one in the decision's order, two
+        //    completions starting [a, b] and [b, a] deadlocked. Now each
+        //    transaction requests advisory locks in ascending order only,
+        //    and only while it holds no row lock (create_instance takes its
+        //    one lock first thing too; insert_instance's own request below
+        //    is for a lock held already, granted at once): no cycle runs
+        //    through advisory locks alone, and none through an advisory
+        //    lock and a row lock, since nobody waits for the one while
+        //    holding the other.
+        let continued_as_new =
+            matches!(completion.outcome, Some(WorkflowOutcome::ContinueAsNew(_)));
+        let created_ids: Vec<&str> = completion
+            .sub_workflows
+            .iter()
+            .map(|sub| sub.instance.instance_id.as_str())
+            .chain(continued_as_new.then_some(task.instance.instance_id.as_str()))
+            .collect();
+        lock_instance_ids(&tx, &created_ids).await?;
 
         // 1. Find the other executions this completion writes to, without
         //    locking (only ids are read here).
@@ -303,17 +409,18 @@ impl Store {
                 &tx.prepare_cached(
                     "UPDATE instances
                     SET locked_until = NULL,
+                        lease_id = NULL,
                         sticky_until = now() + make_interval(secs => $4),
                         state = $5,
                         completed_at = CASE WHEN $5 <> 0 THEN now() END
-                  WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                  WHERE id = $1 AND worker = $2 AND lease_id = $3",
                 )
                 .await
                 .map_err(db("preparing a statement"))?,
                 &[
                     &task.row_id,
-                    &task.lease.worker.as_str(),
-                    &task.lease.locked_until,
+                    &task.lease.worker().as_str(),
+                    &task.lease.lease_id(),
                     &sticky_secs,
                     &(plan.state as i32),
                 ],
@@ -323,7 +430,7 @@ impl Store {
         if updated == 0 {
             return Err(StoreError::LeaseLost {
                 task: format!("the workflow task of {}", task.instance.instance_id),
-                worker: task.lease.worker.to_string(),
+                worker: task.lease.worker().to_string(),
             });
         }
 
@@ -522,7 +629,9 @@ impl Store {
     }
 
     /// Extends the lease on a workflow task by `lease` from now (database
-    /// clock) and records the new fencing token in `task`.
+    /// clock) and records the new deadline in `task`. The claim's token
+    /// does not change: should the reply be lost, `task` as it was still
+    /// holds the lease (and may extend again, or complete).
     ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store, mut task: pgwake::WorkflowTask) -> Result<(), pgwake::StoreError> {
@@ -537,6 +646,18 @@ impl Store {
         task: &mut WorkflowTask,
         lease: Duration,
     ) -> Result<(), StoreError> {
+        self.bounded(
+            "extending a workflow task's lease",
+            self.extend_workflow_task_unbounded(task, lease),
+        )
+        .await
+    }
+
+    async fn extend_workflow_task_unbounded(
+        &self,
+        task: &mut WorkflowTask,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
         let lease_secs = lease_seconds(lease)?;
         let client = self.client().await?;
         // Locks one instances row by primary key and nothing else.
@@ -545,15 +666,15 @@ impl Store {
                 &client
                     .prepare_cached(
                         "UPDATE instances SET locked_until = now() + make_interval(secs => $4)
-                  WHERE id = $1 AND worker = $2 AND locked_until = $3 AND state = 0
-                  RETURNING locked_until",
+              WHERE id = $1 AND worker = $2 AND lease_id = $3 AND state = 0
+              RETURNING locked_until",
                     )
                     .await
                     .map_err(db("preparing a statement"))?,
                 &[
                     &task.row_id,
-                    &task.lease.worker.as_str(),
-                    &task.lease.locked_until,
+                    &task.lease.worker().as_str(),
+                    &task.lease.lease_id(),
                     &lease_secs,
                 ],
             )
@@ -561,12 +682,12 @@ impl Store {
             .map_err(db("extending the workflow task's lease"))?;
         match row {
             Some(row) => {
-                task.lease.locked_until = row.get(0);
+                task.lease.extend_to(row.get(0));
                 Ok(())
             }
             None => Err(StoreError::LeaseLost {
                 task: format!("the workflow task of {}", task.instance.instance_id),
-                worker: task.lease.worker.to_string(),
+                worker: task.lease.worker().to_string(),
             }),
         }
     }
@@ -589,21 +710,32 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub async fn release_workflow_task(&self, task: &WorkflowTask) -> Result<bool, StoreError> {
+        self.bounded(
+            "releasing a workflow task",
+            self.release_workflow_task_unbounded(task),
+        )
+        .await
+    }
+
+    async fn release_workflow_task_unbounded(
+        &self,
+        task: &WorkflowTask,
+    ) -> Result<bool, StoreError> {
         let client = self.client().await?;
         // Locks one instances row by primary key and nothing else.
         let released = client
             .execute(
                 &client
                     .prepare_cached(
-                        "UPDATE instances SET locked_until = NULL, sticky_until = NULL
-                  WHERE id = $1 AND worker = $2 AND locked_until = $3",
+                        "UPDATE instances SET locked_until = NULL, lease_id = NULL, sticky_until = NULL
+                  WHERE id = $1 AND worker = $2 AND lease_id = $3",
                     )
                     .await
                     .map_err(db("preparing a statement"))?,
                 &[
                     &task.row_id,
-                    &task.lease.worker.as_str(),
-                    &task.lease.locked_until,
+                    &task.lease.worker().as_str(),
+                    &task.lease.lease_id(),
                 ],
             )
             .await
@@ -616,6 +748,7 @@ impl Store {
         task: &WorkflowTask,
         completion: &WorkflowCompletion,
     ) -> Result<CompletionPlan, StoreError> {
+        check_bounds(completion)?;
         let mut history = Vec::new();
         let mut kinds = Vec::new();
         let mut record = |event: NewEvent, kind: Scheduled| {
@@ -732,6 +865,42 @@ impl Store {
             parent_report,
         })
     }
+}
+
+/// Refuses a decision too large for one transaction, or a timer that no
+/// timestamp can hold: either would fail the same way on every attempt.
+fn check_bounds(completion: &WorkflowCompletion) -> Result<(), StoreError> {
+    let counts = [
+        ("activities", completion.activities.len()),
+        ("timers", completion.timers.len()),
+        ("canceled timers", completion.canceled_timers.len()),
+        ("sub-workflows", completion.sub_workflows.len()),
+        ("signals", completion.signals.len()),
+        ("cancellations", completion.cancellations.len()),
+        ("history events", completion.history_events.len()),
+    ];
+    if let Some((kind, count)) = counts
+        .into_iter()
+        .find(|(_, count)| *count > MAX_COMMANDS_PER_DECISION)
+    {
+        return Err(StoreError::TooManyCommands {
+            kind,
+            count,
+            limit: MAX_COMMANDS_PER_DECISION,
+        });
+    }
+    if completion
+        .timers
+        .iter()
+        .any(|timer| timer.delay > MAX_TIMER_DELAY)
+    {
+        return Err(StoreError::InvalidDuration {
+            what: "timer delay",
+            reason: "it must be at most 10 years (3650 days); for a later deadline, start a \
+                     shorter timer and another one when it fires",
+        });
+    }
+    Ok(())
 }
 
 /// What a scheduling history event sets in motion once its sequence id is known.

@@ -1,0 +1,423 @@
+//! A worker's wake-up state: one small pure type that decides when a worker
+//! claims, what it answers when the router offers it a wake-up, and what it
+//! does after each claim. River's "fetch when slots are available", with no
+//! second copy of the state anywhere: the router asks, the worker answers.
+//!
+//! The worker actor feeds it events (an offered wake-up, its own timer, a
+//! claim's end, a slot freed, shutdown) and carries out what it returns.
+//! It is unit-tested exhaustively below, without a database or actors.
+
+/// What a worker answers when offered a wake-up, and what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// Accepted: claim up to `max` tasks now.
+    Started {
+        /// Free slots, the most the claim may take.
+        max: usize,
+    },
+    /// Accepted: a claim is under way; another follows it if it leaves room.
+    Coalesced,
+    /// Declined: every slot is taken (or the worker is stopping). The
+    /// router offers the wake-up to another worker, or keeps it owed.
+    Declined,
+}
+
+impl Offer {
+    /// Whether the router may consider the wake-up delivered.
+    pub(crate) fn accepted(self) -> bool {
+        !matches!(self, Offer::Declined)
+    }
+}
+
+/// What a worker does after a claim ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterClaim {
+    /// Claim again at once, up to `max`: the batch was full, or a wake-up
+    /// came meanwhile.
+    ClaimAgain {
+        /// Free slots.
+        max: usize,
+    },
+    /// Every slot is taken and more work is likely: the router should give
+    /// the queues' next wake-ups to other workers.
+    Full,
+    /// Nothing more to claim: tell the router it is idle and sleep until the
+    /// next wake-up, its fallback or the next due time.
+    Idle,
+    /// The claim failed: retry after a backoff.
+    RetryLater,
+    /// Stopping: do nothing more.
+    Stopped,
+}
+
+/// How a claim ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimEnd {
+    /// It claimed this many tasks (possibly none).
+    Claimed(usize),
+    /// It failed (the database, a deadline).
+    Failed,
+}
+
+/// Where a worker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Phase {
+    /// Not claiming: sleeping until a wake-up, its timer or a free slot.
+    Idle,
+    /// A claim for up to `requested` tasks is under way.
+    Claiming {
+        /// What the claim asked for.
+        requested: usize,
+        /// A wake-up (or a freed slot) came meanwhile: claim again after.
+        again: bool,
+    },
+    /// Shutting down: claims nothing more.
+    Stopped,
+}
+
+/// One worker's wake-up state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct WakeState {
+    concurrency: usize,
+    running: usize,
+    phase: Phase,
+}
+
+impl WakeState {
+    /// A worker with `concurrency` slots, none used, idle.
+    pub(crate) fn new(concurrency: usize) -> Self {
+        Self {
+            concurrency,
+            running: 0,
+            phase: Phase::Idle,
+        }
+    }
+
+    /// Slots taken by claimed tasks not finished yet.
+    pub(crate) fn running(&self) -> usize {
+        self.running
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    fn free(&self) -> usize {
+        self.concurrency.saturating_sub(self.running)
+    }
+
+    /// Starts a claim if there is room and none is under way.
+    fn try_start(&mut self) -> Option<usize> {
+        match self.phase {
+            Phase::Idle if self.free() > 0 => {
+                let max = self.free();
+                self.phase = Phase::Claiming {
+                    requested: max,
+                    again: false,
+                };
+                Some(max)
+            }
+            _ => None,
+        }
+    }
+
+    /// The router offers a wake-up for one of the worker's queues.
+    pub(crate) fn offer(&mut self) -> Offer {
+        match self.phase {
+            Phase::Stopped => Offer::Declined,
+            Phase::Claiming { requested, .. } => {
+                // The claim under way may fill every slot; accepting is right
+                // only if room is left after it, else another worker must.
+                if self.free() > requested {
+                    self.phase = Phase::Claiming {
+                        requested,
+                        again: true,
+                    };
+                    Offer::Coalesced
+                } else {
+                    Offer::Declined
+                }
+            }
+            Phase::Idle => match self.try_start() {
+                Some(max) => Offer::Started { max },
+                None => Offer::Declined,
+            },
+        }
+    }
+
+    /// The worker's own timer fired (fallback, due time, retry): claim if
+    /// there is room and no claim is under way. `Some(max)` starts one.
+    pub(crate) fn timer_fired(&mut self) -> Option<usize> {
+        self.try_start()
+    }
+
+    /// A task finished and its slot is free: claim again, since the queue
+    /// that filled the slots probably holds more. `Some(max)` starts one.
+    pub(crate) fn slot_freed(&mut self) -> Option<usize> {
+        debug_assert!(self.running > 0, "a slot freed that was never taken");
+        self.running = self.running.saturating_sub(1);
+        if let Phase::Claiming { requested, .. } = self.phase {
+            self.phase = Phase::Claiming {
+                requested,
+                again: true,
+            };
+            return None;
+        }
+        self.try_start()
+    }
+
+    /// The claim under way ended.
+    pub(crate) fn claim_ended(&mut self, end: ClaimEnd) -> AfterClaim {
+        let Phase::Claiming { requested, again } = self.phase else {
+            // Stopped meanwhile (or a stray end): only count what was claimed.
+            if let ClaimEnd::Claimed(claimed) = end {
+                self.running += claimed;
+            }
+            return AfterClaim::Stopped;
+        };
+        self.phase = Phase::Idle;
+        let claimed = match end {
+            ClaimEnd::Failed => return AfterClaim::RetryLater,
+            ClaimEnd::Claimed(claimed) => claimed,
+        };
+        self.running += claimed;
+        if claimed < requested && !again {
+            return AfterClaim::Idle;
+        }
+        // A full batch (probably more waiting), or a wake-up came meanwhile.
+        match self.try_start() {
+            Some(max) => AfterClaim::ClaimAgain { max },
+            None => AfterClaim::Full,
+        }
+    }
+
+    /// Shutting down: no more claims; a claim under way still counts its
+    /// tasks when it ends.
+    pub(crate) fn stop(&mut self) {
+        self.phase = Phase::Stopped;
+    }
+
+    /// Tasks given back or abandoned at shutdown free their slots without
+    /// claiming again.
+    pub(crate) fn released(&mut self, count: usize) {
+        self.running = self.running.saturating_sub(count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashSet, VecDeque};
+
+    use super::*;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Event {
+        Offer,
+        Timer,
+        SlotFreed,
+        ClaimEnded(ClaimEnd),
+        Stop,
+    }
+
+    fn events(state: &WakeState) -> Vec<Event> {
+        let mut events = vec![Event::Offer, Event::Timer, Event::Stop];
+        if state.running > 0 {
+            events.push(Event::SlotFreed);
+        }
+        if let Phase::Claiming { requested, .. } = state.phase {
+            events.push(Event::ClaimEnded(ClaimEnd::Failed));
+            for claimed in 0..=requested {
+                events.push(Event::ClaimEnded(ClaimEnd::Claimed(claimed)));
+            }
+        }
+        events
+    }
+
+    /// Applies `event`, checking what must hold of every transition.
+    fn step(before: &WakeState, event: Event) -> WakeState {
+        let mut after = before.clone();
+        let free_before = before.free();
+        let claiming_before = matches!(before.phase, Phase::Claiming { .. });
+        match event {
+            Event::Offer => {
+                let offer = after.offer();
+                match offer {
+                    Offer::Started { max } => {
+                        assert_eq!(before.phase, Phase::Idle, "{before:?}");
+                        assert!(max > 0 && max == free_before, "{before:?} -> {offer:?}");
+                    }
+                    Offer::Coalesced => {
+                        // Accepted while claiming only if room is left after
+                        // the claim, and then a second claim is promised.
+                        let Phase::Claiming { requested, .. } = before.phase else {
+                            panic!("coalesced while not claiming: {before:?}");
+                        };
+                        assert!(free_before > requested);
+                        assert!(matches!(after.phase, Phase::Claiming { again: true, .. }));
+                    }
+                    Offer::Declined => {
+                        // Declined only when it could not take the work:
+                        // stopped, full, or a claim under way that may fill it.
+                        let could_not = match before.phase {
+                            Phase::Stopped => true,
+                            Phase::Idle => free_before == 0,
+                            Phase::Claiming { requested, .. } => free_before <= requested,
+                        };
+                        assert!(could_not, "declined with room: {before:?}");
+                        assert_eq!(&after, before, "a declined offer changes nothing");
+                    }
+                }
+            }
+            Event::Timer => {
+                let started = after.timer_fired();
+                assert_eq!(
+                    started.is_some(),
+                    before.phase == Phase::Idle && free_before > 0,
+                    "{before:?}"
+                );
+            }
+            Event::SlotFreed => {
+                let started = after.slot_freed();
+                assert_eq!(after.running, before.running - 1);
+                if before.phase == Phase::Idle {
+                    assert_eq!(started, Some(free_before + 1), "{before:?}");
+                } else {
+                    assert_eq!(started, None);
+                }
+                if claiming_before {
+                    assert!(matches!(after.phase, Phase::Claiming { again: true, .. }));
+                }
+            }
+            Event::ClaimEnded(end) => {
+                let Phase::Claiming { requested, again } = before.phase else {
+                    unreachable!("only offered while claiming");
+                };
+                let next = after.claim_ended(end);
+                match (end, next) {
+                    (ClaimEnd::Failed, AfterClaim::RetryLater) => {
+                        assert_eq!(after.running, before.running);
+                        assert_eq!(after.phase, Phase::Idle);
+                    }
+                    (ClaimEnd::Claimed(n), next) => {
+                        assert_eq!(after.running, before.running + n);
+                        assert!(after.running <= after.concurrency, "over capacity");
+                        let more = n == requested || again;
+                        match next {
+                            AfterClaim::ClaimAgain { max } => {
+                                assert!(more && max == after.free() && max > 0);
+                                assert!(matches!(after.phase, Phase::Claiming { .. }));
+                            }
+                            AfterClaim::Full => {
+                                assert!(more && after.free() == 0, "{before:?} {end:?}");
+                                assert_eq!(after.phase, Phase::Idle);
+                            }
+                            AfterClaim::Idle => {
+                                assert!(!more);
+                                assert_eq!(after.phase, Phase::Idle);
+                            }
+                            other => panic!("{before:?} {end:?} -> {other:?}"),
+                        }
+                    }
+                    (end, next) => panic!("{before:?} {end:?} -> {next:?}"),
+                }
+            }
+            Event::Stop => {
+                after.stop();
+                assert_eq!(after.phase, Phase::Stopped);
+                assert_eq!(after.offer(), Offer::Declined);
+                assert_eq!(after.timer_fired(), None);
+            }
+        }
+        assert!(after.running <= after.concurrency, "{before:?} {event:?}");
+        if let Phase::Claiming { requested, .. } = after.phase {
+            assert!(requested > 0 && after.running + requested <= after.concurrency);
+        }
+        after
+    }
+
+    #[test]
+    fn every_reachable_state_and_event_keeps_the_invariants() {
+        for concurrency in 1..=4 {
+            let mut seen = HashSet::new();
+            let mut queue = VecDeque::from([WakeState::new(concurrency)]);
+            while let Some(state) = queue.pop_front() {
+                if !seen.insert(state.clone()) {
+                    continue;
+                }
+                for event in events(&state) {
+                    queue.push_back(step(&state, event));
+                }
+            }
+            // Every (running, phase) combination the worker can be in.
+            assert!(
+                seen.len() > concurrency * 3,
+                "{concurrency}: {}",
+                seen.len()
+            );
+        }
+    }
+
+    #[test]
+    fn an_idle_worker_with_room_always_accepts_and_claims() {
+        let mut state = WakeState::new(2);
+        assert_eq!(state.offer(), Offer::Started { max: 2 });
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(0)), AfterClaim::Idle);
+        assert_eq!(state.offer(), Offer::Started { max: 2 });
+    }
+
+    #[test]
+    fn a_full_worker_declines_so_the_router_asks_another() {
+        // Filled from its own timer: the case where the old router, which
+        // thought it idle, handed it a wake-up that was then lost.
+        let mut state = WakeState::new(1);
+        assert_eq!(state.timer_fired(), Some(1));
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(1)), AfterClaim::Full);
+        assert_eq!(state.offer(), Offer::Declined);
+        assert_eq!(state.slot_freed(), Some(1));
+    }
+
+    #[test]
+    fn a_claim_that_will_fill_every_slot_declines_further_offers() {
+        let mut state = WakeState::new(3);
+        state.running = 1;
+        assert_eq!(state.offer(), Offer::Started { max: 2 });
+        assert_eq!(state.offer(), Offer::Declined);
+        // A slot freed meanwhile leaves room after the claim: accept then.
+        assert_eq!(state.slot_freed(), None);
+        assert_eq!(state.offer(), Offer::Coalesced);
+        assert_eq!(
+            state.claim_ended(ClaimEnd::Claimed(0)),
+            AfterClaim::ClaimAgain { max: 3 }
+        );
+    }
+
+    #[test]
+    fn a_wake_up_accepted_during_a_claim_is_never_dropped() {
+        let mut state = WakeState::new(4);
+        state.running = 2;
+        assert_eq!(state.timer_fired(), Some(2));
+        state.slot_freed();
+        assert_eq!(state.offer(), Offer::Coalesced);
+        // The claim found one task of the two it asked for: two slots are
+        // left, and the promise holds although the batch was not full.
+        assert_eq!(
+            state.claim_ended(ClaimEnd::Claimed(1)),
+            AfterClaim::ClaimAgain { max: 2 }
+        );
+    }
+
+    #[test]
+    fn a_failed_claim_retries_later_and_a_stopped_worker_does_nothing() {
+        let mut state = WakeState::new(1);
+        assert_eq!(state.timer_fired(), Some(1));
+        assert_eq!(state.claim_ended(ClaimEnd::Failed), AfterClaim::RetryLater);
+        assert_eq!(state.timer_fired(), Some(1));
+        state.stop();
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(1)), AfterClaim::Stopped);
+        assert_eq!(state.running(), 1);
+        assert_eq!(state.offer(), Offer::Declined);
+        assert_eq!(state.slot_freed(), None);
+        state.released(5);
+        assert_eq!(state.running(), 0);
+    }
+}

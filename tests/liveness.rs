@@ -37,11 +37,14 @@ async fn proxy_for(database: &pgwake::testing::TestDatabase) -> FaultProxy {
         .unwrap()
 }
 
-/// Short deadlines, so that faults end within a test's patience.
+/// Short deadlines, so that faults end within a test's patience. The
+/// server-side idle timeout bounds how long a transaction cut off by a
+/// silent connection keeps its row locks on the server.
 fn short_deadlines(config: &mut RuntimeConfig) {
     config.store.operation_timeout = Duration::from_secs(2);
     config.store.statement_timeout = Duration::from_secs(1);
     config.store.lock_timeout = Duration::from_millis(500);
+    config.store.idle_in_transaction_timeout = Duration::from_secs(2);
 }
 
 /// An instance `id` on `queue` created through a plain store, and its ref.
@@ -80,6 +83,8 @@ async fn silent_pooled_connections_never_wedge_workers() {
     config.listener_url = Some(database.url().to_string());
     short_deadlines(&mut config);
     let (sender, mut handled) = mpsc::unbounded_channel();
+    // A claim whose reply the partition swallows leaves its tasks leased
+    // until their lease runs out: keep that short.
     let worker = ActivityWorker::new(["silent"], move |task: ActivityTask| {
         let sender = sender.clone();
         async move {
@@ -87,7 +92,8 @@ async fn silent_pooled_connections_never_wedge_workers() {
             Ok::<_, String>(json!("done"))
         }
     })
-    .concurrency(4);
+    .concurrency(4)
+    .lease(Duration::from_secs(5));
     let runtime = Runtime::builder(config)
         .activity_worker(worker.clone())
         .activity_worker(worker.clone())

@@ -276,8 +276,29 @@ pub enum StoreError {
         /// The instance id.
         instance_id: String,
     },
-    /// No such instance (or no active execution, where one is needed).
-    #[error("workflow instance {instance_id:?} not found{}", if *.needs_active { " (or not active)" } else { "" })]
+    /// No such instance (or no active execution, where one is needed, as
+    /// by [`Store::signal_instance`](crate::Store::signal_instance)).
+    ///
+    /// A signal that a workflow decision sends to such an instance is not
+    /// refused this way, since the rest of the decision must still apply:
+    /// the sender's history records it as
+    /// [`EventType::SignalNotDelivered`](crate::EventType::SignalNotDelivered)
+    /// (see [`WorkflowCompletion::signal`](crate::WorkflowCompletion::signal)).
+    ///
+    /// ```
+    /// let err = pgwake::StoreError::NotFound { instance_id: "order-7".into(), needs_active: true };
+    /// assert!(err.to_string().contains("create the instance (Store::create_instance) before"), "{err}");
+    /// ```
+    #[error(
+        "workflow instance {instance_id:?} {}",
+        if *.needs_active {
+            "has no active execution (it was never created, has finished, or was removed): only \
+             a running execution receives signals. Check the instance id, or create the \
+             instance (Store::create_instance) before signalling it"
+        } else {
+            "not found: check the instance id (a removed instance is gone for good)"
+        }
+    )]
     NotFound {
         /// The instance id.
         instance_id: String,

@@ -1111,7 +1111,7 @@ async fn a_finished_sub_workflow_reports_its_result_to_its_parent() {
 
 // 13
 #[actix_rt::test]
-async fn signals_between_instances_reach_the_active_execution_and_unknown_targets_are_dropped() {
+async fn signals_between_instances_reach_the_active_execution_and_undelivered_ones_are_recorded() {
     let (store, sql, _db) = setup().await;
     let queue = [q("default")];
     let w = worker("w");
@@ -1175,11 +1175,16 @@ async fn signals_between_instances_reach_the_active_execution_and_unknown_target
         .await,
         1
     );
-    // The sender's own history records the task normally.
+    // The sender's own history records the task, and the two signals that
+    // reached no execution (tests/store_signals.rs has the details).
     let sender = store.instance("sender").await.unwrap().unwrap();
     assert_eq!(
         types(&sender.history),
-        [EventType::WorkflowExecutionStarted]
+        [
+            EventType::WorkflowExecutionStarted,
+            EventType::SignalNotDelivered,
+            EventType::SignalNotDelivered
+        ]
     );
 }
 

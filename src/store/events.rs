@@ -152,8 +152,9 @@ pub(crate) fn event_from_row_at(row: &Row, first: usize) -> Result<Event, StoreE
     Ok(Event {
         event_id: row.get(first),
         sequence_id: row.get(first + 1),
-        // Event types outside go-workflows' numbering are not written by
-        // pgwake; read them as the nearest meaning rather than failing a claim.
+        // Event types that are neither go-workflows' nor pgwake's own are
+        // not written by pgwake; read them as the nearest meaning rather than
+        // failing a claim.
         event_type: EventType::from_code(code).unwrap_or(EventType::SideEffectResult),
         timestamp: row.get(first + 3),
         schedule_event_id: row.get(first + 4),

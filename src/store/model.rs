@@ -36,13 +36,16 @@ impl InstanceState {
     }
 }
 
-/// An event's type, numbered as go-workflows numbers it.
+/// An event's type, numbered as go-workflows numbers it (1 to 19), and
+/// pgwake's own types, numbered from 1000 so that they never collide with
+/// one go-workflows adds: only [`SignalNotDelivered`](Self::SignalNotDelivered).
 ///
 /// ```
 /// use pgwake::EventType;
 /// let stored = EventType::ActivityCompleted.code();
 /// assert_eq!(stored, 12);
 /// assert_eq!(EventType::from_code(stored), Some(EventType::ActivityCompleted));
+/// assert_eq!(EventType::SignalNotDelivered.code(), 1000);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(missing_docs)] // the names are go-workflows' own
@@ -66,10 +69,20 @@ pub enum EventType {
     SignalReceived = 17,
     SideEffectResult = 18,
     TraceStarted = 19,
+    /// pgwake's own: a signal that a workflow decision sent
+    /// ([`WorkflowCompletion::signal`]) reached no execution, because its
+    /// target had no active one. Appended to the **sender's** history by the
+    /// decision that sent it, before the decision's outcome event, with the
+    /// attributes `{"instance_id", "name", "payload", "reason"}`. It matches
+    /// no command and answers no scheduled event (`schedule_event_id` 0):
+    /// go-workflows has no type that means this (its workflows signal
+    /// through a system activity), and each of its types that readers could
+    /// take for it already means something they act on.
+    SignalNotDelivered = 1000,
 }
 
 impl EventType {
-    const ALL: [EventType; 19] = [
+    const ALL: [EventType; 20] = [
         Self::WorkflowExecutionStarted,
         Self::WorkflowExecutionFinished,
         Self::WorkflowExecutionContinuedAsNew,
@@ -89,6 +102,7 @@ impl EventType {
         Self::SignalReceived,
         Self::SideEffectResult,
         Self::TraceStarted,
+        Self::SignalNotDelivered,
     ];
 
     /// The number stored in `event_type`.
@@ -100,11 +114,13 @@ impl EventType {
         self as i32
     }
 
-    /// The type for a stored number, if it is one of go-workflows'.
+    /// The type for a stored number, if it is one of go-workflows' or
+    /// pgwake's own.
     ///
     /// ```
     /// use pgwake::EventType;
     /// assert_eq!(EventType::from_code(1), Some(EventType::WorkflowExecutionStarted));
+    /// assert_eq!(EventType::from_code(1000), Some(EventType::SignalNotDelivered));
     /// assert_eq!(EventType::from_code(0), None);
     /// assert_eq!(EventType::from_code(20), None);
     /// ```
@@ -479,11 +495,12 @@ pub struct WorkflowCompletion {
     pub timers: Vec<StartTimer>,
     /// Timers to cancel, by the sequence id of their `TimerScheduled` event.
     pub canceled_timers: Vec<i64>,
-    /// Sub-workflows to start.
+    /// Sub-workflows to start ([`start_sub_workflow`](Self::start_sub_workflow)).
     pub sub_workflows: Vec<StartSubWorkflow>,
-    /// Signals to send to other instances.
+    /// Signals to send to other instances ([`signal`](Self::signal) says
+    /// which execution each reaches, and what happens when none does).
     pub signals: Vec<SendSignal>,
-    /// Other instances to cancel.
+    /// Other instances to cancel ([`cancel`](Self::cancel)).
     pub cancellations: Vec<String>,
     /// Extra events to append to the history (side effects, markers).
     pub history_events: Vec<(EventType, Value)>,
@@ -522,6 +539,85 @@ impl WorkflowCompletion {
     /// ```
     pub fn start_timer(mut self, delay: Duration, payload: Value) -> Self {
         self.timers.push(StartTimer { delay, payload });
+        self
+    }
+
+    /// Starts a sub-workflow: a child instance whose end is reported back
+    /// as `SubWorkflowCompleted` or `SubWorkflowFailed`. If an execution of
+    /// its id is active already, none is started and the parent receives
+    /// `SubWorkflowFailed`. Signals and cancellations of the same decision
+    /// reach the child ([`signal`](Self::signal)).
+    ///
+    /// ```
+    /// use pgwake::{NewInstance, Queue, WorkflowCompletion};
+    /// let decision = WorkflowCompletion::default()
+    ///     .start_sub_workflow(NewInstance::new("order-42-shipping", Queue::new("shipping")?));
+    /// assert_eq!(decision.sub_workflows[0].instance.instance_id, "order-42-shipping");
+    /// # Ok::<(), pgwake::StoreError>(())
+    /// ```
+    pub fn start_sub_workflow(mut self, child: NewInstance) -> Self {
+        self.sub_workflows
+            .push(StartSubWorkflow { instance: child });
+        self
+    }
+
+    /// Sends the signal `name` with `payload` to the instance `instance_id`:
+    /// a pending `SignalReceived` event (`{"name", "payload"}`) of the
+    /// execution of that id that is active once the decision is applied.
+    /// That is one running already, or a sub-workflow started by this same
+    /// decision (the signal then follows its `WorkflowExecutionStarted`), or
+    /// the sender itself when it goes on (its next execution when it
+    /// continues as new).
+    ///
+    /// **A target with no active execution** (never created, finished,
+    /// removed) does not fail the decision: the workflow cannot be blamed
+    /// for a target that finished meanwhile, and a refused decision would
+    /// be refused again on every retry. The decision applies, and records
+    /// in the **sender's** history, after its scheduling events and before
+    /// its outcome event, one [`EventType::SignalNotDelivered`] event per
+    /// undelivered signal, with the attributes `{"instance_id", "name",
+    /// "payload", "reason"}`; the store also logs a warning naming sender,
+    /// target and signal. That event is history, not a pending event: it
+    /// does not wake the sender, nor appear in its next task's
+    /// `new_events`; read it with [`Store::instance`](super::Store::instance).
+    /// ([`Store::signal_instance`](super::Store::signal_instance), called
+    /// from outside a workflow, refuses such a target with
+    /// [`StoreError::NotFound`](crate::StoreError::NotFound) instead.)
+    ///
+    /// ```
+    /// use pgwake::{NewInstance, Queue, WorkflowCompletion};
+    /// use serde_json::json;
+    /// // Start a child and signal it in one decision: the child's first
+    /// // task holds its start, then the signal.
+    /// let decision = WorkflowCompletion::default()
+    ///     .start_sub_workflow(NewInstance::new("order-42-shipping", Queue::new("shipping")?))
+    ///     .signal("order-42-shipping", "address-changed", json!({"zip": "1010"}));
+    /// assert_eq!(decision.signals[0].instance_id, "order-42-shipping");
+    /// assert_eq!(decision.signals[0].name, "address-changed");
+    /// # Ok::<(), pgwake::StoreError>(())
+    /// ```
+    pub fn signal(mut self, instance_id: &str, name: &str, payload: Value) -> Self {
+        self.signals.push(SendSignal {
+            instance_id: instance_id.to_string(),
+            name: name.to_string(),
+            payload,
+        });
+        self
+    }
+
+    /// Asks the instance `instance_id` to cancel: a pending
+    /// `WorkflowExecutionCanceled` event of the same execution a
+    /// [`signal`](Self::signal) would reach (a sub-workflow started by this
+    /// same decision included). A target with no active execution is left
+    /// alone, as [`Store::cancel_instance`](super::Store::cancel_instance)
+    /// leaves a finished one: there is nothing left to cancel.
+    ///
+    /// ```
+    /// let decision = pgwake::WorkflowCompletion::default().cancel("order-42-shipping");
+    /// assert_eq!(decision.cancellations, ["order-42-shipping"]);
+    /// ```
+    pub fn cancel(mut self, instance_id: &str) -> Self {
+        self.cancellations.push(instance_id.to_string());
         self
     }
 
@@ -593,7 +689,9 @@ pub struct StartSubWorkflow {
     pub instance: NewInstance,
 }
 
-/// A signal for another instance's active execution.
+/// A signal for another instance's active execution; see
+/// [`WorkflowCompletion::signal`] for which execution it reaches, and what
+/// the sender's history records when none does.
 ///
 /// ```
 /// use pgwake::store::SendSignal;

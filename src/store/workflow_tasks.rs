@@ -1,6 +1,7 @@
 //! Workflow tasks: claiming an instance with work, applying its decision,
 //! and keeping or giving back its lease.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::json;
@@ -286,6 +287,12 @@ impl Store {
     /// activities are deleted (nothing would ever process them), and its
     /// parent, if any, receives `SubWorkflowCompleted` or `SubWorkflowFailed`.
     ///
+    /// Signals and cancellations reach the execution of their target that
+    /// is active once the decision applies, a sub-workflow started by the
+    /// same decision included. A signal that reaches none does not fail the
+    /// decision: it is recorded in this execution's history as
+    /// [`EventType::SignalNotDelivered`] (see [`WorkflowCompletion::signal`]).
+    ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store, task: pgwake::WorkflowTask) -> Result<(), pgwake::StoreError> {
     /// use pgwake::{WorkflowCompletion, WorkflowOutcome};
@@ -314,7 +321,7 @@ impl Store {
         completion: WorkflowCompletion,
     ) -> Result<(), StoreError> {
         // Everything that can be refused is refused before the transaction.
-        let plan = self.plan_completion(task, &completion)?;
+        let mut plan = self.plan_completion(task, &completion)?;
         let mut client = self.client().await?;
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
@@ -344,7 +351,9 @@ impl Store {
         lock_instance_ids(&tx, &created_ids).await?;
 
         // 1. Find the other executions this completion writes to, without
-        //    locking (only ids are read here).
+        //    locking (only ids are read here). A target that this very
+        //    decision creates (a sub-workflow) is not found here: it does not
+        //    exist yet. It needs no row lock either: see step 7.
         let target_ids: Vec<&str> = completion
             .signals
             .iter()
@@ -384,22 +393,29 @@ impl Store {
             )
             .await
             .map_err(db("locking the instances"))?;
-        let active_execution = |instance_id: &str| {
-            locked
-                .iter()
-                .filter(|r| r.get::<_, i64>(0) != task.row_id)
-                .find(|r| r.get::<_, &str>(1) == instance_id && r.get::<_, i32>(3) == 0)
-                .map(|r| {
-                    let queue = Queue::new(r.get::<_, String>(4)).unwrap_or_default();
-                    (
-                        InstanceRef {
-                            instance_id: r.get(1),
-                            execution_id: r.get(2),
-                        },
-                        queue,
-                    )
-                })
-        };
+        // The executions that the decision's signals and cancellations
+        // reach, by instance id: the active ones just locked and, while it
+        // goes on, this one (its row is in `locked` with its state before
+        // this decision, so it is taken from the plan instead). Step 6 adds
+        // the executions this decision creates.
+        let mut receivers: HashMap<String, (InstanceRef, Queue)> = locked
+            .iter()
+            .filter(|r| r.get::<_, i64>(0) != task.row_id && r.get::<_, i32>(3) == 0)
+            .map(|r| {
+                let queue = Queue::new(r.get::<_, String>(4)).unwrap_or_default();
+                let execution = InstanceRef {
+                    instance_id: r.get(1),
+                    execution_id: r.get(2),
+                };
+                (execution.instance_id.clone(), (execution, queue))
+            })
+            .collect();
+        if !plan.ends_execution {
+            receivers.insert(
+                task.instance.instance_id.clone(),
+                (task.instance.clone(), task.queue.clone()),
+            );
+        }
 
         // 3. The lease: holder and fencing token must both match.
         let sticky_secs = (!self.options().sticky_timeout.is_zero() && !plan.ends_execution)
@@ -466,9 +482,10 @@ impl Store {
             .map_err(db("moving the task's events to the history"))?;
         let first_new_sequence = task.last_sequence_id + moved as i64 + 1;
 
-        // 5. What the decision records, numbered after them.
+        // 5. What the decision schedules is numbered after them (and written
+        //    to the history in step 8, once it is known which signals were
+        //    not delivered).
         let recorded = plan.history_with_sequence(first_new_sequence);
-        append_history(&tx, &task.instance, first_new_sequence, &plan.history).await?;
 
         if !completion.canceled_timers.is_empty() {
             tx.execute(
@@ -507,7 +524,8 @@ impl Store {
         }
 
         // 6. Activities, timers and sub-workflows, keyed by their scheduling
-        //    event's sequence id.
+        //    event's sequence id; the next execution when this one continues
+        //    as new.
         let mut activity_ids = Vec::new();
         let mut activity_queues = Vec::new();
         let mut activity_schedule_ids = Vec::new();
@@ -531,7 +549,9 @@ impl Store {
                         .insert_instance(&tx, child, Some((&task.instance, *sequence_id)))
                         .await?;
                     touched.add_workflow(&child.queue);
-                    if created.is_none() {
+                    if let Some(created) = created {
+                        receivers.insert(child.instance_id.clone(), (created, child.queue.clone()));
+                    } else {
                         let error = json!({ "error": format!("instance {:?} already has an active execution", child.instance_id) });
                         own_pending.push(NewEvent::new(
                             EventType::SubWorkflowFailed,
@@ -568,26 +588,53 @@ impl Store {
             // Timers too: other processes learn of a due time only by polling.
             touched.add_workflow(&task.queue);
         }
+        if let Some(WorkflowOutcome::ContinueAsNew(input)) = &completion.outcome {
+            let next = NewInstance {
+                instance_id: task.instance.instance_id.clone(),
+                queue: task.queue.clone(),
+                metadata: task.metadata.clone(),
+                input: input.clone(),
+            };
+            let parent = task.parent.as_ref().map(|(p, s)| (p, *s));
+            if let Some(created) = self.insert_instance(&tx, &next, parent).await? {
+                receivers.insert(next.instance_id, (created, task.queue.clone()));
+            }
+            touched.add_workflow(&task.queue);
+        }
 
         // 7. Events for other executions: signals, cancellations, the parent.
+        //    Now that the sub-workflows exist, a signal or a cancellation
+        //    for one started by this decision reaches it, after its
+        //    WorkflowExecutionStarted (pending events are read in insertion
+        //    order). The lock order stays that of every other transaction,
+        //    with no new wait: an execution created here is a row this
+        //    transaction inserted, which no other transaction can see, let
+        //    alone lock, before the commit; its events are plain inserts;
+        //    and the only lock that guards its id, the advisory lock, was
+        //    taken in step 0 with all the others, before any row lock. The
+        //    executions that existed already were locked in step 2, as before.
+        let mut undelivered = Vec::new();
         for (signal, data) in completion.signals.iter().zip(&plan.signal_data) {
-            match active_execution(&signal.instance_id) {
+            match receivers.get(&signal.instance_id) {
                 Some((target, queue)) => {
                     let signal = NewEvent::new(EventType::SignalReceived, 0, data.clone());
-                    insert_pending(&tx, &target, &[signal]).await?;
-                    touched.add_workflow(&queue);
+                    insert_pending(&tx, target, &[signal]).await?;
+                    touched.add_workflow(queue);
                 }
-                None => {
-                    tracing::debug!(target = %signal.instance_id, "signal for an inactive instance dropped")
-                }
+                None => undelivered.push(signal),
             }
         }
         for instance_id in &completion.cancellations {
-            if let Some((target, queue)) = active_execution(instance_id) {
-                let cancel =
-                    NewEvent::new(EventType::WorkflowExecutionCanceled, 0, b"null".to_vec());
-                insert_pending(&tx, &target, &[cancel]).await?;
-                touched.add_workflow(&queue);
+            match receivers.get(instance_id) {
+                Some((target, queue)) => {
+                    let cancel =
+                        NewEvent::new(EventType::WorkflowExecutionCanceled, 0, b"null".to_vec());
+                    insert_pending(&tx, target, &[cancel]).await?;
+                    touched.add_workflow(queue);
+                }
+                None => {
+                    tracing::debug!(target = %instance_id, "cancellation of an inactive instance: nothing to cancel")
+                }
             }
         }
         if let (Some((parent_ref, schedule_id)), Some(report)) = (parent, &plan.parent_report) {
@@ -603,20 +650,39 @@ impl Store {
                     .add_workflow(&Queue::new(parent_row.get::<_, String>(4)).unwrap_or_default());
             }
         }
-        if let Some(WorkflowOutcome::ContinueAsNew(input)) = &completion.outcome {
-            let next = NewInstance {
-                instance_id: task.instance.instance_id.clone(),
-                queue: task.queue.clone(),
-                metadata: task.metadata.clone(),
-                input: input.clone(),
-            };
-            let parent = task.parent.as_ref().map(|(p, s)| (p, *s));
-            self.insert_instance(&tx, &next, parent).await?;
-            touched.add_workflow(&task.queue);
+
+        // 8. What the decision records, numbered after the task's events: its
+        //    scheduling and extra events, a SignalNotDelivered for each
+        //    signal that reached no execution, then its outcome, last as in
+        //    every history. The markers come after every scheduling event,
+        //    so the sequence ids step 6 used stay theirs.
+        let mut history = std::mem::take(&mut plan.history);
+        for signal in &undelivered {
+            // Not size-checked (`encode`): the payload was accepted already,
+            // and refusing the marker would refuse the whole decision.
+            let marker = serde_json::to_vec(&json!({
+                "instance_id": signal.instance_id,
+                "name": signal.name,
+                "payload": signal.payload,
+                "reason": "the instance has no active execution: it was never created, \
+                           has finished, or was removed",
+            }))?;
+            history.push(NewEvent::new(EventType::SignalNotDelivered, 0, marker));
         }
+        history.extend(plan.outcome_event.take());
+        append_history(&tx, &task.instance, first_new_sequence, &history).await?;
 
         self.commit_write(tx, touched, "committing the workflow task")
             .await?;
+        for signal in &undelivered {
+            tracing::warn!(
+                sender = %task.instance.instance_id,
+                target = %signal.instance_id,
+                signal = %signal.name,
+                "signal not delivered: the target instance has no active execution; \
+                 recorded as SignalNotDelivered in the sender's history"
+            );
+        }
         #[cfg(feature = "metrics")]
         crate::metrics::completion_duration(crate::runtime::TaskKind::Workflow, started);
         tracing::debug!(
@@ -811,8 +877,8 @@ impl Store {
         for instance_id in &completion.cancellations {
             check_id("instance id", instance_id, 128)?;
         }
-        let (state, parent_report) = match &completion.outcome {
-            None => (InstanceState::Active, None),
+        let (state, parent_report, outcome_event) = match &completion.outcome {
+            None => (InstanceState::Active, None, None),
             Some(outcome) => {
                 let (event_type, attributes, report) = match outcome {
                     WorkflowOutcome::Completed(result) => (
@@ -839,10 +905,7 @@ impl Store {
                         ),
                     ),
                 };
-                record(
-                    NewEvent::new(event_type, 0, self.encode(&attributes)?),
-                    Scheduled::Other,
-                );
+                let outcome_event = NewEvent::new(event_type, 0, self.encode(&attributes)?);
                 let state = if matches!(outcome, WorkflowOutcome::ContinueAsNew(_)) {
                     InstanceState::ContinuedAsNew
                 } else {
@@ -853,7 +916,7 @@ impl Store {
                 let report = (state == InstanceState::Finished)
                     .then(|| Ok::<_, StoreError>((report.0, self.encode(&report.1)?)))
                     .transpose()?;
-                (state, report)
+                (state, report, Some(outcome_event))
             }
         };
         Ok(CompletionPlan {
@@ -861,6 +924,7 @@ impl Store {
             state,
             history,
             kinds,
+            outcome_event,
             signal_data,
             parent_report,
         })
@@ -915,8 +979,12 @@ enum Scheduled {
 struct CompletionPlan {
     state: InstanceState,
     ends_execution: bool,
+    /// The events the decision records before its outcome, in order.
     history: Vec<NewEvent>,
+    /// What each of `history` sets in motion.
     kinds: Vec<Scheduled>,
+    /// The event that ends the execution, recorded last.
+    outcome_event: Option<NewEvent>,
     signal_data: Vec<Vec<u8>>,
     parent_report: Option<(EventType, Vec<u8>)>,
 }

@@ -103,6 +103,29 @@ struct PendingRecord {
     task: ActivityTask,
     report: Result<serde_json::Value, String>,
     outcome: Outcome,
+    /// The store refused the handler's own result for good; `report` is now
+    /// the failure that says so.
+    refused: bool,
+}
+
+impl PendingRecord {
+    /// What to do with a result the store refused for good: record, once,
+    /// the activity's failure with the reason, so that the task does not
+    /// run again and again at every lease expiry; `None` when that failure
+    /// was refused too.
+    fn refused(mut self, error: &StoreError) -> Option<Self> {
+        if self.refused {
+            tracing::error!(activity_id = %self.task.activity_id, error = %error, "could not record an activity's failure either; the task runs again when its lease expires");
+            return None;
+        }
+        tracing::error!(activity_id = %self.task.activity_id, error = %error, "the store refused an activity's result; recording the activity as failed");
+        self.report = Err(format!(
+            "the activity's result could not be recorded: {error}"
+        ));
+        self.outcome = Outcome::Failed;
+        self.refused = true;
+        Some(self)
+    }
 }
 
 /// How a run of an activity handler ended.
@@ -482,6 +505,7 @@ impl WorkerActor {
             task: end.task,
             report,
             outcome: end.outcome,
+            refused: false,
         });
         self.flush_records(ctx);
     }
@@ -527,14 +551,21 @@ impl WorkerActor {
                 return;
             }
             Err(err) => {
-                tracing::error!(error = %err, count = batch.len(), "could not record results; those tasks will run again when their leases expire");
+                // Refused for good, and which result caused it is unknown:
+                // each is recorded as the activity's failure instead.
                 for done in batch {
-                    self.finished(done.number, &done.task.queue, Outcome::NotRecorded, ctx);
+                    let (number, queue) = (done.number, done.task.queue.clone());
+                    match done.refused(&err) {
+                        Some(failure) => self.records.push(failure),
+                        None => self.finished(number, &queue, Outcome::NotRecorded, ctx),
+                    }
                 }
+                self.flush_records(ctx);
                 return;
             }
         };
         let mut busy = Vec::new();
+        let mut refused = Vec::new();
         for (done, result) in batch.into_iter().zip(outcomes) {
             let recorded = match result {
                 Ok(()) => done.outcome,
@@ -545,12 +576,17 @@ impl WorkerActor {
                     continue;
                 }
                 Err(err) => {
-                    tracing::error!(activity_id = %done.task.activity_id, error = %err, "could not record a result");
-                    Outcome::NotRecorded
+                    let (number, queue) = (done.number, done.task.queue.clone());
+                    match done.refused(&err) {
+                        Some(failure) => refused.push(failure),
+                        None => self.finished(number, &queue, Outcome::NotRecorded, ctx),
+                    }
+                    continue;
                 }
             };
             self.finished(done.number, &done.task.queue, recorded, ctx);
         }
+        self.records.extend(refused);
         if busy.is_empty() {
             self.failed_records = 0;
             self.records_failing_since = None;
@@ -960,5 +996,52 @@ impl Handler<AbandonInFlight> for WorkerActor {
                 .into_actor(self)
                 .map(|released, _, _| released.into_iter().filter(|r| *r).count()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::store::{InstanceRef, Lease};
+
+    fn record() -> PendingRecord {
+        PendingRecord {
+            number: 7,
+            task: ActivityTask {
+                row_id: 1,
+                activity_id: "a-1".into(),
+                instance: InstanceRef {
+                    instance_id: "i".into(),
+                    execution_id: "e".into(),
+                },
+                queue: Queue::new("q").unwrap(),
+                schedule_event_id: 3,
+                name: "send".into(),
+                input: serde_json::Value::Null,
+                enqueued_at: SystemTime::now(),
+                lease: Lease::new(WorkerId::unique("test"), SystemTime::now(), 42),
+            },
+            report: Ok(serde_json::json!("done")),
+            outcome: Outcome::Completed,
+            refused: false,
+        }
+    }
+
+    #[test]
+    fn a_refused_result_becomes_the_activitys_failure_once_then_is_given_up() {
+        let refused = StoreError::InvalidDuration {
+            what: "something",
+            reason: "out of range",
+        };
+        let failure = record().refused(&refused).expect("recorded as a failure");
+        assert_eq!(failure.outcome, Outcome::Failed);
+        let message = failure.report.as_ref().unwrap_err();
+        assert!(
+            message.contains("could not be recorded") && message.contains("out of range"),
+            "{message}"
+        );
+        assert!(failure.refused(&refused).is_none(), "not retried forever");
     }
 }

@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod workflow;
 
 pub use config::RuntimeConfig;
 pub use connection::ConnectionConfig;

@@ -278,6 +278,10 @@ pub struct WorkflowTask {
     pub parent: Option<(InstanceRef, i64)>,
     /// The visible pending events, oldest first.
     pub new_events: Vec<Event>,
+    /// The execution's whole history, by sequence id, read in the same
+    /// statement as `new_events` (one snapshot): what a replaying executor
+    /// runs the workflow's code over before it applies `new_events`.
+    pub history: Vec<Event>,
     /// The sequence id of the last history event (0 for none).
     pub last_sequence_id: i64,
     /// The lease.

@@ -22,7 +22,9 @@ use crate::error::StoreError;
 impl Store {
     /// Claims the instance whose oldest visible pending event is oldest,
     /// among active, unleased instances of `queues` that are not sticky to
-    /// another worker; leases it to `worker` for `lease`.
+    /// another worker; leases it to `worker` for `lease`. The task holds
+    /// the instance's visible pending events and its whole history (what
+    /// [`Workflows::execute`](crate::workflow::Workflows::execute) replays).
     ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
@@ -190,33 +192,42 @@ impl Store {
         // Read in a new statement, so with a snapshot taken after the claim
         // committed: a previous holder's late completion that committed
         // while we were claiming is visible here (its events are in the
-        // history, not pending). The history's last sequence id comes from
-        // the first row, which exists even when no event does.
+        // history, not pending). The pending events and the whole history
+        // come from this one statement, so from one snapshot: an event is
+        // in one or the other, never both or neither, and the executor
+        // replays exactly the history these new events follow. The
+        // history's last sequence id is that of its last row (0 for none).
         let rows = client
             .query(
                 &client
                     .prepare_cached(&format!(
-                        "WITH last AS (
-                       SELECT COALESCE(max(sequence_id), 0) AS sequence_id FROM history
-                        WHERE instance_id = $1 AND execution_id = $2)
-                     SELECT last.sequence_id, {EVENT_COLUMNS}
-                       FROM last LEFT JOIN (pending_events e {ATTRIBUTES_JOIN})
-                         ON e.instance_id = $1 AND e.execution_id = $2
+                        "SELECT false AS recorded, e.id AS position, {EVENT_COLUMNS}
+                       FROM pending_events e {ATTRIBUTES_JOIN}
+                      WHERE e.instance_id = $1 AND e.execution_id = $2
                         AND (e.visible_at IS NULL OR e.visible_at <= now())
-                      ORDER BY e.id"
+                     UNION ALL
+                     SELECT true, e.sequence_id, {EVENT_COLUMNS}
+                       FROM history e {ATTRIBUTES_JOIN}
+                      WHERE e.instance_id = $1 AND e.execution_id = $2
+                      ORDER BY 1, 2"
                     ))
                     .await
                     .map_err(db("preparing a statement"))?,
                 &[&instance.instance_id, &instance.execution_id],
             )
             .await
-            .map_err(db("reading the task's events"))?;
-        let last_sequence_id: i64 = rows.first().map_or(0, |r| r.get(0));
-        let events: Vec<Event> = rows
-            .iter()
-            .filter(|r| r.get::<_, Option<String>>(1).is_some())
-            .map(|r| event_from_row_at(r, 1))
-            .collect::<Result<_, _>>()?;
+            .map_err(db("reading the task's events and history"))?;
+        let mut events = Vec::new();
+        let mut history = Vec::new();
+        for r in &rows {
+            let event = event_from_row_at(r, 2)?;
+            if r.get::<_, bool>(0) {
+                history.push(event);
+            } else {
+                events.push(event);
+            }
+        }
+        let last_sequence_id = history.last().map_or(0, |e: &Event| e.sequence_id);
         let locked_until: std::time::SystemTime = row.get(10);
         if events.is_empty() {
             // The events we were claimed for were processed by the previous
@@ -257,6 +268,7 @@ impl Store {
             metadata: metadata.map(|m| serde_json::from_slice(&m)).transpose()?,
             parent,
             new_events: events,
+            history,
             last_sequence_id,
             lease: Lease::new(worker.clone(), locked_until, lease_id),
             instance,

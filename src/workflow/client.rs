@@ -1,0 +1,275 @@
+//! Starting, signalling, cancelling and awaiting workflows from outside.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::error::{ClientError, WorkflowError};
+use crate::store::{
+    CancelOutcome, EventType, InstanceRef, InstanceSnapshot, InstanceState, NewInstance, Queue,
+    Store,
+};
+
+/// How to start a workflow ([`Client::start`]).
+///
+/// ```
+/// use pgwake::workflow::StartOptions;
+/// let options = StartOptions { queue: pgwake::Queue::new("orders")?, ..Default::default() };
+/// assert_eq!(options.queue.as_str(), "orders");
+/// assert_eq!(StartOptions::default().queue.as_str(), "default");
+/// # Ok::<(), pgwake::StoreError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The queue its workflow tasks go to.
+    pub queue: Queue,
+}
+
+/// The first and the longest pause between two reads of
+/// [`Client::result`].
+const RESULT_POLL_FIRST: Duration = Duration::from_millis(5);
+const RESULT_POLL_MAX: Duration = Duration::from_millis(200);
+
+/// Starts workflows and reads their results, through a [`Store`].
+///
+/// ```no_run
+/// # async fn f(store: pgwake::Store) -> Result<(), pgwake::workflow::ClientError> {
+/// use pgwake::workflow::{Client, StartOptions};
+/// let client = Client::new(store);
+/// client.start("greet", "greet-1", &"ada", StartOptions::default()).await?;
+/// let greeting: String = client.result("greet-1", std::time::Duration::from_secs(30)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    store: Store,
+}
+
+/// What [`Client::describe`] tells of an instance.
+///
+/// ```no_run
+/// # async fn f(client: pgwake::workflow::Client) -> Result<(), pgwake::workflow::ClientError> {
+/// if let Some(about) = client.describe("greet-1").await? {
+///     println!("{:?} {:?}: {} events, {} pending", about.workflow, about.state, about.history_events, about.pending_events);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Description {
+    /// The execution (the active one, else the newest).
+    pub instance: InstanceRef,
+    /// The workflow's name, from the metadata.
+    pub workflow: Option<String>,
+    /// Its queue.
+    pub queue: Queue,
+    /// Its state.
+    pub state: InstanceState,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// When it finished.
+    pub completed_at: Option<SystemTime>,
+    /// How many events its history holds.
+    pub history_events: usize,
+    /// How many events wait to be processed.
+    pub pending_events: usize,
+    /// How it ended: `{"result"}`, `{"error"}` or `{"canceled": true}`.
+    pub outcome: Option<Value>,
+}
+
+impl Client {
+    /// A client writing and reading through `store` (a runtime's store
+    /// wakes that runtime's workers at once).
+    ///
+    /// ```no_run
+    /// # fn f(runtime: pgwake::RuntimeHandle) {
+    /// let client = pgwake::workflow::Client::new(runtime.store().clone());
+    /// # }
+    /// ```
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Starts the workflow `workflow` as `instance_id` with `input`.
+    ///
+    /// ```no_run
+    /// # async fn f(client: pgwake::workflow::Client) -> Result<(), pgwake::workflow::ClientError> {
+    /// let started = client.start("greet", "greet-1", &"ada", Default::default()).await?;
+    /// println!("execution {}", started.execution_id);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// An input that does not serialize, an active execution of that id
+    /// ([`StoreError::AlreadyExists`](crate::StoreError::AlreadyExists)), a
+    /// store failure.
+    pub async fn start<I: Serialize>(
+        &self,
+        workflow: &str,
+        instance_id: &str,
+        input: &I,
+        options: StartOptions,
+    ) -> Result<InstanceRef, ClientError> {
+        let input = serde_json::to_value(input).map_err(|source| ClientError::Serde {
+            what: "the workflow's input",
+            source,
+        })?;
+        let new = NewInstance::new(instance_id, options.queue)
+            .with_input(input)
+            .with_metadata(json!({ "workflow": workflow }));
+        Ok(self.store.create_instance(new).await?)
+    }
+
+    /// Sends the signal `name` with `value` to the active execution of
+    /// `instance_id`.
+    ///
+    /// ```no_run
+    /// # async fn f(client: pgwake::workflow::Client) -> Result<(), pgwake::workflow::ClientError> {
+    /// client.signal("signup-7", "confirmed", &true).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// No active execution ([`StoreError::NotFound`](crate::StoreError::NotFound)),
+    /// a value that does not serialize, a store failure.
+    pub async fn signal<T: Serialize>(
+        &self,
+        instance_id: &str,
+        name: &str,
+        value: &T,
+    ) -> Result<(), ClientError> {
+        let payload = serde_json::to_value(value).map_err(|source| ClientError::Serde {
+            what: "the signal's value",
+            source,
+        })?;
+        Ok(self
+            .store
+            .signal_instance(instance_id, name, payload)
+            .await?)
+    }
+
+    /// Asks the active execution of `instance_id` to cancel: it finishes
+    /// as canceled at its next workflow task.
+    ///
+    /// ```no_run
+    /// # async fn f(client: pgwake::workflow::Client) -> Result<(), pgwake::workflow::ClientError> {
+    /// client.cancel("signup-7").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// An instance that never existed, a store failure.
+    pub async fn cancel(&self, instance_id: &str) -> Result<CancelOutcome, ClientError> {
+        Ok(self.store.cancel_instance(instance_id).await?)
+    }
+
+    /// Waits up to `timeout` for `instance_id` to finish, reading it with
+    /// a backoff of 5 ms doubling to 200 ms, and returns its result.
+    ///
+    /// ```no_run
+    /// # async fn f(client: pgwake::workflow::Client) -> Result<(), pgwake::workflow::ClientError> {
+    /// use pgwake::workflow::ClientError;
+    /// match client.result::<String>("greet-1", std::time::Duration::from_secs(30)).await {
+    ///     Ok(greeting) => println!("{greeting}"),
+    ///     Err(ClientError::Failed(err)) if err.kind() == "declined" => println!("declined"),
+    ///     Err(err) => return Err(err),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ClientError::Failed`] with the workflow's typed error,
+    /// [`ClientError::Canceled`], [`ClientError::Timeout`],
+    /// [`ClientError::NotFound`], a result that does not deserialize.
+    pub async fn result<O: DeserializeOwned>(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+    ) -> Result<O, ClientError> {
+        let started = Instant::now();
+        let mut pause = RESULT_POLL_FIRST;
+        loop {
+            let snapshot = self.store.instance(instance_id).await?;
+            let Some(snapshot) = snapshot else {
+                return Err(ClientError::NotFound {
+                    instance_id: instance_id.to_string(),
+                });
+            };
+            if snapshot.state == InstanceState::Finished {
+                return match outcome(&snapshot) {
+                    Some(outcome) if outcome.get("result").is_some() => {
+                        O::deserialize(&outcome["result"]).map_err(|source| ClientError::Serde {
+                            what: "the workflow's result",
+                            source,
+                        })
+                    }
+                    Some(outcome) if outcome.get("error").is_some() => {
+                        let stored = match &outcome["error"] {
+                            Value::String(text) => text.clone(),
+                            other => other.to_string(),
+                        };
+                        Err(ClientError::Failed(WorkflowError::from_stored(&stored)))
+                    }
+                    _ => Err(ClientError::Canceled {
+                        instance_id: instance_id.to_string(),
+                    }),
+                };
+            }
+            let waited = started.elapsed();
+            if waited >= timeout {
+                return Err(ClientError::Timeout {
+                    instance_id: instance_id.to_string(),
+                    waited,
+                });
+            }
+            tokio::time::sleep(pause.min(timeout - waited)).await;
+            pause = (pause * 2).min(RESULT_POLL_MAX);
+        }
+    }
+
+    /// What is known of `instance_id`'s newest execution; `None` if it
+    /// never existed.
+    ///
+    /// ```no_run
+    /// # async fn f(client: pgwake::workflow::Client) -> Result<(), pgwake::workflow::ClientError> {
+    /// let about = client.describe("greet-1").await?.expect("started before");
+    /// println!("{:?}", about.state);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn describe(&self, instance_id: &str) -> Result<Option<Description>, ClientError> {
+        let Some(snapshot) = self.store.instance(instance_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Description {
+            workflow: snapshot
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get("workflow"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            outcome: outcome(&snapshot).cloned(),
+            history_events: snapshot.history.len(),
+            pending_events: snapshot.pending.len(),
+            queue: snapshot.queue,
+            state: snapshot.state,
+            created_at: snapshot.created_at,
+            completed_at: snapshot.completed_at,
+            instance: snapshot.instance,
+        }))
+    }
+}
+
+/// The attributes of the event that ended the execution, if one did.
+fn outcome(snapshot: &InstanceSnapshot) -> Option<&Value> {
+    snapshot
+        .history
+        .iter()
+        .rev()
+        .find(|e| e.event_type == EventType::WorkflowExecutionFinished)
+        .map(|e| &e.attributes)
+}

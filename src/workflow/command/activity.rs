@@ -1,0 +1,125 @@
+//! Scheduling an activity and receiving its result.
+
+use serde_json::Value;
+
+use super::{invalid, InvalidTransition, State};
+use crate::store::Queue;
+use crate::workflow::error::ActivityError;
+
+/// An activity the code scheduled.
+#[derive(Debug)]
+pub(crate) struct ActivityCommand {
+    pub(crate) name: String,
+    pub(crate) input: Value,
+    pub(crate) queue: Option<Queue>,
+    state: State,
+    schedule_event_id: Option<i64>,
+    result: Option<Result<Value, ActivityError>>,
+}
+
+impl ActivityCommand {
+    pub(crate) fn new(name: String, input: Value, queue: Option<Queue>) -> Self {
+        Self {
+            name,
+            input,
+            queue,
+            state: State::Pending,
+            schedule_event_id: None,
+            result: None,
+        }
+    }
+
+    pub(crate) fn state(&self) -> State {
+        self.state
+    }
+
+    pub(crate) fn schedule_event_id(&self) -> Option<i64> {
+        self.schedule_event_id
+    }
+
+    /// Its `ActivityScheduled` event is at `sequence_id`.
+    pub(crate) fn commit(&mut self, sequence_id: i64) -> Result<(), InvalidTransition> {
+        if self.state != State::Pending {
+            return Err(invalid("activity", "ActivityScheduled", self.state));
+        }
+        self.state = State::Committed;
+        self.schedule_event_id = Some(sequence_id);
+        Ok(())
+    }
+
+    /// Its `ActivityCompleted` or `ActivityFailed` arrived.
+    pub(crate) fn resolve(
+        &mut self,
+        result: Result<Value, ActivityError>,
+    ) -> Result<(), InvalidTransition> {
+        if self.state != State::Committed {
+            return Err(invalid("activity", "an activity result", self.state));
+        }
+        self.state = State::Done;
+        self.result = Some(result);
+        Ok(())
+    }
+
+    pub(crate) fn result(&self) -> Option<&Result<Value, ActivityError>> {
+        self.result.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn charge() -> ActivityCommand {
+        ActivityCommand::new("charge".into(), json!(500), None)
+    }
+
+    #[test]
+    fn a_new_activity_is_pending_without_result() {
+        let command = charge();
+        assert_eq!(command.state(), State::Pending);
+        assert_eq!(command.schedule_event_id(), None);
+        assert!(command.result().is_none());
+    }
+
+    #[test]
+    fn commit_then_result_makes_it_done() {
+        let mut command = charge();
+        command.commit(4).unwrap();
+        assert_eq!(command.state(), State::Committed);
+        assert_eq!(command.schedule_event_id(), Some(4));
+        command.resolve(Ok(json!("ok"))).unwrap();
+        assert_eq!(command.state(), State::Done);
+        assert_eq!(command.result(), Some(&Ok(json!("ok"))));
+    }
+
+    #[test]
+    fn a_failure_keeps_its_kind() {
+        let mut command = charge();
+        command.commit(4).unwrap();
+        command
+            .resolve(Err(ActivityError::new("declined", "no")))
+            .unwrap();
+        assert_eq!(
+            command.result().unwrap().as_ref().unwrap_err().kind(),
+            "declined"
+        );
+    }
+
+    #[test]
+    fn a_result_before_the_commit_is_refused() {
+        let mut command = charge();
+        let err = command.resolve(Ok(json!(1))).unwrap_err();
+        assert_eq!(err.state, State::Pending);
+    }
+
+    #[test]
+    fn committing_twice_or_resolving_twice_is_refused() {
+        let mut command = charge();
+        command.commit(4).unwrap();
+        assert!(command.commit(5).is_err());
+        command.resolve(Ok(json!(1))).unwrap();
+        assert!(command.resolve(Ok(json!(2))).is_err());
+        assert_eq!(command.result(), Some(&Ok(json!(1))));
+    }
+}

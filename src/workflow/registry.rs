@@ -1,0 +1,371 @@
+//! Registering workflows and activities by name, with typed input and
+//! output, and the workers that serve every registered name.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::context::WorkflowContext;
+use super::error::{ActivityError, ReplayError, StoredText, WorkflowError};
+use super::executor::{self, WorkflowFn};
+use crate::runtime::{ActivityWorker, WorkflowWorker};
+use crate::store::{ActivityTask, InstanceRef, WorkflowCompletion, WorkflowTask};
+
+/// The workflows a worker runs, by name.
+///
+/// ```
+/// use pgwake::workflow::{WorkflowContext, WorkflowError, Workflows};
+///
+/// async fn greet(ctx: WorkflowContext, name: String) -> Result<String, WorkflowError> {
+///     let greeting: String = ctx.activity("greeting", &name).await?;
+///     Ok(greeting)
+/// }
+/// let worker = Workflows::new().register("greet", greet).worker(["greetings"]);
+/// ```
+#[derive(Clone, Default)]
+pub struct Workflows {
+    pub(super) registered: HashMap<String, WorkflowFn>,
+}
+
+impl std::fmt::Debug for Workflows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.registered.keys().collect();
+        names.sort();
+        f.debug_struct("Workflows").field("names", &names).finish()
+    }
+}
+
+impl Workflows {
+    /// None registered.
+    ///
+    /// ```
+    /// let workflows = pgwake::workflow::Workflows::new();
+    /// assert!(workflows.names().is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `workflow` as `name` (replacing one of the same name).
+    /// Its input is the start event's attributes, deserialized as `I`; an
+    /// input that does not deserialize fails the execution with an error
+    /// of kind `"bad_input"`.
+    ///
+    /// ```
+    /// use pgwake::workflow::{WorkflowContext, WorkflowError, Workflows};
+    /// let workflows = Workflows::new().register("double", |_: WorkflowContext, n: u64| async move {
+    ///     Ok::<_, WorkflowError>(n * 2)
+    /// });
+    /// assert_eq!(workflows.names(), ["double"]);
+    /// ```
+    pub fn register<I, O, F, Fut>(mut self, name: &str, workflow: F) -> Self
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + 'static,
+        F: Fn(WorkflowContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, WorkflowError>> + 'static,
+    {
+        let workflow_name = name.to_string();
+        let erased: WorkflowFn = Arc::new(move |ctx, input: Value| {
+            let input = match I::deserialize(input) {
+                Ok(input) => input,
+                Err(err) => {
+                    let err = WorkflowError::new(
+                        "bad_input",
+                        format!(
+                            "the input of workflow {workflow_name:?} does not deserialize: {err}"
+                        ),
+                    )
+                    .non_retryable();
+                    return futures::future::ready(Err(err)).boxed_local();
+                }
+            };
+            let name = workflow_name.clone();
+            workflow(ctx, input)
+                .map(move |result| {
+                    let output = result?;
+                    serde_json::to_value(output).map_err(|err| {
+                        WorkflowError::new(
+                            "bad_output",
+                            format!("the result of workflow {name:?} does not serialize: {err}"),
+                        )
+                        .non_retryable()
+                    })
+                })
+                .boxed_local()
+        });
+        self.registered.insert(name.to_string(), erased);
+        self
+    }
+
+    /// The registered names, sorted.
+    ///
+    /// ```
+    /// assert!(pgwake::workflow::Workflows::new().names().is_empty());
+    /// ```
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.registered.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Runs one workflow task: replays the workflow named in the instance's
+    /// metadata (`{"workflow": "<name>"}`) over the task's history and new
+    /// events, and returns its decision. An unregistered name gives the
+    /// decision that fails the execution (kind `"unregistered"`). A history
+    /// the code does not replay gives [`ReplayError`], and the task must not
+    /// be applied. [`worker`](Self::worker) calls this for every task.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, workflows: pgwake::workflow::Workflows) -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (worker, queues) = (pgwake::WorkerId::unique("docs"), pgwake::queues(["orders"])?);
+    /// if let Some(task) = store.claim_workflow_task(&worker, &queues, std::time::Duration::from_secs(60)).await? {
+    ///     match workflows.execute(&task) {
+    ///         Ok(decision) => store.complete_workflow_task(&task, decision).await?,
+    ///         Err(replay) => eprintln!("not applied: {replay}"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ReplayError`] when the code and the history disagree.
+    pub fn execute(&self, task: &WorkflowTask) -> Result<WorkflowCompletion, ReplayError> {
+        let name = task
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("workflow"))
+            .and_then(Value::as_str);
+        match name.and_then(|name| self.registered.get(name)) {
+            Some(workflow) => executor::execute(workflow, task),
+            None => {
+                let message = match name {
+                    Some(name) => format!("no workflow named {name:?} is registered"),
+                    None => "the instance's metadata names no workflow \
+                             (expected {\"workflow\": \"<name>\"})"
+                        .to_string(),
+                };
+                let error = WorkflowError::new("unregistered", message).non_retryable();
+                Ok(executor::failing(&error))
+            }
+        }
+    }
+
+    /// A worker for `queues` running every registered workflow. A task
+    /// whose history does not replay fails (it is retried, not applied),
+    /// with the [`ReplayError`] logged.
+    ///
+    /// ```
+    /// use pgwake::workflow::{WorkflowContext, WorkflowError, Workflows};
+    /// let worker = Workflows::new()
+    ///     .register("noop", |_: WorkflowContext, _: ()| async { Ok::<_, WorkflowError>(()) })
+    ///     .worker(["orders"])
+    ///     .concurrency(4);
+    /// ```
+    pub fn worker<Q, S>(&self, queues: Q) -> WorkflowWorker
+    where
+        Q: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let workflows = Arc::new(self.clone());
+        WorkflowWorker::new(queues, move |task: WorkflowTask| {
+            let workflows = workflows.clone();
+            // Run inside the future, where the worker catches a panic of
+            // the workflow's code.
+            async move {
+                workflows.execute(&task).map_err(|err| {
+                    tracing::error!(instance_id = %task.instance.instance_id, error = %err, "workflow task does not replay");
+                    err
+                })
+            }
+        })
+    }
+}
+
+/// What an activity knows of its run.
+///
+/// ```
+/// use pgwake::workflow::{ActivityContext, ActivityError};
+/// async fn charge(ctx: ActivityContext, cents: u64) -> Result<String, ActivityError> {
+///     Ok(format!("{} charged {cents} (attempt {})", ctx.activity_id(), ctx.attempt()))
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ActivityContext {
+    activity_id: String,
+    instance: InstanceRef,
+}
+
+impl ActivityContext {
+    /// Which attempt this is: always 1 (retries are not carried out yet).
+    ///
+    /// ```
+    /// fn first(ctx: &pgwake::workflow::ActivityContext) -> bool { ctx.attempt() == 1 }
+    /// ```
+    pub fn attempt(&self) -> u32 {
+        1
+    }
+
+    /// The activity's id (its `ActivityScheduled` event id): the same on
+    /// every delivery of this activity, a good idempotency key.
+    ///
+    /// ```
+    /// fn key(ctx: &pgwake::workflow::ActivityContext) -> String { ctx.activity_id().to_string() }
+    /// ```
+    pub fn activity_id(&self) -> &str {
+        &self.activity_id
+    }
+
+    /// The execution that scheduled it.
+    ///
+    /// ```
+    /// fn owner(ctx: &pgwake::workflow::ActivityContext) -> &str { &ctx.instance().instance_id }
+    /// ```
+    pub fn instance(&self) -> &InstanceRef {
+        &self.instance
+    }
+}
+
+type ActivityFn = Arc<
+    dyn Fn(ActivityContext, Value) -> LocalBoxFuture<'static, Result<Value, ActivityError>>
+        + Send
+        + Sync,
+>;
+
+/// The activities a worker runs, by name.
+///
+/// ```
+/// use pgwake::workflow::{ActivityContext, ActivityError, Activities};
+/// async fn greeting(_: ActivityContext, name: String) -> Result<String, ActivityError> {
+///     Ok(format!("hello, {name}"))
+/// }
+/// let worker = Activities::new().register("greeting", greeting).worker(["greetings"]);
+/// ```
+#[derive(Clone, Default)]
+pub struct Activities {
+    registered: HashMap<String, ActivityFn>,
+}
+
+impl std::fmt::Debug for Activities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.registered.keys().collect();
+        names.sort();
+        f.debug_struct("Activities").field("names", &names).finish()
+    }
+}
+
+impl Activities {
+    /// None registered.
+    ///
+    /// ```
+    /// assert!(pgwake::workflow::Activities::new().names().is_empty());
+    /// ```
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `activity` as `name` (replacing one of the same name). An
+    /// input that does not deserialize as `I` fails the activity with an
+    /// error of kind `"bad_input"`.
+    ///
+    /// ```
+    /// use pgwake::workflow::{ActivityContext, ActivityError, Activities};
+    /// let activities = Activities::new().register("add", |_: ActivityContext, (a, b): (i64, i64)| async move {
+    ///     Ok::<_, ActivityError>(a + b)
+    /// });
+    /// assert_eq!(activities.names(), ["add"]);
+    /// ```
+    pub fn register<I, O, F, Fut>(mut self, name: &str, activity: F) -> Self
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + 'static,
+        F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, ActivityError>> + 'static,
+    {
+        let activity_name = name.to_string();
+        let erased: ActivityFn = Arc::new(move |ctx, input: Value| {
+            let input = match I::deserialize(input) {
+                Ok(input) => input,
+                Err(err) => {
+                    let err = ActivityError::new(
+                        "bad_input",
+                        format!(
+                            "the input of activity {activity_name:?} does not deserialize: {err}"
+                        ),
+                    )
+                    .non_retryable();
+                    return futures::future::ready(Err(err)).boxed_local();
+                }
+            };
+            let name = activity_name.clone();
+            activity(ctx, input)
+                .map(move |result| {
+                    serde_json::to_value(result?).map_err(|err| {
+                        ActivityError::new(
+                            "bad_output",
+                            format!("the result of activity {name:?} does not serialize: {err}"),
+                        )
+                        .non_retryable()
+                    })
+                })
+                .boxed_local()
+        });
+        self.registered.insert(name.to_string(), erased);
+        self
+    }
+
+    /// The registered names, sorted.
+    ///
+    /// ```
+    /// assert!(pgwake::workflow::Activities::new().names().is_empty());
+    /// ```
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.registered.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// A worker for `queues` running every registered activity. An
+    /// unregistered name fails the activity (kind `"unregistered"`); every
+    /// failure is recorded as its error's JSON, which the workflow reads
+    /// back typed.
+    ///
+    /// ```
+    /// use pgwake::workflow::{ActivityContext, ActivityError, Activities};
+    /// let worker = Activities::new()
+    ///     .register("noop", |_: ActivityContext, _: ()| async { Ok::<_, ActivityError>(()) })
+    ///     .worker(["jobs"])
+    ///     .concurrency(8);
+    /// ```
+    pub fn worker<Q, S>(&self, queues: Q) -> ActivityWorker
+    where
+        Q: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let activities = self.clone();
+        ActivityWorker::new(queues, move |task: ActivityTask| {
+            let ctx = ActivityContext {
+                activity_id: task.activity_id.clone(),
+                instance: task.instance.clone(),
+            };
+            let run = match activities.registered.get(&task.name) {
+                Some(activity) => activity(ctx, task.input),
+                None => {
+                    let err = ActivityError::new(
+                        "unregistered",
+                        format!("no activity named {:?} is registered", task.name),
+                    )
+                    .non_retryable();
+                    futures::future::ready(Err(err)).boxed_local()
+                }
+            };
+            run.map(|result| result.map_err(|err| StoredText(err.to_stored())))
+        })
+    }
+}

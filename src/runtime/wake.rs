@@ -151,11 +151,16 @@ impl WakeState {
         self.try_start()
     }
 
-    /// A task finished and its slot is free: claim again, since the queue
-    /// that filled the slots probably holds more. `Some(max)` starts one.
-    pub(crate) fn slot_freed(&mut self) -> Option<usize> {
-        debug_assert!(self.running > 0, "a slot freed that was never taken");
-        self.running = self.running.saturating_sub(1);
+    /// Tasks finished and `count` slots are free: claim again, since the
+    /// queue that filled the slots probably holds more. Freed together (a
+    /// batch of results recorded at once), they are filled by one claim, not
+    /// one claim per slot. `Some(max)` starts one.
+    pub(crate) fn slots_freed(&mut self, count: usize) -> Option<usize> {
+        debug_assert!(self.running >= count, "slots freed that were never taken");
+        if count == 0 {
+            return None;
+        }
+        self.running = self.running.saturating_sub(count);
         if let Phase::Claiming { requested, .. } = self.phase {
             self.phase = Phase::Claiming {
                 requested,
@@ -214,15 +219,15 @@ mod tests {
     enum Event {
         Offer,
         Timer,
-        SlotFreed,
+        SlotsFreed(usize),
         ClaimEnded(ClaimEnd),
         Stop,
     }
 
     fn events(state: &WakeState) -> Vec<Event> {
         let mut events = vec![Event::Offer, Event::Timer, Event::Stop];
-        if state.running > 0 {
-            events.push(Event::SlotFreed);
+        for count in 1..=state.running {
+            events.push(Event::SlotsFreed(count));
         }
         if let Phase::Claiming { requested, .. } = state.phase {
             events.push(Event::ClaimEnded(ClaimEnd::Failed));
@@ -276,11 +281,12 @@ mod tests {
                     "{before:?}"
                 );
             }
-            Event::SlotFreed => {
-                let started = after.slot_freed();
-                assert_eq!(after.running, before.running - 1);
+            Event::SlotsFreed(count) => {
+                let started = after.slots_freed(count);
+                assert_eq!(after.running, before.running - count);
                 if before.phase == Phase::Idle {
-                    assert_eq!(started, Some(free_before + 1), "{before:?}");
+                    // One claim fills every freed slot.
+                    assert_eq!(started, Some(free_before + count), "{before:?}");
                 } else {
                     assert_eq!(started, None);
                 }
@@ -373,7 +379,7 @@ mod tests {
         assert_eq!(state.timer_fired(), Some(1));
         assert_eq!(state.claim_ended(ClaimEnd::Claimed(1)), AfterClaim::Full);
         assert_eq!(state.offer(), Offer::Declined);
-        assert_eq!(state.slot_freed(), Some(1));
+        assert_eq!(state.slots_freed(1), Some(1));
     }
 
     #[test]
@@ -383,7 +389,7 @@ mod tests {
         assert_eq!(state.offer(), Offer::Started { max: 2 });
         assert_eq!(state.offer(), Offer::Declined);
         // A slot freed meanwhile leaves room after the claim: accept then.
-        assert_eq!(state.slot_freed(), None);
+        assert_eq!(state.slots_freed(1), None);
         assert_eq!(state.offer(), Offer::Coalesced);
         assert_eq!(
             state.claim_ended(ClaimEnd::Claimed(0)),
@@ -396,7 +402,7 @@ mod tests {
         let mut state = WakeState::new(4);
         state.running = 2;
         assert_eq!(state.timer_fired(), Some(2));
-        state.slot_freed();
+        state.slots_freed(1);
         assert_eq!(state.offer(), Offer::Coalesced);
         // The claim found one task of the two it asked for: two slots are
         // left, and the promise holds although the batch was not full.
@@ -404,6 +410,17 @@ mod tests {
             state.claim_ended(ClaimEnd::Claimed(1)),
             AfterClaim::ClaimAgain { max: 2 }
         );
+    }
+
+    #[test]
+    fn slots_freed_together_are_filled_by_one_claim() {
+        let mut state = WakeState::new(100);
+        assert_eq!(state.timer_fired(), Some(100));
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(100)), AfterClaim::Full);
+        // A batch of 60 results recorded at once: one claim for 60, not 60
+        // claims of one task each.
+        assert_eq!(state.slots_freed(60), Some(60));
+        assert_eq!(state.slots_freed(0), None);
     }
 
     #[test]
@@ -416,7 +433,7 @@ mod tests {
         assert_eq!(state.claim_ended(ClaimEnd::Claimed(1)), AfterClaim::Stopped);
         assert_eq!(state.running(), 1);
         assert_eq!(state.offer(), Offer::Declined);
-        assert_eq!(state.slot_freed(), None);
+        assert_eq!(state.slots_freed(1), None);
         state.released(5);
         assert_eq!(state.running(), 0);
     }

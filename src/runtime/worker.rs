@@ -553,19 +553,27 @@ impl WorkerActor {
             Err(err) => {
                 // Refused for good, and which result caused it is unknown:
                 // each is recorded as the activity's failure instead.
+                let mut freed = 0;
                 for done in batch {
                     let (number, queue) = (done.number, done.task.queue.clone());
                     match done.refused(&err) {
                         Some(failure) => self.records.push(failure),
-                        None => self.finished(number, &queue, Outcome::NotRecorded, ctx),
+                        None => {
+                            freed +=
+                                usize::from(self.done_with(number, &queue, Outcome::NotRecorded))
+                        }
                     }
                 }
                 self.flush_records(ctx);
+                self.free_slots(freed, ctx);
                 return;
             }
         };
         let mut busy = Vec::new();
         let mut refused = Vec::new();
+        // Slots freed by this batch, filled by one claim after it: a claim
+        // per result would split every batch into claims of one task.
+        let mut freed = 0;
         for (done, result) in batch.into_iter().zip(outcomes) {
             let recorded = match result {
                 Ok(()) => done.outcome,
@@ -579,12 +587,15 @@ impl WorkerActor {
                     let (number, queue) = (done.number, done.task.queue.clone());
                     match done.refused(&err) {
                         Some(failure) => refused.push(failure),
-                        None => self.finished(number, &queue, Outcome::NotRecorded, ctx),
+                        None => {
+                            freed +=
+                                usize::from(self.done_with(number, &queue, Outcome::NotRecorded))
+                        }
                     }
                     continue;
                 }
             };
-            self.finished(done.number, &done.task.queue, recorded, ctx);
+            freed += usize::from(self.done_with(done.number, &done.task.queue, recorded));
         }
         self.records.extend(refused);
         if busy.is_empty() {
@@ -595,6 +606,7 @@ impl WorkerActor {
             self.records.splice(0..0, busy);
             self.retry_recording(ctx);
         }
+        self.free_slots(freed, ctx);
     }
 
     fn retry_recording(&mut self, ctx: &mut Context<Self>) {
@@ -703,12 +715,23 @@ impl WorkerActor {
 
     /// A task is done with (recorded, failed, or lost): its slot is free.
     fn finished(&mut self, number: u64, queue: &Queue, outcome: Outcome, ctx: &mut Context<Self>) {
+        let freed = usize::from(self.done_with(number, queue, outcome));
+        self.free_slots(freed, ctx);
+    }
+
+    /// Forgets a task and counts its outcome; whether that freed a slot
+    /// (not when shutdown released it meanwhile, which freed it then).
+    fn done_with(&mut self, number: u64, queue: &Queue, outcome: Outcome) -> bool {
         if self.in_flight.remove(&number).is_none() {
-            // Released at shutdown meanwhile; its slot was freed then.
-            return;
+            return false;
         }
         self.count_outcome(queue, outcome);
-        if let Some(max) = self.wake.slot_freed() {
+        true
+    }
+
+    /// `count` slots are free: one claim fills them all.
+    fn free_slots(&mut self, count: usize, ctx: &mut Context<Self>) {
+        if let Some(max) = self.wake.slots_freed(count) {
             self.claim(max, ctx);
         }
         self.report_health();

@@ -323,17 +323,14 @@ pub enum StoreError {
         /// The caller.
         worker: String,
     },
-    /// The activity's workflow instance, or the activity's own row, is
-    /// locked by another transaction (a workflow completion in progress, a
-    /// session outside pgwake, or one of ours cut off by a partition until
-    /// the server ends it), so
+    /// The activity's workflow instance is locked by another transaction
+    /// (a workflow completion in progress, or a session outside pgwake), so
     /// [`Store::complete_activity_tasks`](crate::Store::complete_activity_tasks)
     /// neither recorded nor dropped this result rather than wait for it.
     /// Transient: the activity keeps its lease; complete it again shortly.
     #[error(
-        "workflow instance {instance_id:?}, or this activity's row, is locked by another \
-         transaction: the activity's result was not recorded and will be retried (the activity \
-         keeps its lease)"
+        "workflow instance {instance_id:?} is locked by another transaction: the activity's \
+         result was not recorded and will be retried (the activity keeps its lease)"
     )]
     InstanceBusy {
         /// The owning instance.

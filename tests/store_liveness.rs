@@ -441,51 +441,6 @@ async fn a_locked_instance_holds_up_only_its_own_activity_results() {
 }
 
 #[actix_rt::test]
-async fn an_activity_row_held_by_another_session_holds_up_only_its_own_result() {
-    // A session of ours cut off by a partition keeps its transaction (and
-    // the row it deleted) on the server until the server ends it; the next
-    // attempt must not wait for it, nor make the rest of its batch wait.
-    let (store, sql, database) = setup().await;
-    let tasks = claimed_activities(&store, &["A", "B"]).await;
-    let (a, b) = (&tasks[0], &tasks[1]);
-
-    let outside = support::connect(database.url()).await;
-    lock_from_outside(&outside, "activities", "instance_id = 'A'").await;
-    let outcomes = tokio::time::timeout(
-        Duration::from_secs(1),
-        store.complete_activity_tasks(&[(a, Ok(json!("a"))), (b, Ok(json!("b")))]),
-    )
-    .await
-    .expect("the batch waited for the held activity row")
-    .unwrap();
-    match &outcomes[0] {
-        Err(err @ StoreError::InstanceBusy { instance_id }) => {
-            assert_eq!(instance_id, "A");
-            assert!(err.is_transient());
-        }
-        other => panic!("expected InstanceBusy for A, got {other:?}"),
-    }
-    assert!(outcomes[1].is_ok(), "{outcomes:?}");
-    assert_eq!(
-        pending_types(&store, "B").await,
-        [EventType::ActivityCompleted]
-    );
-    assert!(pending_types(&store, "A").await.is_empty());
-
-    outside.batch_execute("ROLLBACK").await.unwrap();
-    let outcomes = store
-        .complete_activity_tasks(&[(a, Ok(json!("a")))])
-        .await
-        .unwrap();
-    assert!(outcomes[0].is_ok(), "{outcomes:?}");
-    assert_eq!(
-        pending_types(&store, "A").await,
-        [EventType::ActivityCompleted]
-    );
-    assert_eq!(count(&sql, "SELECT count(*) FROM activities").await, 0);
-}
-
-#[actix_rt::test]
 async fn a_result_too_large_is_recorded_as_a_failure_and_the_rest_of_the_batch_normally() {
     let options = StoreOptions {
         max_payload_bytes: 1024,

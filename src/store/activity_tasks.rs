@@ -492,12 +492,9 @@ impl Store {
         // Deletes exactly the activities whose lease (holder and claim)
         // still matches, and queues each one's result for its owner when
         // the owner is active and locked above: one statement for the
-        // whole batch. It locks those activities rows FOR UPDATE SKIP
-        // LOCKED, after the instances rows, and never waits: a row held by
-        // another transaction (a session of ours cut off by a partition,
-        // until the server ends it) holds up only its own result, which is
-        // reported busy (a plain read still sees it, fenced for us) and
-        // retried, not the batch.
+        // whole batch. The activities rows it waits for are those of owners
+        // locked above (so no workflow completion can be deleting them) or
+        // of finished owners (whose completion deleted theirs already).
         let deleted = tx
             .query(
                 &tx.prepare_cached("WITH input AS (
@@ -505,20 +502,10 @@ impl Store {
                                         $6::bytea[], $7::bool[])
                             WITH ORDINALITY AS t(row_id, worker, lease_id, event_id, event_type, data,
                                                  record, ord)),
-                 lockable AS MATERIALIZED (
-                   SELECT a.id FROM activities a JOIN input ON a.id = input.row_id
-                    WHERE a.worker = input.worker AND a.lease_id = input.lease_id
-                    ORDER BY a.id
-                    FOR UPDATE OF a SKIP LOCKED),
                  deleted AS (
                    DELETE FROM activities a USING input
                     WHERE a.id = input.row_id AND a.worker = input.worker AND a.lease_id = input.lease_id
-                      AND a.id IN (SELECT id FROM lockable)
                    RETURNING a.id, a.instance_id, a.execution_id, a.schedule_event_id),
-                 held AS (
-                   SELECT a.id FROM activities a JOIN input ON a.id = input.row_id
-                    WHERE a.worker = input.worker AND a.lease_id = input.lease_id
-                      AND a.id NOT IN (SELECT id FROM lockable)),
                  results AS (
                    SELECT input.ord, input.event_id, input.event_type, input.data,
                           d.instance_id, d.execution_id, d.schedule_event_id
@@ -532,14 +519,12 @@ impl Store {
                                                timestamp, schedule_event_id)
                    SELECT event_id, instance_id, execution_id, event_type, now(), schedule_event_id
                      FROM results ORDER BY ord)
-                 SELECT id, true FROM deleted UNION ALL SELECT id, false FROM held").await.map_err(db("preparing a statement"))?,
+                 SELECT id FROM deleted").await.map_err(db("preparing a statement"))?,
                 &[&row_ids, &workers, &lease_ids, &event_ids, &event_types, &data, &record],
             )
             .await
             .map_err(db("recording activity results"))?;
-        let (deleted, held): (Vec<_>, Vec<_>) = deleted.iter().partition(|r| r.get::<_, bool>(1));
         let deleted: std::collections::HashSet<i64> = deleted.iter().map(|r| r.get(0)).collect();
-        let held: std::collections::HashSet<i64> = held.iter().map(|r| r.get(0)).collect();
         self.commit_write(tx, touched, "committing activity results")
             .await?;
         #[cfg(feature = "metrics")]
@@ -548,9 +533,6 @@ impl Store {
             .iter()
             .map(|(task, _)| match owner(task) {
                 Owner::Busy => Err(StoreError::InstanceBusy {
-                    instance_id: task.instance.instance_id.clone(),
-                }),
-                _ if held.contains(&task.row_id) => Err(StoreError::InstanceBusy {
                     instance_id: task.instance.instance_id.clone(),
                 }),
                 // Its workflow ended meanwhile and nobody is left to read

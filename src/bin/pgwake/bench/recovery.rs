@@ -28,6 +28,12 @@ pub(crate) struct RecoveryArgs {
     /// Measured outages of each kind; the median is reported (1 to 1000).
     #[arg(long, default_value_t = 5, value_parser = whole(1, MAX_REPEATS, "outages"))]
     repeats: usize,
+    /// Seconds the listener stays connected before each outage (0 to
+    /// 3600). The default, 11, lets its reconnect backoff start over (it
+    /// does after 10 s connected), as between outages minutes apart;
+    /// back-to-back outages meet a longer backoff on purpose.
+    #[arg(long, default_value_t = 11, value_parser = whole(0, crate::bounds::MAX_BENCH_SECONDS, "seconds"))]
+    settle: u64,
 }
 
 const QUEUE: &str = "recovery";
@@ -132,15 +138,16 @@ fn activity_listener(runtime: &RuntimeHandle) -> Result<(ListenerState, Duration
         .ok_or_else(|| "the runtime has no activity listener".to_string())
 }
 
-/// Waits until every listener listens and the worker has finished every
-/// task and its follow-up poll came back empty.
-async fn wait_ready(runtime: &RuntimeHandle) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Waits until every listener has listened for `settle`, and the worker
+/// has finished every task and its follow-up poll came back empty.
+async fn wait_ready(runtime: &RuntimeHandle, settle: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + settle + Duration::from_secs(30);
     loop {
         let health = runtime.health();
         let c = health.counters(TaskKind::Activity, QUEUE);
         // One task per claiming poll here, so finished polls = empty + claimed.
         if health.all_listening()
+            && health.listeners.iter().all(|l| l.for_how_long >= settle)
             && c.completed == c.claimed
             && c.polls == c.empty_polls + c.claimed
         {
@@ -248,7 +255,7 @@ struct Samples {
 async fn killed_listener(
     remote: &mut RemoteRuntime,
     url: &str,
-    repeats: usize,
+    (repeats, settle): (usize, Duration),
     next: &mut u64,
 ) -> Result<Samples, String> {
     let admin = connect(url).await?;
@@ -260,10 +267,10 @@ async fn killed_listener(
                 "could not get a clean killed-listener sample (see the discarded samples)".into(),
             );
         }
-        wait_ready(&remote.runtime).await?;
+        wait_ready(&remote.runtime, settle).await?;
         // Let the worker's follow-up wake-ups, if any, pass.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        wait_ready(&remote.runtime).await?;
+        wait_ready(&remote.runtime, settle).await?;
         let (_, _, reconnects_before) = activity_listener(&remote.runtime)?;
         let i = *next;
         *next += 1;
@@ -317,7 +324,7 @@ async fn killed_listener(
 async fn server_restart(
     server: &mut Server,
     remote: &mut RemoteRuntime,
-    repeats: usize,
+    (repeats, settle): (usize, Duration),
     next: &mut u64,
 ) -> Result<Samples, String> {
     let url = server.url.clone();
@@ -329,9 +336,9 @@ async fn server_restart(
                 "could not get a clean server-restart sample (see the discarded samples)".into(),
             );
         }
-        wait_ready(&remote.runtime).await?;
+        wait_ready(&remote.runtime, settle).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        wait_ready(&remote.runtime).await?;
+        wait_ready(&remote.runtime, settle).await?;
         let i = *next;
         *next += 1;
         let postgres = server.owned_mut().ok_or("no throwaway server to restart")?;
@@ -385,11 +392,13 @@ pub(crate) async fn run(
     let description = server.description.clone();
     let mut remote = RemoteRuntime::start(&server.url).await?;
     let mut next = 0u64;
+    let settle = Duration::from_secs(args.settle);
 
     let outcome = async {
-        let killed = killed_listener(&mut remote, &server.url, args.repeats, &mut next).await?;
+        let killed =
+            killed_listener(&mut remote, &server.url, (args.repeats, settle), &mut next).await?;
         let restart = if server.owned_mut().is_some() {
-            Some(server_restart(&mut server, &mut remote, args.repeats, &mut next).await?)
+            Some(server_restart(&mut server, &mut remote, (args.repeats, settle), &mut next).await?)
         } else {
             None
         };
@@ -459,6 +468,7 @@ pub(crate) async fn run(
     });
     let config = json!({
         "repeats": args.repeats,
+        "settle_seconds": args.settle,
         "fallback_s": FALLBACK.as_secs(),
         "worker_concurrency": 4,
         "server_restart_measured": restart.is_some(),

@@ -5,12 +5,12 @@
 
 mod support;
 
+use support::{q, setup, setup_with, until_some, wait_until_expired, worker};
+
 use std::collections::HashSet;
-use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use pgwake::store::{SendSignal, StartSubWorkflow, QUEUE_NAME_RULE};
-use pgwake::testing::{fresh_database, TestDatabase};
 use pgwake::{
     queues, Event, EventType, InstanceState, NewInstance, Queue, QueueStats, Store, StoreError,
     StoreOptions, WorkerId, WorkflowCompletion, WorkflowOutcome,
@@ -21,61 +21,8 @@ const LEASE: Duration = Duration::from_secs(60);
 const SHORT_LEASE: Duration = Duration::from_millis(200);
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// A store on a fresh database, with a raw client on the same database.
-async fn setup_with(options: StoreOptions) -> (Store, tokio_postgres::Client, TestDatabase) {
-    let database = fresh_database().await.unwrap();
-    let store = Store::connect(database.url(), options).await.unwrap();
-    let sql = support::connect(database.url()).await;
-    (store, sql, database)
-}
-
-async fn setup() -> (Store, tokio_postgres::Client, TestDatabase) {
-    setup_with(StoreOptions::default()).await
-}
-
-fn q(name: &str) -> Queue {
-    Queue::new(name).unwrap()
-}
-
-fn worker(name: &str) -> WorkerId {
-    WorkerId::new(name).unwrap()
-}
-
 fn types(events: &[Event]) -> Vec<EventType> {
     events.iter().map(|e| e.event_type).collect()
-}
-
-/// Polls `attempt` until it yields a value, failing the test after `timeout`.
-async fn until_some<T, F, Fut>(timeout: Duration, what: &str, mut attempt: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = attempt().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits (database clock) until `locked_until` of the rows of `table`
-/// matched by `condition` has passed.
-async fn wait_until_expired(sql: &tokio_postgres::Client, table: &str, condition: &str) {
-    let query = format!("SELECT bool_and(locked_until < now()) FROM {table} WHERE {condition}");
-    support::eventually(DEADLINE, "the lease to expire", || {
-        let query = query.clone();
-        async move {
-            let row = sql.query_one(&query, &[]).await.unwrap();
-            row.get::<_, Option<bool>>(0).unwrap_or(false)
-        }
-    })
-    .await;
 }
 
 async fn count(sql: &tokio_postgres::Client, query: &str) -> i64 {

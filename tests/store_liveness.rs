@@ -7,15 +7,15 @@
 
 mod support;
 
-use std::future::Future;
+use support::{q, setup, setup_with, until_some, wait_until_expired, worker};
+
 use std::time::{Duration, Instant};
 
 use pgwake::store::{
     SendSignal, StartSubWorkflow, StartTimer, MAX_COMMANDS_PER_DECISION, MAX_TIMER_DELAY,
 };
-use pgwake::testing::{fresh_database, TestDatabase};
 use pgwake::{
-    ActivityTask, EventType, NewInstance, Queue, Store, StoreError, StoreOptions, WorkerId,
+    ActivityTask, EventType, NewInstance, Queue, Store, StoreError, StoreOptions,
     WorkflowCompletion, WorkflowOutcome, WorkflowTask,
 };
 use serde_json::json;
@@ -23,58 +23,6 @@ use serde_json::json;
 const LEASE: Duration = Duration::from_secs(60);
 const SHORT_LEASE: Duration = Duration::from_millis(200);
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// A store on a fresh database, with a raw client on the same database.
-async fn setup_with(options: StoreOptions) -> (Store, tokio_postgres::Client, TestDatabase) {
-    let database = fresh_database().await.unwrap();
-    let store = Store::connect(database.url(), options).await.unwrap();
-    let sql = support::connect(database.url()).await;
-    (store, sql, database)
-}
-
-async fn setup() -> (Store, tokio_postgres::Client, TestDatabase) {
-    setup_with(StoreOptions::default()).await
-}
-
-fn q(name: &str) -> Queue {
-    Queue::new(name).unwrap()
-}
-
-fn worker(name: &str) -> WorkerId {
-    WorkerId::new(name).unwrap()
-}
-
-/// Polls `attempt` until it yields a value, failing the test after `timeout`.
-async fn until_some<T, F, Fut>(timeout: Duration, what: &str, mut attempt: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = attempt().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits (database clock) until every lease in `table` has run out.
-async fn wait_until_expired(sql: &tokio_postgres::Client, table: &str) {
-    let query = format!("SELECT bool_and(locked_until < now()) FROM {table}");
-    support::eventually(DEADLINE, "the lease to expire", || {
-        let query = query.clone();
-        async move {
-            let row = sql.query_one(&query, &[]).await.unwrap();
-            row.get::<_, Option<bool>>(0).unwrap_or(false)
-        }
-    })
-    .await;
-}
 
 async fn count(sql: &tokio_postgres::Client, query: &str) -> i64 {
     sql.query_one(query, &[]).await.unwrap().get(0)
@@ -269,7 +217,7 @@ async fn a_task_claimed_again_after_expiry_refuses_its_previous_holder_even_the_
         .await
         .unwrap()
         .remove(0);
-    wait_until_expired(&sql, "activities").await;
+    wait_until_expired(&sql, "activities", "true").await;
     let new = store
         .claim_activity_tasks(&w2, &acts, 10, LEASE)
         .await
@@ -306,7 +254,7 @@ async fn a_task_claimed_again_after_expiry_refuses_its_previous_holder_even_the_
         .await
         .unwrap()
         .remove(0);
-    wait_until_expired(&sql, "activities").await;
+    wait_until_expired(&sql, "activities", "true").await;
     let second = store
         .claim_activity_tasks(&w1, &acts, 10, LEASE)
         .await
@@ -340,7 +288,7 @@ async fn a_task_claimed_again_after_expiry_refuses_its_previous_holder_even_the_
         .await
         .unwrap()
         .expect("the activity's result is a workflow task");
-    wait_until_expired(&sql, "instances").await;
+    wait_until_expired(&sql, "instances", "true").await;
     let second = {
         let (store, w1) = (&store, &w1);
         until_some(

@@ -190,3 +190,74 @@ pub async fn insert_by_plain_sql(
         .await
         .unwrap();
 }
+
+/// How long the store tests wait for a condition.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A store on a fresh database, with a raw client on the same database.
+pub async fn setup_with(
+    options: pgwake::StoreOptions,
+) -> (
+    pgwake::Store,
+    tokio_postgres::Client,
+    pgwake::testing::TestDatabase,
+) {
+    let database = pgwake::testing::fresh_database().await.unwrap();
+    let store = pgwake::Store::connect(database.url(), options)
+        .await
+        .unwrap();
+    let sql = connect(database.url()).await;
+    (store, sql, database)
+}
+
+/// [`setup_with`] the default options.
+pub async fn setup() -> (
+    pgwake::Store,
+    tokio_postgres::Client,
+    pgwake::testing::TestDatabase,
+) {
+    setup_with(pgwake::StoreOptions::default()).await
+}
+
+/// A queue name known to be valid.
+pub fn q(name: &str) -> pgwake::Queue {
+    pgwake::Queue::new(name).unwrap()
+}
+
+/// A worker id known to be valid.
+pub fn worker(name: &str) -> pgwake::WorkerId {
+    pgwake::WorkerId::new(name).unwrap()
+}
+
+/// Polls `attempt` until it yields a value, failing the test after `timeout`.
+pub async fn until_some<T, F, Fut>(timeout: Duration, what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (database clock) until `locked_until` of the rows of `table`
+/// matched by `condition` has passed.
+pub async fn wait_until_expired(sql: &tokio_postgres::Client, table: &str, condition: &str) {
+    let query = format!("SELECT bool_and(locked_until < now()) FROM {table} WHERE {condition}");
+    eventually(DEADLINE, "the lease to expire", || {
+        let query = query.clone();
+        async move {
+            let row = sql.query_one(&query, &[]).await.unwrap();
+            row.get::<_, Option<bool>>(0).unwrap_or(false)
+        }
+    })
+    .await
+}

@@ -115,6 +115,14 @@ impl QueueRouter {
         }
     }
 
+    fn register(&mut self, registration: Registration) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        tracing::debug!(id, kind = ?registration.kind, queues = ?registration.queues, "worker registered");
+        self.registrations.insert(id, registration);
+        id
+    }
+
     fn count_wakeup(
         &self,
         kind: TaskKind,
@@ -361,24 +369,17 @@ impl Handler<RegisterWorker> for QueueRouter {
     type Result = u64;
 
     fn handle(&mut self, msg: RegisterWorker, _: &mut Context<Self>) -> u64 {
-        self.next_id += 1;
-        let id = self.next_id;
-        tracing::debug!(id, kind = ?msg.kind, queues = ?msg.queues, "worker registered");
-        self.registrations.insert(
-            id,
-            Registration {
-                kind: msg.kind,
-                queues: msg.queues,
-                target: Target::Told {
-                    recipient: msg.recipient,
-                    policy: msg.policy,
-                    // A new worker polls on start, then reports idle.
-                    busy: msg.policy == WakePolicy::WhenIdle,
-                },
-                listener_state: msg.listener_state,
+        self.register(Registration {
+            kind: msg.kind,
+            queues: msg.queues,
+            target: Target::Told {
+                recipient: msg.recipient,
+                policy: msg.policy,
+                // A new worker polls on start, then reports idle.
+                busy: msg.policy == WakePolicy::WhenIdle,
             },
-        );
-        id
+            listener_state: msg.listener_state,
+        })
     }
 }
 
@@ -386,23 +387,16 @@ impl Handler<RegisterOwnWorker> for QueueRouter {
     type Result = u64;
 
     fn handle(&mut self, msg: RegisterOwnWorker, _: &mut Context<Self>) -> u64 {
-        self.next_id += 1;
-        let id = self.next_id;
-        tracing::debug!(id, kind = ?msg.kind, queues = ?msg.queues, "worker registered");
-        self.registrations.insert(
-            id,
-            Registration {
-                kind: msg.kind,
-                queues: msg.queues,
-                // It claims on start, then reports idle.
-                target: Target::Asked {
-                    offers: msg.offers,
-                    believed_free: false,
-                },
-                listener_state: Some(msg.listener_state),
+        self.register(Registration {
+            kind: msg.kind,
+            queues: msg.queues,
+            // It claims on start, then reports idle.
+            target: Target::Asked {
+                offers: msg.offers,
+                believed_free: false,
             },
-        );
-        id
+            listener_state: Some(msg.listener_state),
+        })
     }
 }
 

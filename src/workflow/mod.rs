@@ -67,7 +67,10 @@
 //! Not there yet: sub-workflows, cancellation scopes (a canceled execution
 //! finishes as canceled at its next task, without running cleanup code),
 //! continue-as-new, `patched`, retry policies, an executor cache (every
-//! task replays the whole history) and a tester without a database.
+//! task replays the whole history).
+//!
+//! [`WorkflowTester`] unit-tests a workflow without a database: mocked
+//! activities, signals at virtual times, and a virtual clock.
 
 mod client;
 mod command;
@@ -76,6 +79,7 @@ mod error;
 mod executor;
 mod registry;
 mod state;
+mod tester;
 
 pub use client::{Client, Description, StartOptions};
 pub use context::{
@@ -84,3 +88,4 @@ pub use context::{
 };
 pub use error::{ActivityError, ClientError, ReplayError, WorkflowError};
 pub use registry::{Activities, ActivityContext, Workflows};
+pub use tester::{TesterError, WorkflowTester, MAX_TESTER_TASKS};

@@ -1,0 +1,279 @@
+//! Workflows unit-tested with `WorkflowTester`, without a database: mocked
+//! activities, signals at virtual times, a virtual clock, and the errors a
+//! run reports (an activity's typed error, a missing mock, non-determinism).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwake::workflow::{
+    ActivityError, ReplayError, TesterError, WorkflowContext, WorkflowError, WorkflowTester,
+    Workflows,
+};
+use pgwake::EventType;
+
+async fn three_steps(ctx: WorkflowContext, order: String) -> Result<String, WorkflowError> {
+    let reserved: String = ctx.activity("reserve", &order).await?;
+    let charged: u64 = ctx.activity("charge", &order).await?;
+    let shipped: String = ctx.activity("ship", &(reserved.clone(), charged)).await?;
+    Ok(format!("{reserved}/{charged}/{shipped}"))
+}
+
+async fn signup(ctx: WorkflowContext, email: String) -> Result<bool, WorkflowError> {
+    let user: String = ctx.activity("create_user", &email).await?;
+    let mut confirmed = ctx.signal_channel::<bool>("confirmed");
+    let mut expiry = ctx.timer(Duration::from_secs(5));
+    let confirmed = futures::select_biased! {
+        yes = confirmed.recv() => yes?,
+        _ = expiry => false,
+    };
+    expiry.cancel();
+    let _: () = ctx.activity("send_welcome", &(user, confirmed)).await?;
+    Ok(confirmed)
+}
+
+fn signup_tester() -> WorkflowTester {
+    let workflows = Workflows::new().register("signup", signup);
+    WorkflowTester::new(&workflows, "signup")
+        .on_activity("create_user", |email: String| {
+            Ok::<_, ActivityError>(format!("user:{email}"))
+        })
+        .on_activity("send_welcome", |_: (String, bool)| {
+            Ok::<_, ActivityError>(())
+        })
+}
+
+fn types(tester: &WorkflowTester) -> Vec<EventType> {
+    tester.history().iter().map(|e| e.event_type).collect()
+}
+
+#[test]
+fn three_mocked_activities_give_the_combined_result() {
+    let workflows = Workflows::new().register("order", three_steps);
+    let mut tester = WorkflowTester::new(&workflows, "order")
+        .on_activity("reserve", |order: String| {
+            Ok::<_, ActivityError>(format!("R-{order}"))
+        })
+        .on_activity("charge", |_: String| Ok::<_, ActivityError>(500_u64))
+        .on_activity("ship", |(reserved, cents): (String, u64)| {
+            Ok::<_, ActivityError>(format!("S-{reserved}-{cents}"))
+        });
+    let result: String = tester.run(&"o1").unwrap();
+    assert_eq!(result, "R-o1/500/S-R-o1-500");
+    assert_eq!(tester.tasks(), 4);
+    assert_eq!(tester.elapsed(), Duration::ZERO);
+    use EventType as T;
+    assert_eq!(
+        types(&tester),
+        [
+            T::WorkflowExecutionStarted,
+            T::ActivityScheduled,
+            T::ActivityCompleted,
+            T::ActivityScheduled,
+            T::ActivityCompleted,
+            T::ActivityScheduled,
+            T::ActivityCompleted,
+            T::WorkflowExecutionFinished,
+        ]
+    );
+    // Numbered as the store numbers them; each answer names its scheduling event.
+    let history = tester.history();
+    for (index, event) in history.iter().enumerate() {
+        assert_eq!(event.sequence_id, index as i64 + 1);
+    }
+    for (answer, schedule) in [(2, 2), (4, 4), (6, 6)] {
+        assert_eq!(history[answer].schedule_event_id, schedule);
+    }
+    assert_eq!(history[1].attributes["name"], "reserve");
+    assert_eq!(history[7].attributes["result"], "R-o1/500/S-R-o1-500");
+}
+
+#[test]
+fn signup_takes_the_signal_branch_when_confirmed_at_one_second() {
+    let mut tester = signup_tester().signal_at(Duration::from_secs(1), "confirmed", &true);
+    let confirmed: bool = tester.run(&"ada@example.com").unwrap();
+    assert!(confirmed);
+    assert_eq!(tester.elapsed(), Duration::from_secs(1));
+    use EventType as T;
+    assert_eq!(
+        types(&tester),
+        [
+            T::WorkflowExecutionStarted,
+            T::ActivityScheduled,
+            T::ActivityCompleted,
+            T::TimerScheduled,
+            T::SignalReceived,
+            T::ActivityScheduled,
+            T::TimerCanceled,
+            T::ActivityCompleted,
+            T::WorkflowExecutionFinished,
+        ]
+    );
+    // The cancellation names the timer's TimerScheduled (#4).
+    assert_eq!(tester.history()[6].schedule_event_id, 4);
+}
+
+#[test]
+fn signup_takes_the_timer_branch_without_a_signal() {
+    let mut tester = signup_tester();
+    let confirmed: bool = tester.run(&"ada@example.com").unwrap();
+    assert!(!confirmed);
+    assert_eq!(tester.elapsed(), Duration::from_secs(5));
+    let fired = tester
+        .history()
+        .iter()
+        .find(|e| e.event_type == EventType::TimerFired)
+        .unwrap();
+    assert_eq!(fired.schedule_event_id, 4);
+    assert!(!types(&tester).contains(&EventType::TimerCanceled));
+}
+
+#[test]
+fn signup_takes_the_timer_branch_when_the_signal_comes_after_it() {
+    let mut tester = signup_tester().signal_at(Duration::from_secs(6), "confirmed", &true);
+    let confirmed: bool = tester.run(&"ada@example.com").unwrap();
+    assert!(!confirmed);
+    assert_eq!(tester.elapsed(), Duration::from_secs(5));
+    assert!(!types(&tester).contains(&EventType::SignalReceived));
+}
+
+#[test]
+fn a_signal_after_a_number_of_tasks_arrives_at_that_virtual_time() {
+    // Delivered once the second task (the one that starts the timer) is
+    // done, before the clock moves.
+    let mut tester = signup_tester().signal_after_tasks(2, "confirmed", &true);
+    let confirmed: bool = tester.run(&"ada@example.com").unwrap();
+    assert!(confirmed);
+    assert_eq!(tester.elapsed(), Duration::ZERO);
+}
+
+#[test]
+fn a_declined_activity_error_reaches_the_workflows_match() {
+    let workflows =
+        Workflows::new().register("checkout", |ctx: WorkflowContext, cents: u64| async move {
+            match ctx.activity::<String>("charge", &cents).await {
+                Ok(receipt) => Ok(receipt),
+                Err(err) if err.kind() == "declined" => Ok(format!("declined: {}", err.message())),
+                Err(err) => Err(err.into()),
+            }
+        });
+    let mut tester = WorkflowTester::new(&workflows, "checkout").on_activity(
+        "charge",
+        |_: u64| -> Result<String, ActivityError> {
+            Err(ActivityError::new("declined", "card declined").non_retryable())
+        },
+    );
+    let outcome: String = tester.run(&500_u64).unwrap();
+    assert_eq!(outcome, "declined: card declined");
+    assert_eq!(tester.history()[2].event_type, EventType::ActivityFailed);
+}
+
+#[test]
+fn a_workflow_error_is_returned_with_its_kind() {
+    let workflows = Workflows::new().register("order", three_steps);
+    let mut tester = WorkflowTester::new(&workflows, "order")
+        .on_activity("reserve", |_: String| {
+            Err::<String, _>(ActivityError::new("out_of_stock", "none left"))
+        });
+    let err = tester.run::<String>(&"o1").unwrap_err();
+    assert!(
+        matches!(&err, TesterError::Failed(e) if e.kind() == "out_of_stock" && e.message() == "none left"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_activity_without_a_mock_fails_the_run_naming_it() {
+    let workflows = Workflows::new().register("order", three_steps);
+    let mut tester = WorkflowTester::new(&workflows, "order")
+        .on_activity("reserve", |_: String| {
+            Ok::<_, ActivityError>("R".to_string())
+        });
+    let err = tester.run::<String>(&"o1").unwrap_err();
+    assert!(
+        matches!(&err, TesterError::UnmockedActivity { name } if name == "charge"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the workflow scheduled activity \"charge\", which has no mock: \
+         register one with WorkflowTester::on_activity"
+    );
+}
+
+#[test]
+fn a_non_deterministic_workflow_is_reported_as_such() {
+    // The code schedules 'charge' live, and 'refund' when replayed.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let workflows = Workflows::new().register("fickle", move |ctx: WorkflowContext, _: ()| {
+        let run = runs.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let name = if run == 0 { "charge" } else { "refund" };
+            let _: () = ctx.activity(name, &()).await?;
+            Ok::<_, WorkflowError>(())
+        }
+    });
+    let mut tester = WorkflowTester::new(&workflows, "fickle")
+        .on_activity("charge", |_: ()| Ok::<_, ActivityError>(()))
+        .on_activity("refund", |_: ()| Ok::<_, ActivityError>(()));
+    let err = tester.run::<()>(&()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            TesterError::Replay(ReplayError::NonDeterminism { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "non-determinism: history has ActivityScheduled 'charge' at #2, the code scheduled 'refund'"
+    );
+}
+
+#[test]
+fn a_workflow_waiting_for_a_signal_that_never_comes_is_stuck() {
+    let workflows = Workflows::new().register("wait", |ctx: WorkflowContext, _: ()| async move {
+        let go: bool = ctx.signal_channel("go").recv().await?;
+        Ok::<_, WorkflowError>(go)
+    });
+    let mut tester = WorkflowTester::new(&workflows, "wait").signal_after_tasks(5, "go", &true);
+    let err = tester.run::<bool>(&()).unwrap_err();
+    assert!(matches!(&err, TesterError::Stuck { tasks: 1, .. }), "{err}");
+    assert!(
+        err.to_string().contains("undelivered signals: \"go\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn days_of_timers_take_no_real_time() {
+    let workflows =
+        Workflows::new().register("reminders", |ctx: WorkflowContext, days: u64| async move {
+            let started = ctx.now();
+            for _ in 0..days {
+                ctx.sleep(Duration::from_secs(24 * 3600)).await;
+            }
+            Ok::<_, WorkflowError>(ctx.now().duration_since(started).unwrap().as_secs())
+        });
+    let mut tester = WorkflowTester::new(&workflows, "reminders");
+    let waited: u64 = tester.run(&30_u64).unwrap();
+    assert_eq!(waited, 30 * 24 * 3600);
+}
+
+#[test]
+fn a_workflow_that_never_ends_hits_the_task_limit() {
+    let workflows =
+        Workflows::new().register("forever", |ctx: WorkflowContext, _: ()| async move {
+            loop {
+                ctx.sleep(Duration::from_secs(60)).await;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), WorkflowError>(())
+        });
+    let mut tester = WorkflowTester::new(&workflows, "forever").max_tasks(20);
+    let err = tester.run::<()>(&()).unwrap_err();
+    assert!(matches!(err, TesterError::TaskLimit(20)), "{err}");
+    assert_eq!(tester.tasks(), 20);
+    // The first task starts the first timer; each later one fires one.
+    assert_eq!(tester.elapsed(), Duration::from_secs(19 * 60));
+}

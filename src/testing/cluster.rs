@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::databases::TestDatabases;
@@ -105,7 +104,8 @@ impl TestPostgres {
         } else {
             None
         };
-        let root_dir = create_root_dir(owner)?;
+        let root_dir = super::scratch::private_dir("pgwake-pg", owner)
+            .map_err(|(context, source)| TestPostgresError::Io { context, source })?;
         let mut server = TestPostgres {
             bin_dir,
             root_dir,
@@ -119,7 +119,10 @@ impl TestPostgres {
         // A port found free can be taken before the server binds it: retry.
         let mut last_error = None;
         for _ in 0..3 {
-            server.port = free_port()?;
+            server.port = super::scratch::free_port().map_err(|source| TestPostgresError::Io {
+                context: "finding a free port".into(),
+                source,
+            })?;
             server.databases = TestDatabases::new(server.url());
             match server.start() {
                 Ok(()) => return Ok(server),
@@ -529,46 +532,6 @@ fn id_output(args: &[&str]) -> Result<u32, TestPostgresError> {
         .map_err(|_| TestPostgresError::Command {
             command: format!("id {}", args.join(" ")),
             detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        })
-}
-
-fn create_root_dir(owner: Option<(u32, u32)>) -> Result<PathBuf, TestPostgresError> {
-    use std::os::unix::fs::PermissionsExt;
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let name = format!(
-        "pgwake-pg-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let dir = std::env::temp_dir().join(name);
-    let io = |context: &str| {
-        let context = format!("{context} {}", dir.display());
-        move |source| TestPostgresError::Io { context, source }
-    };
-    std::fs::create_dir(&dir).map_err(io("creating"))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod"))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(io("chown"))?;
-    }
-    Ok(dir)
-}
-
-fn free_port() -> Result<u16, TestPostgresError> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| TestPostgresError::Io {
-            context: "finding a free port".into(),
-            source,
-        })?;
-    listener
-        .local_addr()
-        .map(|addr| addr.port())
-        .map_err(|source| TestPostgresError::Io {
-            context: "finding a free port".into(),
-            source,
         })
 }
 

@@ -43,6 +43,7 @@ mod cluster;
 mod databases;
 mod fault_proxy;
 mod pgbouncer;
+mod scratch;
 
 pub use cluster::TestPostgres;
 pub use databases::{fresh_database, fresh_empty_database, TestDatabase, TestDatabases};

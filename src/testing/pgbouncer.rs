@@ -6,7 +6,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::config::Host;
@@ -238,7 +237,8 @@ impl PgBouncerBuilder {
         } else {
             None
         };
-        let root_dir = create_root_dir(owner)?;
+        let root_dir = super::scratch::private_dir("pgwake-pgbouncer", owner)
+            .map_err(|(context, source)| PgBouncerError::Io { context, source })?;
         let mut bouncer = PgBouncer {
             target_url: self.target_url,
             root_dir,
@@ -251,7 +251,10 @@ impl PgBouncerBuilder {
         // A port found free can be taken before PgBouncer binds it: retry.
         let mut last_error = None;
         for _ in 0..3 {
-            bouncer.port = free_port()?;
+            bouncer.port = super::scratch::free_port().map_err(|source| PgBouncerError::Io {
+                context: "finding a free port".into(),
+                source,
+            })?;
             let ini = format!(
                 "[databases]\n\
                  ; Any database name: the same database on the server.\n\
@@ -691,41 +694,6 @@ fn id_output(args: &[&str]) -> Result<u32, PgBouncerError> {
             source: std::io::Error::other(
                 String::from_utf8_lossy(&output.stderr).trim().to_string(),
             ),
-        })
-}
-
-fn create_root_dir(owner: Option<(u32, u32)>) -> Result<PathBuf, PgBouncerError> {
-    use std::os::unix::fs::PermissionsExt;
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "pgwake-pgbouncer-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let io = |context: &str| {
-        let context = format!("{context} {}", dir.display());
-        move |source| PgBouncerError::Io { context, source }
-    };
-    std::fs::create_dir(&dir).map_err(io("creating"))?;
-    // The auth file may hold the server's password.
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io("chmod"))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(io("chown"))?;
-    }
-    Ok(dir)
-}
-
-fn free_port() -> Result<u16, PgBouncerError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .map_err(|source| PgBouncerError::Io {
-            context: "finding a free port".into(),
-            source,
         })
 }
 

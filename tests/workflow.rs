@@ -559,3 +559,46 @@ async fn a_claimed_task_carries_the_whole_history_in_order() {
     assert_eq!(second.new_events.len(), 1);
     assert_eq!(second.new_events[0].event_type, EventType::SignalReceived);
 }
+
+#[actix_rt::test]
+async fn a_failing_activity_is_retried_with_durable_timers_until_it_succeeds() {
+    use pgwake::workflow::{ActivityOptions, RetryPolicy};
+    let database = fresh_database().await.unwrap();
+    let attempts_seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = attempts_seen.clone();
+    let activities = Activities::new().register("flaky", move |ctx: ActivityContext, n: u64| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(ctx.attempt());
+            if ctx.attempt() < 3 {
+                Err(ActivityError::new("unavailable", "try again"))
+            } else {
+                Ok::<_, ActivityError>(n * 2)
+            }
+        }
+    });
+    let workflows =
+        Workflows::new().register("retrying", |ctx: WorkflowContext, n: u64| async move {
+            let policy = RetryPolicy::default()
+                .max_attempts(3)
+                .first_interval(Duration::from_millis(100));
+            let options = ActivityOptions::default().retry(policy);
+            let doubled: u64 = ctx.activity_with("flaky", &n, options).await?;
+            Ok::<_, WorkflowError>(doubled)
+        });
+    let runtime = start(database.url(), &workflows, &activities).await;
+    let client = Client::new(runtime.store().clone());
+    client
+        .start("retrying", "retry-1", &21u64, StartOptions::default())
+        .await
+        .unwrap();
+    let result: u64 = client.result("retry-1", WAIT).await.unwrap();
+    assert_eq!(result, 42);
+    assert_eq!(*attempts_seen.lock().unwrap(), [1, 2, 3]);
+    let types = history_types(&runtime, "retry-1").await;
+    let count = |t: EventType| types.iter().filter(|e| **e == t).count();
+    assert_eq!(count(EventType::ActivityScheduled), 3, "{types:?}");
+    assert_eq!(count(EventType::ActivityFailed), 2, "{types:?}");
+    assert_eq!(count(EventType::TimerFired), 2, "{types:?}");
+    runtime.shutdown(Duration::from_secs(5)).await;
+}

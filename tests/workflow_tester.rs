@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgwake::workflow::{
-    ActivityError, ReplayError, TesterError, WorkflowContext, WorkflowError, WorkflowTester,
-    Workflows,
+    ActivityError, ActivityOptions, ReplayError, RetryPolicy, TesterError, WorkflowContext,
+    WorkflowError, WorkflowTester, Workflows,
 };
 use pgwake::EventType;
 
@@ -276,4 +276,184 @@ fn a_workflow_that_never_ends_hits_the_task_limit() {
     assert_eq!(tester.tasks(), 20);
     // The first task starts the first timer; each later one fires one.
     assert_eq!(tester.elapsed(), Duration::from_secs(19 * 60));
+}
+
+/// Charges with up to 3 attempts, 1 s then 2 s apart; `declined` is final.
+async fn charge_with_retries(ctx: WorkflowContext, cents: u64) -> Result<String, WorkflowError> {
+    let retry = RetryPolicy::default()
+        .max_attempts(3)
+        .first_interval(Duration::from_secs(1))
+        .backoff_coefficient(2.0)
+        .max_interval(Duration::from_secs(60))
+        .non_retryable(["declined"]);
+    let options = ActivityOptions::default().retry(retry);
+    match ctx.activity_with::<String>("charge", &cents, options).await {
+        Ok(receipt) => Ok(receipt),
+        Err(err) => Ok(format!("failed: {err}")),
+    }
+}
+
+fn charge_tester(
+    answer: impl Fn(u64, u32) -> Result<String, ActivityError> + 'static,
+) -> (WorkflowTester, Arc<std::sync::Mutex<Vec<u32>>>) {
+    let workflows = Workflows::new().register("charge", charge_with_retries);
+    let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = attempts.clone();
+    let tester = WorkflowTester::new(&workflows, "charge").on_activity_attempt(
+        "charge",
+        move |cents, attempt| {
+            seen.lock().unwrap().push(attempt);
+            answer(cents, attempt)
+        },
+    );
+    (tester, attempts)
+}
+
+fn timer_delays_ms(tester: &WorkflowTester) -> Vec<u64> {
+    tester
+        .history()
+        .iter()
+        .filter(|e| e.event_type == EventType::TimerScheduled)
+        .map(|e| e.attributes["delay_ms"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn an_activity_failing_twice_then_succeeding_is_retried_with_backoff_timers() {
+    let (mut tester, attempts) = charge_tester(|cents, attempt| {
+        if attempt < 3 {
+            Err(ActivityError::new("timeout", format!("attempt {attempt}")))
+        } else {
+            Ok(format!("receipt-{cents}"))
+        }
+    });
+    let result: String = tester.run(&500_u64).unwrap();
+    assert_eq!(result, "receipt-500");
+    assert_eq!(*attempts.lock().unwrap(), [1, 2, 3]);
+    use EventType as T;
+    assert_eq!(
+        types(&tester),
+        [
+            T::WorkflowExecutionStarted,
+            T::ActivityScheduled,
+            T::ActivityFailed,
+            T::TimerScheduled,
+            T::TimerFired,
+            T::ActivityScheduled,
+            T::ActivityFailed,
+            T::TimerScheduled,
+            T::TimerFired,
+            T::ActivityScheduled,
+            T::ActivityCompleted,
+            T::WorkflowExecutionFinished,
+        ]
+    );
+    assert_eq!(timer_delays_ms(&tester), [1_000, 2_000]);
+    assert_eq!(tester.elapsed(), Duration::from_secs(1 + 2));
+    // Every attempt runs the same activity on the same queue; the input of a
+    // retry carries its attempt's number.
+    let scheduled: Vec<_> = tester
+        .history()
+        .iter()
+        .filter(|e| e.event_type == T::ActivityScheduled)
+        .map(|e| e.attributes.clone())
+        .collect();
+    assert_eq!(scheduled[0]["input"], 500);
+    for (attributes, attempt) in scheduled.iter().zip(1..) {
+        assert_eq!(attributes["name"], "charge");
+        assert_eq!(attributes["queue"], scheduled[0]["queue"]);
+        if attempt > 1 {
+            assert_eq!(attributes["input"]["input"], 500);
+            assert_eq!(attributes["input"]["pgwake_attempt"], attempt);
+        }
+    }
+}
+
+#[test]
+fn a_retried_activity_replays_from_its_full_history() {
+    let (mut tester, _) = charge_tester(|_, attempt| {
+        if attempt < 3 {
+            Err(ActivityError::new("timeout", "slow"))
+        } else {
+            Ok("ok".into())
+        }
+    });
+    let _: String = tester.run(&1_u64).unwrap();
+    // The last task replayed the whole history (both timers, all three
+    // attempts) before finishing: running it again gives the same history.
+    let first = tester.history().to_vec();
+    let _: String = tester.run(&1_u64).unwrap();
+    assert_eq!(tester.history(), first.as_slice());
+    assert_eq!(tester.tasks(), 6);
+}
+
+#[test]
+fn a_non_retryable_kind_fails_at_once() {
+    let (mut tester, attempts) =
+        charge_tester(|_, _| Err(ActivityError::new("declined", "card declined")));
+    let result: String = tester.run(&500_u64).unwrap();
+    assert_eq!(result, "failed: declined: card declined");
+    assert_eq!(*attempts.lock().unwrap(), [1]);
+    assert!(timer_delays_ms(&tester).is_empty());
+    assert_eq!(tester.elapsed(), Duration::ZERO);
+}
+
+#[test]
+fn a_non_retryable_error_fails_at_once() {
+    let (mut tester, attempts) =
+        charge_tester(|_, _| Err(ActivityError::new("timeout", "slow").non_retryable()));
+    let result: String = tester.run(&500_u64).unwrap();
+    assert_eq!(result, "failed: timeout: slow");
+    assert_eq!(*attempts.lock().unwrap(), [1]);
+}
+
+#[test]
+fn exhausted_attempts_return_the_last_error_to_the_workflow() {
+    let (mut tester, attempts) = charge_tester(|_, attempt| {
+        Err(ActivityError::new("timeout", format!("attempt {attempt}")))
+    });
+    let result: String = tester.run(&500_u64).unwrap();
+    assert_eq!(result, "failed: timeout: attempt 3");
+    assert_eq!(*attempts.lock().unwrap(), [1, 2, 3]);
+    assert_eq!(timer_delays_ms(&tester), [1_000, 2_000]);
+    assert_eq!(tester.elapsed(), Duration::from_secs(3));
+}
+
+#[test]
+fn without_a_retry_policy_a_failure_is_not_retried() {
+    let workflows = Workflows::new().register("once", |ctx: WorkflowContext, _: ()| async move {
+        let err = ctx.activity::<()>("flaky", &()).await.unwrap_err();
+        Ok::<_, WorkflowError>(err.kind().to_string())
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let mut tester = WorkflowTester::new(&workflows, "once").on_activity("flaky", move |_: ()| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Err::<(), _>(ActivityError::new("timeout", "slow"))
+    });
+    let kind: String = tester.run(&()).unwrap();
+    assert_eq!(kind, "timeout");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn backoff_delays_are_capped_at_the_max_interval() {
+    let workflows = Workflows::new().register("capped", |ctx: WorkflowContext, _: ()| async move {
+        let retry = RetryPolicy::default()
+            .max_attempts(5)
+            .first_interval(Duration::from_secs(10))
+            .backoff_coefficient(3.0)
+            .max_interval(Duration::from_secs(60));
+        let result = ctx
+            .activity_with::<()>("flaky", &(), ActivityOptions::default().retry(retry))
+            .await;
+        Ok::<_, WorkflowError>(result.is_ok())
+    });
+    let mut tester = WorkflowTester::new(&workflows, "capped").on_activity("flaky", |_: ()| {
+        Err::<(), _>(ActivityError::new("timeout", "slow"))
+    });
+    let succeeded: bool = tester.run(&()).unwrap();
+    assert!(!succeeded);
+    assert_eq!(timer_delays_ms(&tester), [10_000, 30_000, 60_000, 60_000]);
+    assert_eq!(tester.elapsed(), Duration::from_secs(160));
 }

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::command::{ActivityCommand, SideEffectCommand, State, TimerCommand};
 use super::error::{ActivityError, WorkflowError};
+use super::retry::RetryPolicy;
 use super::state::ReplayState;
 use crate::store::{InstanceRef, Queue};
 
@@ -58,15 +59,48 @@ impl std::fmt::Debug for WorkflowContext {
 /// How to run an activity ([`WorkflowContext::activity_with`]).
 ///
 /// ```
-/// let options = pgwake::workflow::ActivityOptions {
-///     queue: Some(pgwake::Queue::new("payments")?),
-/// };
+/// use pgwake::workflow::{ActivityOptions, RetryPolicy};
+/// let options = ActivityOptions::default()
+///     .queue(pgwake::Queue::new("payments")?)
+///     .retry(RetryPolicy::default().max_attempts(3));
+/// assert_eq!(options.retry.max_attempts, 3);
 /// # Ok::<(), pgwake::StoreError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ActivityOptions {
     /// The queue it runs on; the instance's when `None`.
     pub queue: Option<Queue>,
+    /// How a failed attempt is retried (by default it is not).
+    pub retry: RetryPolicy,
+}
+
+impl ActivityOptions {
+    /// Runs it on `queue` instead of the instance's.
+    ///
+    /// ```
+    /// let options = pgwake::workflow::ActivityOptions::default().queue(pgwake::Queue::new("payments")?);
+    /// assert_eq!(options.queue.unwrap().as_str(), "payments");
+    /// # Ok::<(), pgwake::StoreError>(())
+    /// ```
+    pub fn queue(mut self, queue: Queue) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Retries a failed attempt as `retry` says.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pgwake::workflow::{ActivityOptions, RetryPolicy};
+    /// let options = ActivityOptions::default()
+    ///     .retry(RetryPolicy::default().max_attempts(5).first_interval(Duration::from_millis(500)));
+    /// assert_eq!(options.retry.max_attempts, 5);
+    /// ```
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
 }
 
 impl WorkflowContext {
@@ -105,13 +139,17 @@ impl WorkflowContext {
         self.activity_with(name, input, ActivityOptions::default())
     }
 
-    /// [`activity`](Self::activity) with options (another queue).
+    /// [`activity`](Self::activity) with options (another queue, a retry
+    /// policy). A retried activity's future gives only the final result:
+    /// the first success, or the last attempt's failure.
     ///
     /// ```
-    /// use pgwake::workflow::{ActivityOptions, WorkflowContext, WorkflowError};
+    /// use pgwake::workflow::{ActivityOptions, RetryPolicy, WorkflowContext, WorkflowError};
     /// async fn wf(ctx: WorkflowContext, cents: u64) -> Result<String, WorkflowError> {
-    ///     let on_payments = ActivityOptions { queue: Some(pgwake::Queue::new("payments").unwrap()) };
-    ///     Ok(ctx.activity_with::<String>("charge", &cents, on_payments).await?)
+    ///     let options = ActivityOptions::default()
+    ///         .queue(pgwake::Queue::new("payments").unwrap())
+    ///         .retry(RetryPolicy::default().max_attempts(3).non_retryable(["declined"]));
+    ///     Ok(ctx.activity_with::<String>("charge", &cents, options).await?)
     /// }
     /// ```
     pub fn activity_with<O: DeserializeOwned>(
@@ -122,7 +160,8 @@ impl WorkflowContext {
     ) -> ActivityFuture<O> {
         let kind = match serde_json::to_value(input) {
             Ok(input) => {
-                let command = ActivityCommand::new(name.to_string(), input, options.queue);
+                let command = ActivityCommand::new(name.to_string(), input, options.queue)
+                    .with_retry(options.retry);
                 ActivityKind::Scheduled(self.state.borrow_mut().add_activity(command))
             }
             Err(err) => ActivityKind::Failed(
@@ -264,7 +303,7 @@ impl<O: DeserializeOwned> Future for ActivityFuture<O> {
             ActivityKind::Failed(err) => Err(err.clone()),
             ActivityKind::Scheduled(index) => {
                 let state = self.state.borrow();
-                match state.activities[*index].result() {
+                match state.activity_result(*index) {
                     None => return Poll::Pending,
                     Some(Err(err)) => Err(err.clone()),
                     Some(Ok(value)) => O::deserialize(value).map_err(|err| {

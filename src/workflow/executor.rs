@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use super::context::WorkflowContext;
 use super::error::{ReplayError, WorkflowError};
+use super::retry::input_for_attempt;
 use super::state::{Applied, ReplayState};
 use crate::store::{EventType, WorkflowCompletion, WorkflowOutcome, WorkflowTask};
 
@@ -130,7 +131,7 @@ fn completion(state: &ReplayState, outcome: Option<WorkflowOutcome>) -> Workflow
     {
         decision = decision.schedule_activity(
             &activity.name,
-            activity.input.clone(),
+            input_for_attempt(activity.input.clone(), activity.attempt),
             activity.queue.clone(),
         );
     }

@@ -66,7 +66,7 @@
 //!
 //! Not there yet: sub-workflows, cancellation scopes (a canceled execution
 //! finishes as canceled at its next task, without running cleanup code),
-//! continue-as-new, `patched`, retry policies, an executor cache (every
+//! continue-as-new, `patched`, retries of workflow tasks, an executor cache (every
 //! task replays the whole history).
 //!
 //! [`WorkflowTester`] unit-tests a workflow without a database: mocked
@@ -78,6 +78,7 @@ mod context;
 mod error;
 mod executor;
 mod registry;
+mod retry;
 mod state;
 mod tester;
 
@@ -88,4 +89,5 @@ pub use context::{
 };
 pub use error::{ActivityError, ClientError, ReplayError, WorkflowError};
 pub use registry::{Activities, ActivityContext, Workflows};
+pub use retry::RetryPolicy;
 pub use tester::{TesterError, WorkflowTester, MAX_TESTER_TASKS};

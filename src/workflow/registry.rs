@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::context::WorkflowContext;
 use super::error::{ActivityError, ReplayError, StoredText, WorkflowError};
 use super::executor::{self, WorkflowFn};
+use super::retry::attempt_and_input;
 use crate::runtime::{ActivityWorker, WorkflowWorker};
 use crate::store::{ActivityTask, InstanceRef, WorkflowCompletion, WorkflowTask};
 
@@ -200,16 +201,30 @@ impl Workflows {
 pub struct ActivityContext {
     activity_id: String,
     instance: InstanceRef,
+    attempt: u32,
 }
 
 impl ActivityContext {
-    /// Which attempt this is: always 1 (retries are not carried out yet).
+    /// The context of `task`, and the activity's own input (the attempt's
+    /// number travels with the scheduled input; a plain input is attempt 1).
+    fn of_task(task: &ActivityTask) -> (Self, Value) {
+        let (attempt, input) = attempt_and_input(task.input.clone());
+        let ctx = Self {
+            activity_id: task.activity_id.clone(),
+            instance: task.instance.clone(),
+            attempt,
+        };
+        (ctx, input)
+    }
+
+    /// Which attempt this is: 1, then 2, 3 ... when the workflow's
+    /// [`RetryPolicy`](super::RetryPolicy) retries it.
     ///
     /// ```
     /// fn first(ctx: &pgwake::workflow::ActivityContext) -> bool { ctx.attempt() == 1 }
     /// ```
     pub fn attempt(&self) -> u32 {
-        1
+        self.attempt
     }
 
     /// The activity's id (its `ActivityScheduled` event id): the same on
@@ -350,12 +365,9 @@ impl Activities {
     {
         let activities = self.clone();
         ActivityWorker::new(queues, move |task: ActivityTask| {
-            let ctx = ActivityContext {
-                activity_id: task.activity_id.clone(),
-                instance: task.instance.clone(),
-            };
+            let (ctx, input) = ActivityContext::of_task(&task);
             let run = match activities.registered.get(&task.name) {
-                Some(activity) => activity(ctx, task.input),
+                Some(activity) => activity(ctx, input),
                 None => {
                     let err = ActivityError::new(
                         "unregistered",
@@ -367,5 +379,47 @@ impl Activities {
             };
             run.map(|result| result.map_err(|err| StoredText(err.to_stored())))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{Lease, Queue, WorkerId};
+    use crate::workflow::retry::input_for_attempt;
+
+    fn task(input: Value) -> ActivityTask {
+        ActivityTask {
+            row_id: 1,
+            activity_id: "a-1".into(),
+            instance: InstanceRef {
+                instance_id: "i".into(),
+                execution_id: "e".into(),
+            },
+            queue: Queue::default(),
+            schedule_event_id: 2,
+            name: "charge".into(),
+            input,
+            enqueued_at: SystemTime::UNIX_EPOCH,
+            lease: Lease::new(WorkerId::unique("test"), SystemTime::now(), 1),
+        }
+    }
+
+    #[test]
+    fn the_activity_sees_the_attempt_scheduled_and_its_own_input() {
+        let (ctx, input) = ActivityContext::of_task(&task(input_for_attempt(json!(500), 3)));
+        assert_eq!(ctx.attempt(), 3);
+        assert_eq!(input, json!(500));
+    }
+
+    #[test]
+    fn an_input_without_attempt_is_the_first_attempt() {
+        let (ctx, input) = ActivityContext::of_task(&task(json!({"cents": 500})));
+        assert_eq!(ctx.attempt(), 1);
+        assert_eq!(input, json!({"cents": 500}));
     }
 }

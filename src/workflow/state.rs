@@ -13,7 +13,9 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
-use super::command::{ActivityCommand, InvalidTransition, SideEffectCommand, State, TimerCommand};
+use super::command::{
+    ActivityCommand, InvalidTransition, Retry, SideEffectCommand, State, TimerCommand,
+};
 use super::error::{ActivityError, ReplayError};
 use crate::store::{Event, EventType, InstanceRef};
 
@@ -49,6 +51,9 @@ pub(crate) struct ReplayState {
     side_effect_events: Vec<(i64, Value)>,
     side_effects_matched: usize,
     signals: HashMap<String, VecDeque<Value>>,
+    /// The running backoff timers of retried activities: timer index to
+    /// the index of the attempt that failed.
+    retry_timers: HashMap<usize, usize>,
     /// The first non-determinism found while the code ran (it cannot be
     /// returned to the code), reported by the executor after the poll.
     pub(crate) error: Option<ReplayError>,
@@ -72,6 +77,7 @@ impl ReplayState {
             side_effect_events: Vec::new(),
             side_effects_matched: 0,
             signals: HashMap::new(),
+            retry_timers: HashMap::new(),
             error: None,
         }
     }
@@ -87,6 +93,19 @@ impl ReplayState {
             self.fail(err);
         }
         self.activities.len() - 1
+    }
+
+    /// The result the workflow sees for the activity it scheduled at
+    /// `index`: the last attempt's, once no retry is running.
+    pub(crate) fn activity_result(&self, index: usize) -> Option<&Result<Value, ActivityError>> {
+        let mut index = index;
+        loop {
+            match self.activities[index].retried {
+                None => return self.activities[index].result(),
+                Some(Retry::Waiting(_)) => return None,
+                Some(Retry::Attempted(next)) => index = next,
+            }
+        }
     }
 
     /// The code starts a timer; returns its index.
@@ -187,13 +206,28 @@ impl ReplayState {
                     Err(ActivityError::from_stored(&stored))
                 };
                 let schedule = event.schedule_event_id;
-                match self
+                let Some(index) = self
                     .activities
-                    .iter_mut()
-                    .find(|c| c.schedule_event_id() == Some(schedule))
-                {
-                    Some(command) => command.resolve(result).map_err(inconsistent)?,
-                    None => return Err(self.unanswerable(event)),
+                    .iter()
+                    .position(|c| c.schedule_event_id() == Some(schedule))
+                else {
+                    return Err(self.unanswerable(event));
+                };
+                let command = &mut self.activities[index];
+                let retried = match &result {
+                    Err(err) if command.retry.retries(err, command.attempt) => {
+                        Some(command.retry.delay_after(command.attempt))
+                    }
+                    _ => None,
+                };
+                command.resolve(result).map_err(inconsistent)?;
+                // The workflow does not see a failure that is retried: the
+                // backoff timer starts now, in the same place on every
+                // replay, and the next attempt when it fires.
+                if let Some(delay) = retried {
+                    let timer = self.add_timer(TimerCommand::new(delay));
+                    self.activities[index].retried = Some(Retry::Waiting(timer));
+                    self.retry_timers.insert(timer, index);
                 }
             }
             T::TimerScheduled => {
@@ -202,13 +236,18 @@ impl ReplayState {
             }
             T::TimerFired => {
                 let schedule = event.schedule_event_id;
-                match self
+                let Some(index) = self
                     .timers
-                    .iter_mut()
-                    .find(|c| c.schedule_event_id() == Some(schedule))
-                {
-                    Some(command) => command.fire().map_err(inconsistent)?,
-                    None => return Err(self.unanswerable(event)),
+                    .iter()
+                    .position(|c| c.schedule_event_id() == Some(schedule))
+                else {
+                    return Err(self.unanswerable(event));
+                };
+                self.timers[index].fire().map_err(inconsistent)?;
+                if let Some(failed) = self.retry_timers.remove(&index) {
+                    let next = self.activities[failed].next_attempt();
+                    let attempt = self.add_activity(next);
+                    self.activities[failed].retried = Some(Retry::Attempted(attempt));
                 }
             }
             T::TimerCanceled => {
@@ -460,6 +499,76 @@ mod tests {
             s.now,
             SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(3)
         );
+    }
+
+    #[test]
+    fn a_retried_failure_is_hidden_behind_a_timer_then_a_second_attempt() {
+        use crate::workflow::RetryPolicy;
+        let mut s = state();
+        let policy = RetryPolicy::default()
+            .max_attempts(2)
+            .first_interval(std::time::Duration::from_secs(7));
+        let i = s.add_activity(ActivityCommand::new("a".into(), json!(1), None).with_retry(policy));
+        s.apply(&event(
+            2,
+            EventType::ActivityScheduled,
+            0,
+            json!({"name": "a"}),
+        ))
+        .unwrap();
+        let failed = json!({ "error": ActivityError::new("timeout", "slow").to_stored() });
+        s.apply(&event(3, EventType::ActivityFailed, 2, failed.clone()))
+            .unwrap();
+        assert!(s.activity_result(i).is_none());
+        assert_eq!(s.timers.len(), 1);
+        assert_eq!(s.timers[0].delay, std::time::Duration::from_secs(7));
+        s.apply(&event(4, EventType::TimerScheduled, 0, json!(null)))
+            .unwrap();
+        s.apply(&event(5, EventType::TimerFired, 4, json!(null)))
+            .unwrap();
+        assert_eq!(s.activities.len(), 2);
+        assert_eq!(s.activities[1].attempt, 2);
+        assert_eq!(s.activities[1].input, json!(1));
+        assert!(s.activity_result(i).is_none());
+        s.apply(&event(
+            6,
+            EventType::ActivityScheduled,
+            0,
+            json!({"name": "a"}),
+        ))
+        .unwrap();
+        s.apply(&event(7, EventType::ActivityFailed, 6, failed))
+            .unwrap();
+        // The last attempt's failure reaches the workflow; no more timers.
+        assert_eq!(s.timers.len(), 1);
+        assert_eq!(
+            s.activity_result(i).unwrap().as_ref().unwrap_err().kind(),
+            "timeout"
+        );
+        assert!(s.error.is_none());
+        s.check_all_matched().unwrap();
+    }
+
+    #[test]
+    fn a_recorded_retry_the_code_no_longer_asks_for_is_non_determinism() {
+        let mut s = state();
+        s.add_activity(ActivityCommand::new("a".into(), json!(1), None));
+        s.apply(&event(
+            2,
+            EventType::ActivityScheduled,
+            0,
+            json!({"name": "a"}),
+        ))
+        .unwrap();
+        let failed = json!({ "error": ActivityError::new("timeout", "slow").to_stored() });
+        s.apply(&event(3, EventType::ActivityFailed, 2, failed))
+            .unwrap();
+        s.apply(&event(4, EventType::TimerScheduled, 0, json!(null)))
+            .unwrap();
+        assert!(matches!(
+            s.check_all_matched(),
+            Err(ReplayError::NonDeterminism { sequence_id: 4, .. })
+        ));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::error::{ActivityError, ReplayError, WorkflowError};
 use super::registry::Workflows;
+use super::retry::attempt_and_input;
 use crate::store::{
     Event, EventType, InstanceRef, Lease, Queue, WorkerId, WorkflowCompletion, WorkflowOutcome,
     WorkflowTask,
@@ -43,7 +44,8 @@ pub const MAX_TESTER_TASKS: usize = 1_000;
 /// [`WorkflowContext::now`](super::WorkflowContext::now) is the same on every run.
 const VIRTUAL_START: Duration = Duration::from_secs(1_767_225_600);
 
-type Mock = Box<dyn Fn(Value) -> Result<Value, ActivityError>>;
+/// A mocked activity: its input and attempt number to its result.
+type Mock = Box<dyn Fn(Value, u32) -> Result<Value, ActivityError>>;
 
 /// When a signal set up with [`WorkflowTester::signal_at`] or
 /// [`WorkflowTester::signal_after_tasks`] is delivered.
@@ -236,14 +238,38 @@ impl WorkflowTester {
     ///         }
     ///     });
     /// ```
-    pub fn on_activity<I, O, F>(mut self, name: &str, mock: F) -> Self
+    pub fn on_activity<I, O, F>(self, name: &str, mock: F) -> Self
     where
         I: DeserializeOwned + 'static,
         O: Serialize + 'static,
         F: Fn(I) -> Result<O, ActivityError> + 'static,
     {
+        self.on_activity_attempt(name, move |input: I, _| mock(input))
+    }
+
+    /// [`on_activity`](Self::on_activity) with a mock that also gets the
+    /// attempt's number ([`ActivityContext::attempt`](super::ActivityContext::attempt)):
+    /// 1, then 2, 3 ... when a [`RetryPolicy`](super::RetryPolicy) retries it.
+    ///
+    /// ```
+    /// use pgwake::workflow::{ActivityError, WorkflowTester, Workflows};
+    /// let tester = WorkflowTester::new(&Workflows::new(), "checkout")
+    ///     .on_activity_attempt("charge", |cents: u64, attempt: u32| {
+    ///         if attempt < 3 {
+    ///             Err(ActivityError::new("timeout", "gateway slow"))
+    ///         } else {
+    ///             Ok(format!("receipt-{cents}"))
+    ///         }
+    ///     });
+    /// ```
+    pub fn on_activity_attempt<I, O, F>(mut self, name: &str, mock: F) -> Self
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + 'static,
+        F: Fn(I, u32) -> Result<O, ActivityError> + 'static,
+    {
         let activity = name.to_string();
-        let erased: Mock = Box::new(move |input| {
+        let erased: Mock = Box::new(move |input, attempt| {
             let input = I::deserialize(input).map_err(|err| {
                 ActivityError::new(
                     "bad_input",
@@ -251,7 +277,7 @@ impl WorkflowTester {
                 )
                 .non_retryable()
             })?;
-            serde_json::to_value(mock(input)?).map_err(|err| {
+            serde_json::to_value(mock(input, attempt)?).map_err(|err| {
                 ActivityError::new(
                     "bad_output",
                     format!("the result of activity {activity:?} does not serialize: {err}"),
@@ -560,7 +586,8 @@ impl WorkflowTester {
             let queue = activity.queue.as_ref().unwrap_or(&queue);
             let attributes =
                 json!({ "name": activity.name, "input": activity.input, "queue": queue.as_str() });
-            let answer = mock(activity.input.clone());
+            let (attempt, input) = attempt_and_input(activity.input.clone());
+            let answer = mock(input, attempt);
             let schedule = self.record(EventType::ActivityScheduled, 0, attributes);
             answers.push((schedule, answer));
         }

@@ -5,6 +5,16 @@ use serde_json::Value;
 use super::{invalid, InvalidTransition, State};
 use crate::store::Queue;
 use crate::workflow::error::ActivityError;
+use crate::workflow::retry::RetryPolicy;
+
+/// What follows a failed attempt that is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// The backoff timer (its index among the timers) is running.
+    Waiting(usize),
+    /// The next attempt (its index among the activities) is scheduled.
+    Attempted(usize),
+}
 
 /// An activity the code scheduled.
 #[derive(Debug)]
@@ -12,6 +22,12 @@ pub(crate) struct ActivityCommand {
     pub(crate) name: String,
     pub(crate) input: Value,
     pub(crate) queue: Option<Queue>,
+    pub(crate) retry: RetryPolicy,
+    /// Which attempt this is (1, 2, ...).
+    pub(crate) attempt: u32,
+    /// Set when this attempt failed and is retried: the workflow reads the
+    /// result at the end of the chain instead.
+    pub(crate) retried: Option<Retry>,
     state: State,
     schedule_event_id: Option<i64>,
     result: Option<Result<Value, ActivityError>>,
@@ -23,10 +39,28 @@ impl ActivityCommand {
             name,
             input,
             queue,
+            retry: RetryPolicy::default(),
+            attempt: 1,
+            retried: None,
             state: State::Pending,
             schedule_event_id: None,
             result: None,
         }
+    }
+
+    /// The same command with `retry` as its policy.
+    pub(crate) fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The command of the attempt after this one: same name, input,
+    /// queue and policy.
+    pub(crate) fn next_attempt(&self) -> Self {
+        let mut next = Self::new(self.name.clone(), self.input.clone(), self.queue.clone())
+            .with_retry(self.retry.clone());
+        next.attempt = self.attempt + 1;
+        next
     }
 
     pub(crate) fn state(&self) -> State {

@@ -9,7 +9,7 @@ mod activity;
 mod side_effect;
 mod timer;
 
-pub(crate) use activity::ActivityCommand;
+pub(crate) use activity::{ActivityCommand, Retry};
 pub(crate) use side_effect::SideEffectCommand;
 pub(crate) use timer::TimerCommand;
 

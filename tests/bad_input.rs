@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgwake::testing::{fresh_database, fresh_empty_database, TestPostgres};
@@ -14,36 +12,6 @@ use pgwake::{
     WorkflowWorker,
 };
 use serde_json::json;
-
-/// Everything `tracing` writes on this thread while the guard lives.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl CapturedLogs {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let sink = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("pgwake=trace")
-            .with_ansi(false)
-            .with_writer(move || sink.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for CapturedLogs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn noop_activities(queue: &str) -> ActivityWorker {
     ActivityWorker::new([queue], |_: ActivityTask| async {
@@ -73,8 +41,8 @@ async fn a_wrong_password_is_a_clear_auth_error_and_never_printed() {
         .await
         .unwrap();
 
-    let logs = CapturedLogs::default();
-    let _guard = logs.install();
+    let logs = support::CapturedLogs::default();
+    let _guard = logs.install("pgwake=trace");
     let wrong = format!(
         "postgres://app:wrong-staple-guess@127.0.0.1:{}/{}",
         server.port(),

@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgwake::testing::{fresh_database, TestDatabase};
@@ -64,36 +62,6 @@ async fn start_with(store: &Store, instance_id: &str, queue: &str, decision: Wor
 
 async fn count(sql: &tokio_postgres::Client, query: &str) -> i64 {
     sql.query_one(query, &[]).await.unwrap().get(0)
-}
-
-/// Everything `pgwake` logs while installed, as text.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl CapturedLogs {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let sink = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("pgwake=warn")
-            .with_ansi(false)
-            .with_writer(move || sink.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for CapturedLogs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[actix_rt::test]
@@ -265,8 +233,8 @@ async fn a_signal_to_an_instance_without_an_active_execution_is_recorded_in_the_
     )
     .await;
     let sender = create_and_claim(&store, "sender", "default").await;
-    let logs = CapturedLogs::default();
-    let guard = logs.install();
+    let logs = support::CapturedLogs::default();
+    let guard = logs.install("pgwake=warn");
     let decision = WorkflowCompletion::default()
         .schedule_activity("charge", json!(500), None)
         .signal("nobody", "hello", json!({"from": "sender"}))

@@ -72,6 +72,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(3, "add_due_time_indexes", "000003_add_due_time_indexes"),
     migration!(4, "statement_level_notify", "000004_statement_level_notify"),
     migration!(5, "lease_ids", "000005_lease_ids"),
+    migration!(6, "workflow_task_attempts", "000006_workflow_task_attempts"),
 ];
 
 /// The newest version this binary carries: what [`up`] goes to by default

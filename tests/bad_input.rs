@@ -282,11 +282,15 @@ async fn a_decision_with_no_activities_or_thousands_at_once_is_applied_whole() {
     let many = store.instance("many").await.unwrap().unwrap();
     assert_eq!(
         many.history.len(),
-        1 + 5000,
-        "the start event and 5,000 ActivityScheduled"
+        2 + 5000,
+        "WorkflowTaskStarted, the start event and 5,000 ActivityScheduled"
     );
     let none = store.instance("none").await.unwrap().unwrap();
-    assert_eq!(none.history.len(), 1);
+    assert_eq!(
+        none.history.len(),
+        2,
+        "WorkflowTaskStarted and the start event"
+    );
     assert!(none.pending.is_empty());
 }
 

@@ -79,18 +79,29 @@ const EXPECTED_INDEXES_V1: &[&str] = &[
     "pending_events(instance_id,execution_id,visible_at,schedule_event_id)",
 ];
 
-/// The columns at the newest version: go-workflows' and, after each table's
-/// last one, the `lease_id` of migration 5.
+/// The columns at the newest version.
 fn expected_columns() -> String {
+    columns_at(6)
+}
+
+/// The columns at `version` (5 or later): go-workflows' and, after each
+/// table's last one, the `lease_id` of migration 5, then on `instances` the
+/// `task_attempts` and `last_task_error` of migration 6.
+fn columns_at(version: i64) -> String {
     GO_WORKFLOWS_COLUMNS
         .lines()
         .flat_map(|line| {
-            let lease_id = match line {
-                "activities.worker character varying(64)" => Some("activities.lease_id bigint"),
-                "instances.worker character varying(64)" => Some("instances.lease_id bigint"),
-                _ => None,
+            let added: &[&str] = match line {
+                "activities.worker character varying(64)" => &["activities.lease_id bigint"],
+                "instances.worker character varying(64)" if version >= 6 => &[
+                    "instances.lease_id bigint",
+                    "instances.task_attempts integer not null default 0",
+                    "instances.last_task_error text",
+                ],
+                "instances.worker character varying(64)" => &["instances.lease_id bigint"],
+                _ => &[],
             };
-            std::iter::once(line).chain(lease_id)
+            std::iter::once(line).chain(added.iter().copied())
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -220,6 +231,11 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
         ]
     );
 
+    let report = migrate::down(&mut client, DownSteps::Steps(1))
+        .await
+        .unwrap();
+    assert_eq!(report.to, Some(5));
+    assert_eq!(columns(&client).await, columns_at(5));
     let report = migrate::down(&mut client, DownSteps::Steps(1))
         .await
         .unwrap();

@@ -480,11 +480,12 @@ async fn down_to_version_three_restores_the_row_level_triggers_and_up_brings_bac
     insert_instances(&client, &[("i1", "q1")]).await;
     let (_listener, mut received) = listen_public(database.url()).await;
 
-    // Down through 5 (lease ids, no triggers) and 4.
-    let report = migrate::down(&mut client, DownSteps::Steps(2))
+    // Down through 6 (task attempts) and 5 (lease ids), neither with
+    // triggers, and 4.
+    let report = migrate::down(&mut client, DownSteps::Steps(3))
         .await
         .unwrap();
-    assert_eq!(report.applied, [5, 4]);
+    assert_eq!(report.applied, [6, 5, 4]);
     assert_eq!(report.to, Some(3));
     assert_eq!(
         triggers(&client).await,
@@ -518,7 +519,7 @@ async fn down_to_version_three_restores_the_row_level_triggers_and_up_brings_bac
     );
 
     let report = migrate::up(&mut client, None).await.unwrap();
-    assert_eq!(report.applied, [4, 5]);
+    assert_eq!(report.applied, [4, 5, 6]);
     assert_eq!(triggers(&client).await, STATEMENT_LEVEL_TRIGGERS);
     let up_again = trigger_and_function_definitions(&client).await;
     let fresh = fresh_database().await.unwrap();

@@ -171,7 +171,10 @@ async fn an_expired_workflow_lease_is_reclaimed_and_the_late_completion_is_refus
     let snapshot = store.instance("i1").await.unwrap().unwrap();
     assert_eq!(
         types(&snapshot.history),
-        [EventType::WorkflowExecutionStarted]
+        [
+            EventType::WorkflowTaskStarted,
+            EventType::WorkflowExecutionStarted
+        ]
     );
     assert!(snapshot.pending.is_empty());
 }
@@ -291,6 +294,7 @@ async fn a_holder_whose_lease_expired_without_being_reclaimed_still_completes() 
     assert_eq!(
         types(&snapshot.history),
         [
+            EventType::WorkflowTaskStarted,
             EventType::WorkflowExecutionStarted,
             EventType::ActivityScheduled,
             EventType::ActivityScheduled
@@ -866,6 +870,7 @@ async fn stats_are_exact_on_a_hand_built_fixture() {
                 ready_activities: 0,
                 running_activities: 0,
                 scheduled_later: 1, // T's timer
+                failing_workflow_tasks: 0,
             },
             QueueStats {
                 queue: "b".into(),
@@ -874,6 +879,7 @@ async fn stats_are_exact_on_a_hand_built_fixture() {
                 ready_activities: 3,
                 running_activities: 1,
                 scheduled_later: 1,
+                failing_workflow_tasks: 0,
             },
         ]
     );
@@ -1122,17 +1128,22 @@ async fn signals_between_instances_reach_the_active_execution_and_undelivered_on
         .await,
         1
     );
-    // The sender's own history records the task, and the two signals that
-    // reached no execution (tests/store_signals.rs has the details).
+    // The sender, which goes on, learns what became of each signal from
+    // pending events of its own, in the decision's order
+    // (tests/store_signals.rs has the details).
     let sender = store.instance("sender").await.unwrap().unwrap();
     assert_eq!(
-        types(&sender.history),
+        types(&sender.pending),
         [
-            EventType::WorkflowExecutionStarted,
+            EventType::SignalSent,
             EventType::SignalNotDelivered,
             EventType::SignalNotDelivered
         ]
     );
+    assert_eq!(sender.pending[0].attributes["instance_id"], "target");
+    assert_eq!(sender.pending[1].attributes["instance_id"], "nobody");
+    assert_eq!(sender.pending[2].attributes["instance_id"], "finished");
+    assert!(!types(&sender.history).contains(&EventType::SignalNotDelivered));
 }
 
 // 14

@@ -1,8 +1,9 @@
 //! Signals and cancellations (issue #11): those a decision sends to the
 //! sub-workflows it starts reach them in the same transaction, and a signal
 //! that reaches no execution is visible to its sender: a typed error from
-//! `Store::signal_instance`, a `SignalNotDelivered` event in the sending
-//! workflow's history. Each test on a fresh database; raw SQL only to look
+//! `Store::signal_instance`, a `SignalNotDelivered` event for the sending
+//! workflow (pending while it goes on, in its history when the decision
+//! ends it), as every delivered one gets it a `SignalSent`. Each test on a fresh database; raw SQL only to look
 //! at the tables.
 
 mod support;
@@ -142,6 +143,7 @@ async fn a_signal_and_a_cancellation_reach_sub_workflows_started_by_the_same_dec
     assert_eq!(
         types(&parent.history),
         [
+            EventType::WorkflowTaskStarted,
             EventType::WorkflowExecutionStarted,
             EventType::SubWorkflowScheduled,
             EventType::SubWorkflowScheduled
@@ -179,8 +181,14 @@ async fn a_signal_to_a_sub_workflow_id_already_running_reaches_that_execution() 
     assert_eq!(busy.instance, running);
     assert_eq!(types(&busy.pending), [EventType::SignalReceived]);
     let parent = store.instance("parent").await.unwrap().unwrap();
-    assert_eq!(types(&parent.pending), [EventType::SubWorkflowFailed]);
-    assert!(!types(&parent.history).contains(&EventType::SignalNotDelivered));
+    assert_eq!(
+        types(&parent.pending),
+        [EventType::SubWorkflowFailed, EventType::SignalSent]
+    );
+    assert_eq!(
+        parent.pending[1].attributes,
+        json!({"instance_id": "busy", "execution_id": running.execution_id, "name": "s"})
+    );
 }
 
 #[actix_rt::test]
@@ -190,10 +198,16 @@ async fn a_signal_to_itself_reaches_the_sender_or_its_next_execution() {
     let decision = WorkflowCompletion::default().signal("looper", "again", json!(1));
     store.complete_workflow_task(&task, decision).await.unwrap();
     let looper = store.instance("looper").await.unwrap().unwrap();
-    assert_eq!(types(&looper.pending), [EventType::SignalReceived]);
+    assert_eq!(
+        types(&looper.pending),
+        [EventType::SignalReceived, EventType::SignalSent]
+    );
     assert_eq!(
         types(&looper.history),
-        [EventType::WorkflowExecutionStarted]
+        [
+            EventType::WorkflowTaskStarted,
+            EventType::WorkflowExecutionStarted
+        ]
     );
 
     // Continuing as new: the signal is the next execution's, after its start.
@@ -223,7 +237,7 @@ async fn a_signal_to_itself_reaches_the_sender_or_its_next_execution() {
 }
 
 #[actix_rt::test]
-async fn a_signal_to_an_instance_without_an_active_execution_is_recorded_in_the_senders_history() {
+async fn a_signal_to_an_instance_without_an_active_execution_is_reported_to_the_sender() {
     let (store, sql, _db) = setup().await;
     start_with(
         &store,
@@ -254,21 +268,19 @@ async fn a_signal_to_an_instance_without_an_active_execution_is_recorded_in_the_
         .await,
         1
     );
-    // The sender's history tells which signals reached nobody, after what
-    // the decision scheduled; no instance received them.
+    // The sender, which goes on, is told which signals reached nobody by
+    // pending events (its next task); no instance received them.
     let snapshot = store.instance("sender").await.unwrap().unwrap();
     assert_eq!(
-        types(&snapshot.history),
-        [
-            EventType::WorkflowExecutionStarted,
-            EventType::ActivityScheduled,
-            EventType::SignalNotDelivered,
-            EventType::SignalNotDelivered
-        ]
+        *types(&snapshot.history).last().unwrap(),
+        EventType::ActivityScheduled
     );
-    let sequence: Vec<i64> = snapshot.history.iter().map(|e| e.sequence_id).collect();
-    assert_eq!(sequence, [1, 2, 3, 4]);
-    let undelivered = &snapshot.history[2..];
+    assert!(!types(&snapshot.history).contains(&EventType::SignalNotDelivered));
+    assert_eq!(
+        types(&snapshot.pending),
+        [EventType::SignalNotDelivered, EventType::SignalNotDelivered]
+    );
+    let undelivered = &snapshot.pending[..];
     assert_eq!(undelivered[0].attributes["instance_id"], "nobody");
     assert_eq!(undelivered[0].attributes["name"], "hello");
     assert_eq!(
@@ -283,9 +295,16 @@ async fn a_signal_to_an_instance_without_an_active_execution_is_recorded_in_the_
         let reason = event.attributes["reason"].as_str().unwrap();
         assert!(reason.contains("no active execution"), "{reason}");
     }
-    assert!(
-        snapshot.pending.is_empty(),
-        "nothing pending for the sender"
+    // The reports wake the sender: its next task holds them, in order.
+    let next = store
+        .claim_workflow_task(&WorkerId::new("w").unwrap(), &[q("default")], LEASE)
+        .await
+        .unwrap()
+        .expect("the sender's task for its reports");
+    assert_eq!(next.instance.instance_id, "sender");
+    assert_eq!(
+        types(&next.new_events),
+        [EventType::SignalNotDelivered, EventType::SignalNotDelivered]
     );
     assert!(store.instance("nobody").await.unwrap().is_none());
     assert!(store
@@ -333,13 +352,14 @@ async fn an_undelivered_signal_comes_before_the_outcome_of_a_finishing_decision(
     assert_eq!(
         types(&snapshot.history),
         [
+            EventType::WorkflowTaskStarted,
             EventType::WorkflowExecutionStarted,
             EventType::SignalNotDelivered,
             EventType::WorkflowExecutionFinished
         ],
         "the outcome stays the last event"
     );
-    assert_eq!(snapshot.history[2].attributes, json!({"result": "ok"}));
+    assert_eq!(snapshot.history[3].attributes, json!({"result": "ok"}));
 }
 
 #[actix_rt::test]

@@ -141,7 +141,7 @@ async fn a_sleep_fires_after_its_delay() {
     let database = fresh_database().await.unwrap();
     let workflows = Workflows::new().register("nap", |ctx: WorkflowContext, ms: u64| async move {
         let before = ctx.now();
-        ctx.sleep(Duration::from_millis(ms)).await;
+        ctx.sleep(Duration::from_millis(ms)).await?;
         let slept = ctx.now().duration_since(before).unwrap_or_default();
         Ok::<_, WorkflowError>(slept.as_millis() as u64)
     });
@@ -373,7 +373,7 @@ async fn changed_code_is_detected_as_non_determinism_and_not_applied() {
     match changed.execute(&task) {
         Err(err @ ReplayError::NonDeterminism { .. }) => assert_eq!(
             err.to_string(),
-            "non-determinism: history has ActivityScheduled 'A' at #2, the code scheduled 'B'"
+            "non-determinism: history has ActivityScheduled 'A' at #3, the code scheduled 'B'"
         ),
         other => panic!("expected non-determinism, got {other:?}"),
     }
@@ -541,7 +541,7 @@ async fn a_claimed_task_carries_the_whole_history_in_order() {
             .iter()
             .map(|e| e.sequence_id)
             .collect::<Vec<_>>(),
-        [1, 2, 3]
+        [1, 2, 3, 4]
     );
     assert_eq!(
         second
@@ -550,12 +550,13 @@ async fn a_claimed_task_carries_the_whole_history_in_order() {
             .map(|e| e.event_type)
             .collect::<Vec<_>>(),
         [
+            EventType::WorkflowTaskStarted,
             EventType::WorkflowExecutionStarted,
             EventType::ActivityScheduled,
             EventType::TimerScheduled
         ]
     );
-    assert_eq!(second.last_sequence_id, 3);
+    assert_eq!(second.last_sequence_id, 4);
     assert_eq!(second.new_events.len(), 1);
     assert_eq!(second.new_events[0].event_type, EventType::SignalReceived);
 }
@@ -600,5 +601,30 @@ async fn a_failing_activity_is_retried_with_durable_timers_until_it_succeeds() {
     assert_eq!(count(EventType::ActivityScheduled), 3, "{types:?}");
     assert_eq!(count(EventType::ActivityFailed), 2, "{types:?}");
     assert_eq!(count(EventType::TimerFired), 2, "{types:?}");
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn a_standalone_client_starts_and_awaits_a_workflow_run_by_another_runtime() {
+    let database = fresh_database().await.unwrap();
+    let workflows =
+        Workflows::new().register("shout", |ctx: WorkflowContext, word: String| async move {
+            let louder: String = ctx.activity("append", &(word, "!")).await?;
+            Ok::<_, WorkflowError>(louder.to_uppercase())
+        });
+    let runtime = start(database.url(), &workflows, &letters()).await;
+    // Its own pool: its writes wake the runtime through the triggers, and
+    // it learns of the end by reading.
+    let client = Client::connect(database.url()).await.unwrap();
+    client
+        .start("shout", "shout-1", &"hey", StartOptions::default())
+        .await
+        .unwrap();
+    let result: String = client.result("shout-1", WAIT).await.unwrap();
+    assert_eq!(result, "HEY!");
+    assert!(matches!(
+        Client::connect("postgres://nobody@127.0.0.1:1/none").await,
+        Err(ClientError::Store(_))
+    ));
     runtime.shutdown(Duration::from_secs(5)).await;
 }

@@ -66,12 +66,16 @@ fn three_mocked_activities_give_the_combined_result() {
     assert_eq!(
         types(&tester),
         [
+            T::WorkflowTaskStarted,
             T::WorkflowExecutionStarted,
             T::ActivityScheduled,
+            T::WorkflowTaskStarted,
             T::ActivityCompleted,
             T::ActivityScheduled,
+            T::WorkflowTaskStarted,
             T::ActivityCompleted,
             T::ActivityScheduled,
+            T::WorkflowTaskStarted,
             T::ActivityCompleted,
             T::WorkflowExecutionFinished,
         ]
@@ -81,11 +85,11 @@ fn three_mocked_activities_give_the_combined_result() {
     for (index, event) in history.iter().enumerate() {
         assert_eq!(event.sequence_id, index as i64 + 1);
     }
-    for (answer, schedule) in [(2, 2), (4, 4), (6, 6)] {
+    for (answer, schedule) in [(4, 3), (7, 6), (10, 9)] {
         assert_eq!(history[answer].schedule_event_id, schedule);
     }
-    assert_eq!(history[1].attributes["name"], "reserve");
-    assert_eq!(history[7].attributes["result"], "R-o1/500/S-R-o1-500");
+    assert_eq!(history[2].attributes["name"], "reserve");
+    assert_eq!(history[11].attributes["result"], "R-o1/500/S-R-o1-500");
 }
 
 #[test]
@@ -98,19 +102,23 @@ fn signup_takes_the_signal_branch_when_confirmed_at_one_second() {
     assert_eq!(
         types(&tester),
         [
+            T::WorkflowTaskStarted,
             T::WorkflowExecutionStarted,
             T::ActivityScheduled,
+            T::WorkflowTaskStarted,
             T::ActivityCompleted,
             T::TimerScheduled,
+            T::WorkflowTaskStarted,
             T::SignalReceived,
             T::ActivityScheduled,
             T::TimerCanceled,
+            T::WorkflowTaskStarted,
             T::ActivityCompleted,
             T::WorkflowExecutionFinished,
         ]
     );
-    // The cancellation names the timer's TimerScheduled (#4).
-    assert_eq!(tester.history()[6].schedule_event_id, 4);
+    // The cancellation names the timer's TimerScheduled (#6).
+    assert_eq!(tester.history()[9].schedule_event_id, 6);
 }
 
 #[test]
@@ -124,7 +132,7 @@ fn signup_takes_the_timer_branch_without_a_signal() {
         .iter()
         .find(|e| e.event_type == EventType::TimerFired)
         .unwrap();
-    assert_eq!(fired.schedule_event_id, 4);
+    assert_eq!(fired.schedule_event_id, 6);
     assert!(!types(&tester).contains(&EventType::TimerCanceled));
 }
 
@@ -165,7 +173,7 @@ fn a_declined_activity_error_reaches_the_workflows_match() {
     );
     let outcome: String = tester.run(&500_u64).unwrap();
     assert_eq!(outcome, "declined: card declined");
-    assert_eq!(tester.history()[2].event_type, EventType::ActivityFailed);
+    assert_eq!(tester.history()[4].event_type, EventType::ActivityFailed);
 }
 
 #[test]
@@ -226,7 +234,7 @@ fn a_non_deterministic_workflow_is_reported_as_such() {
     );
     assert_eq!(
         err.to_string(),
-        "non-determinism: history has ActivityScheduled 'charge' at #2, the code scheduled 'refund'"
+        "non-determinism: history has ActivityScheduled 'charge' at #3, the code scheduled 'refund'"
     );
 }
 
@@ -251,7 +259,7 @@ fn days_of_timers_take_no_real_time() {
         Workflows::new().register("reminders", |ctx: WorkflowContext, days: u64| async move {
             let started = ctx.now();
             for _ in 0..days {
-                ctx.sleep(Duration::from_secs(24 * 3600)).await;
+                ctx.sleep(Duration::from_secs(24 * 3600)).await?;
             }
             Ok::<_, WorkflowError>(ctx.now().duration_since(started).unwrap().as_secs())
         });
@@ -265,7 +273,7 @@ fn a_workflow_that_never_ends_hits_the_task_limit() {
     let workflows =
         Workflows::new().register("forever", |ctx: WorkflowContext, _: ()| async move {
             loop {
-                ctx.sleep(Duration::from_secs(60)).await;
+                ctx.sleep(Duration::from_secs(60)).await?;
             }
             #[allow(unreachable_code)]
             Ok::<(), WorkflowError>(())
@@ -334,16 +342,22 @@ fn an_activity_failing_twice_then_succeeding_is_retried_with_backoff_timers() {
     assert_eq!(
         types(&tester),
         [
+            T::WorkflowTaskStarted,
             T::WorkflowExecutionStarted,
             T::ActivityScheduled,
+            T::WorkflowTaskStarted,
             T::ActivityFailed,
             T::TimerScheduled,
+            T::WorkflowTaskStarted,
             T::TimerFired,
             T::ActivityScheduled,
+            T::WorkflowTaskStarted,
             T::ActivityFailed,
             T::TimerScheduled,
+            T::WorkflowTaskStarted,
             T::TimerFired,
             T::ActivityScheduled,
+            T::WorkflowTaskStarted,
             T::ActivityCompleted,
             T::WorkflowExecutionFinished,
         ]
@@ -456,4 +470,71 @@ fn backoff_delays_are_capped_at_the_max_interval() {
     assert!(!succeeded);
     assert_eq!(timer_delays_ms(&tester), [10_000, 30_000, 60_000, 60_000]);
     assert_eq!(tester.elapsed(), Duration::from_secs(160));
+}
+
+#[test]
+fn a_cancellation_at_a_virtual_time_lets_the_cleanup_run_then_ends_canceled() {
+    let workflows =
+        Workflows::new().register("hold", |ctx: WorkflowContext, seat: u32| async move {
+            let _: () = ctx.activity("reserve", &seat).await?;
+            if let Err(err) = ctx.sleep(Duration::from_secs(900)).await {
+                let _: () = ctx.activity("release", &seat).await?;
+                return Err(err);
+            }
+            Ok::<_, WorkflowError>(())
+        });
+    let released = Arc::new(AtomicUsize::new(0));
+    let counted = released.clone();
+    let mut tester = WorkflowTester::new(&workflows, "hold")
+        .on_activity("reserve", |_: u32| Ok::<_, ActivityError>(()))
+        .on_activity("release", move |_: u32| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ActivityError>(())
+        })
+        .cancel_at(Duration::from_secs(60));
+    assert!(matches!(tester.run::<()>(&7), Err(TesterError::Canceled)));
+    assert_eq!(released.load(Ordering::SeqCst), 1);
+    assert_eq!(tester.elapsed(), Duration::from_secs(60));
+    let types: Vec<EventType> = tester.history().iter().map(|e| e.event_type).collect();
+    assert!(types.contains(&EventType::TimerCanceled), "{types:?}");
+}
+
+#[test]
+fn sub_workflows_are_mocked_and_signals_to_others_recorded() {
+    let workflows =
+        Workflows::new().register("order", |ctx: WorkflowContext, id: String| async move {
+            let tracking: String = ctx.sub_workflow("ship", &id).await?;
+            ctx.signal_workflow(&id, "shipped", &tracking).await?;
+            match ctx.sub_workflow::<()>("invoice", &id).await {
+                Err(err) if err.kind() == "no_invoice" => Ok::<_, WorkflowError>(tracking),
+                other => other.map(|()| "invoiced".to_string()),
+            }
+        });
+    let mut tester = WorkflowTester::new(&workflows, "order")
+        .on_sub_workflow("ship", |id: String| {
+            Ok::<_, WorkflowError>(format!("parcel-{id}"))
+        })
+        .on_sub_workflow("invoice", |_: String| {
+            Err::<(), _>(WorkflowError::new("no_invoice", "not billable"))
+        });
+    let result: String = tester.run(&"o-7".to_string()).unwrap();
+    assert_eq!(result, "parcel-o-7");
+    assert_eq!(
+        tester.sent_signals(),
+        [(
+            "o-7".to_string(),
+            "shipped".to_string(),
+            serde_json::json!("parcel-o-7")
+        )]
+    );
+    let unmocked = Workflows::new().register("lonely", |ctx: WorkflowContext, _: ()| async move {
+        ctx.sub_workflow::<()>("missing", &()).await
+    });
+    let err = WorkflowTester::new(&unmocked, "lonely")
+        .run::<()>(&())
+        .unwrap_err();
+    assert!(
+        matches!(&err, TesterError::UnmockedSubWorkflow { name } if name == "missing"),
+        "{err}"
+    );
 }

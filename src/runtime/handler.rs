@@ -197,8 +197,10 @@ impl ActivityWorker {
 ///
 /// The handler gets the instance, its new events and its history position,
 /// and returns the decision ([`WorkflowCompletion`]) that the worker applies
-/// through the store. An error or a panic fails the task: its lease is kept
-/// for a second and it is retried.
+/// through the store. An error or a panic fails the task without applying
+/// anything ([`Store::fail_workflow_task`](crate::Store::fail_workflow_task)):
+/// it is retried after 1 s, doubling to at most 5 min, and the instance
+/// shows the attempts and the last error until a task succeeds.
 ///
 /// ```
 /// use pgwake::{WorkflowCompletion, WorkflowOutcome, WorkflowWorker};

@@ -30,9 +30,6 @@ use crate::store::{
     ActivityTask, Queue, Store, WorkerId, WorkflowCompletion, WorkflowOutcome, WorkflowTask,
 };
 
-/// How long a failed workflow task waits before it is retried.
-const WORKFLOW_RETRY_DELAY: Duration = Duration::from_secs(1);
-
 #[derive(Clone)]
 pub(crate) enum Job {
     Activity(ActivityFn),
@@ -625,21 +622,38 @@ impl WorkerActor {
         let decision = match end.decision {
             None => return self.finished(number, &queue, Outcome::LeaseLost, ctx),
             Some(Err((error, outcome))) => {
-                tracing::warn!(instance_id = %end.task.instance.instance_id, %error, "workflow task failed; retrying in {WORKFLOW_RETRY_DELAY:?}");
-                // Keep the lease just long enough to pace the retry, then
-                // let it lapse; its expiry is a due time the claim reports.
+                // The store counts the failure and puts the retry off (1 s
+                // doubling to 5 min); the retry is a due time that the claim
+                // after this slot frees reports, so this worker, idle or
+                // not, wakes for it. The call has the store's deadline like
+                // every other: the slot is not held for longer.
                 let store = self.store.clone();
-                let mut task = end.task;
-                let pace = async move {
-                    let _ = store
-                        .extend_workflow_task(&mut task, WORKFLOW_RETRY_DELAY)
-                        .await;
+                let task = end.task;
+                let fail = async move {
+                    let retry = store.fail_workflow_task_counted(&task, &error).await;
+                    (task, error, retry)
                 };
                 self.mark_recording(number);
-                ctx.spawn(
-                    pace.into_actor(self)
-                        .map(move |(), act, ctx| act.finished(number, &queue, outcome, ctx)),
-                );
+                ctx.spawn(fail.into_actor(self).map(
+                    move |(task, error, retry), act, ctx| {
+                        let instance_id = &task.instance.instance_id;
+                        match retry {
+                            Ok((attempt, retry_in)) => {
+                                tracing::warn!(%instance_id, attempt, %error, ?retry_in, "workflow task failed; retrying after a delay");
+                            }
+                            Err(StoreError::LeaseLost { .. }) => {
+                                tracing::warn!(%instance_id, %error, "workflow task failed, and its lease was lost meanwhile: the new holder runs it");
+                            }
+                            Err(store_error) => {
+                                // Not counted, and not put off: the task
+                                // runs again once its lease lapses, a due
+                                // time the claim reports.
+                                tracing::warn!(%instance_id, %error, %store_error, "workflow task failed, and recording the failure failed too; retrying when its lease expires");
+                            }
+                        }
+                        act.finished(number, &queue, outcome, ctx)
+                    },
+                ));
                 return;
             }
             Some(Ok(decision)) => decision,

@@ -324,7 +324,8 @@ impl Store {
     }
 
     /// The newest execution of `instance_id` (the active one if any), with
-    /// its history and pending events; `None` if it never existed.
+    /// its history and pending events, and how often its workflow task has
+    /// failed in a row and why; `None` if it never existed.
     ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
@@ -354,7 +355,8 @@ impl Store {
             .query_opt(
                 &client
                     .prepare_cached(
-                        "SELECT execution_id, queue, state, metadata, created_at, completed_at
+                        "SELECT execution_id, queue, state, metadata, created_at, completed_at,
+                    task_attempts, last_task_error
                FROM instances WHERE instance_id = $1
               ORDER BY (state = 0) DESC, id DESC LIMIT 1",
                     )
@@ -392,6 +394,8 @@ impl Store {
             metadata: metadata.map(|m| serde_json::from_slice(&m)).transpose()?,
             created_at: row.get(4),
             completed_at: row.get(5),
+            task_attempts: u32::try_from(row.get::<_, i32>(6)).unwrap_or(0),
+            last_task_error: row.get(7),
             history: history
                 .iter()
                 .map(event_from_row)

@@ -41,6 +41,7 @@
 
 mod activity_tasks;
 mod events;
+mod finishes;
 mod instances;
 mod model;
 mod names;
@@ -259,6 +260,8 @@ pub struct Store {
     /// Whether writes skip the insert triggers' NOTIFY because the hook's
     /// notifier sends it (shared by clones; off once the runtime stopped).
     defer_notify: Arc<AtomicBool>,
+    /// This process's waiters for ends of executions (shared by clones).
+    finishes: Arc<finishes::Finishes>,
 }
 
 impl std::fmt::Debug for Store {
@@ -288,6 +291,7 @@ impl Store {
             options,
             commit_hook: None,
             defer_notify: Arc::new(AtomicBool::new(false)),
+            finishes: Arc::default(),
         }
     }
 
@@ -467,6 +471,12 @@ impl Store {
     /// ```
     pub fn options(&self) -> &StoreOptions {
         &self.options
+    }
+
+    /// Starts waiting for the end of an execution of `instance_id` that
+    /// this store (or a clone) records.
+    pub(crate) fn subscribe_to_end(&self, instance_id: &str) -> finishes::FinishSubscription {
+        self.finishes.subscribe(instance_id)
     }
 
     pub(crate) async fn client(&self) -> Result<PooledClient, StoreError> {

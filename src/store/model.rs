@@ -38,7 +38,8 @@ impl InstanceState {
 
 /// An event's type, numbered as go-workflows numbers it (1 to 19), and
 /// pgwake's own types, numbered from 1000 so that they never collide with
-/// one go-workflows adds: only [`SignalNotDelivered`](Self::SignalNotDelivered).
+/// one go-workflows adds: [`SignalNotDelivered`](Self::SignalNotDelivered),
+/// [`SignalSent`](Self::SignalSent) and [`Patched`](Self::Patched).
 ///
 /// ```
 /// use pgwake::EventType;
@@ -46,6 +47,8 @@ impl InstanceState {
 /// assert_eq!(stored, 12);
 /// assert_eq!(EventType::from_code(stored), Some(EventType::ActivityCompleted));
 /// assert_eq!(EventType::SignalNotDelivered.code(), 1000);
+/// assert_eq!(EventType::SignalSent.code(), 1001);
+/// assert_eq!(EventType::Patched.code(), 1002);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(missing_docs)] // the names are go-workflows' own
@@ -71,18 +74,31 @@ pub enum EventType {
     TraceStarted = 19,
     /// pgwake's own: a signal that a workflow decision sent
     /// ([`WorkflowCompletion::signal`]) reached no execution, because its
-    /// target had no active one. Appended to the **sender's** history by the
-    /// decision that sent it, before the decision's outcome event, with the
-    /// attributes `{"instance_id", "name", "payload", "reason"}`. It matches
-    /// no command and answers no scheduled event (`schedule_event_id` 0):
+    /// target had no active one. Written for the **sender** by the decision
+    /// that sent it, with the attributes `{"instance_id", "name", "payload",
+    /// "reason"}` and `schedule_event_id` 0: as a pending event when the
+    /// sender goes on (so it wakes and its code learns of it), in its
+    /// history before the outcome event when the decision ends it.
     /// go-workflows has no type that means this (its workflows signal
     /// through a system activity), and each of its types that readers could
     /// take for it already means something they act on.
     SignalNotDelivered = 1000,
+    /// pgwake's own: a signal that a workflow decision sent reached the
+    /// active execution of its target. Written for the sender as
+    /// [`SignalNotDelivered`](Self::SignalNotDelivered) is, with the
+    /// attributes `{"instance_id", "execution_id", "name"}`: one of the two
+    /// for every signal of a decision, in the decision's order, so that a
+    /// replaying workflow knows which of its signals were sent.
+    SignalSent = 1001,
+    /// pgwake's own: the first run of workflow code that asked
+    /// [`patched`](crate::workflow::WorkflowContext::patched) for a change
+    /// id, with the attributes `{"change_id"}`. A history holding it replays
+    /// the new code's branch; one without it, the old one.
+    Patched = 1002,
 }
 
 impl EventType {
-    const ALL: [EventType; 20] = [
+    const ALL: [EventType; 22] = [
         Self::WorkflowExecutionStarted,
         Self::WorkflowExecutionFinished,
         Self::WorkflowExecutionContinuedAsNew,
@@ -103,6 +119,8 @@ impl EventType {
         Self::SideEffectResult,
         Self::TraceStarted,
         Self::SignalNotDelivered,
+        Self::SignalSent,
+        Self::Patched,
     ];
 
     /// The number stored in `event_type`.
@@ -510,6 +528,10 @@ pub struct WorkflowCompletion {
     pub history_events: Vec<(EventType, Value)>,
     /// How the execution ends, if it does.
     pub outcome: Option<WorkflowOutcome>,
+    /// With [`WorkflowOutcome::ContinueAsNew`]: the result of the
+    /// execution that ends, recorded as `"result"` in its
+    /// `WorkflowExecutionContinuedAsNew` event (ignored otherwise).
+    pub continued_result: Option<Value>,
 }
 
 impl WorkflowCompletion {
@@ -573,17 +595,21 @@ impl WorkflowCompletion {
     /// the sender itself when it goes on (its next execution when it
     /// continues as new).
     ///
+    /// **The sender learns what became of each signal**: one
+    /// [`EventType::SignalSent`] (`{"instance_id", "execution_id", "name"}`)
+    /// or [`EventType::SignalNotDelivered`] (`{"instance_id", "name",
+    /// "payload", "reason"}`) per signal, in the decision's order. When the
+    /// sender goes on they are pending events of its own, so they wake it
+    /// and appear in its next task's `new_events` (a workflow may wait for
+    /// them); when the decision ends the execution they are recorded in its
+    /// history, after its scheduling events and before its outcome event.
+    ///
     /// **A target with no active execution** (never created, finished,
     /// removed) does not fail the decision: the workflow cannot be blamed
     /// for a target that finished meanwhile, and a refused decision would
-    /// be refused again on every retry. The decision applies, and records
-    /// in the **sender's** history, after its scheduling events and before
-    /// its outcome event, one [`EventType::SignalNotDelivered`] event per
-    /// undelivered signal, with the attributes `{"instance_id", "name",
-    /// "payload", "reason"}`; the store also logs a warning naming sender,
-    /// target and signal. That event is history, not a pending event: it
-    /// does not wake the sender, nor appear in its next task's
-    /// `new_events`; read it with [`Store::instance`](super::Store::instance).
+    /// be refused again on every retry. The decision applies, the sender
+    /// receives `SignalNotDelivered`, and the store logs a warning naming
+    /// sender, target and signal.
     /// ([`Store::signal_instance`](super::Store::signal_instance), called
     /// from outside a workflow, refuses such a target with
     /// [`StoreError::NotFound`](crate::StoreError::NotFound) instead.)
@@ -778,6 +804,22 @@ pub struct QueueStats {
     pub running_activities: i64,
     /// Pending events and activities that become visible later (timers).
     pub scheduled_later: i64,
+    /// Active instances whose last workflow task failed (a panic, an error,
+    /// a history the code does not replay) and waits for its retry:
+    /// `task_attempts` above 0. Each is retried with a growing delay until
+    /// a task completes; their `last_task_error` says why
+    /// ([`Store::instance`](super::Store::instance)).
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// for q in store.stats().await? {
+    ///     if q.failing_workflow_tasks > 0 {
+    ///         eprintln!("{}: {} workflows keep failing", q.queue, q.failing_workflow_tasks);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub failing_workflow_tasks: i64,
 }
 
 /// A finished or running execution, as [`Store::instance`](super::Store::instance) reads it.
@@ -808,4 +850,32 @@ pub struct InstanceSnapshot {
     pub history: Vec<Event>,
     /// Events waiting to be processed, oldest first.
     pub pending: Vec<Event>,
+    /// How many of its workflow tasks have failed in a row since the last
+    /// one that completed (0 when the last one completed, or none ran yet).
+    /// A failing task is retried 1 s after its first failure, the delay
+    /// doubling up to 5 min
+    /// ([`Store::fail_workflow_task`](super::Store::fail_workflow_task)).
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// if let Some(snapshot) = store.instance("order-42").await? {
+    ///     if snapshot.task_attempts > 0 {
+    ///         eprintln!("failed {} times in a row", snapshot.task_attempts);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub task_attempts: u32,
+    /// Why its last workflow task failed (at most 8 KiB of it), while
+    /// [`task_attempts`](Self::task_attempts) is above 0; `None` once a
+    /// task completes.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// if let Some(error) = store.instance("order-42").await?.and_then(|s| s.last_task_error) {
+    ///     eprintln!("its workflow task fails: {error}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub last_task_error: Option<String>,
 }

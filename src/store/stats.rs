@@ -40,7 +40,8 @@ impl Store {
                                          AND (pe.visible_at IS NULL OR pe.visible_at <= now()))),
                         (SELECT count(*) FROM pending_events pe JOIN instances j
                              ON j.instance_id = pe.instance_id AND j.execution_id = pe.execution_id
-                          WHERE j.queue = i.queue AND j.state = 0 AND pe.visible_at > now())
+                          WHERE j.queue = i.queue AND j.state = 0 AND pe.visible_at > now()),
+                        count(*) FILTER (WHERE i.state = 0 AND i.task_attempts > 0)
                    FROM instances i GROUP BY i.queue").await.map_err(db("preparing a statement"))?,
                 &[],
             )
@@ -69,6 +70,7 @@ impl Store {
             entry.active_instances = row.get(1);
             entry.claimable_workflow_tasks = row.get(2);
             entry.scheduled_later += row.get::<_, i64>(3);
+            entry.failing_workflow_tasks = row.get(4);
         }
         for row in &activities {
             let entry = by_queue.entry(row.get(0)).or_default();
@@ -152,7 +154,9 @@ pub(crate) const ACTIVITY_DUE_SQL: &str =
 /// Seconds until the next workflow task of the queues `$1` may become
 /// claimable unannounced (one row, NULL when none): a pending event of an
 /// active instance scheduled for later (a timer), or an active instance
-/// whose lease or stickiness runs out.
+/// whose lease or stickiness runs out. A failed task's retry is the second
+/// kind: `fail_workflow_task` holds the instance back with a `locked_until`
+/// and no worker.
 pub(crate) const WORKFLOW_DUE_SQL: &str =
     "SELECT EXTRACT(EPOCH FROM (min(due) - now()))::float8 AS due_in
    FROM ((SELECT pe.visible_at AS due FROM pending_events pe

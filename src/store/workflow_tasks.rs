@@ -285,10 +285,18 @@ impl Store {
         })
     }
 
-    /// Applies a workflow task's decision in one transaction: the task's
-    /// events move to the history, followed by the events the decision
-    /// records; activities, timers, sub-workflows, signals and cancellations
-    /// are written; the instance's state is set, and its lease released.
+    /// Applies a workflow task's decision in one transaction: a
+    /// [`EventType::WorkflowTaskStarted`] event (attributes `null`, stamped
+    /// now) opens the task's part of the history, as in go-workflows'
+    /// histories; the task's events move to the history after it, followed
+    /// by the events the decision records; activities, timers,
+    /// sub-workflows, signals and cancellations are written; the instance's
+    /// state is set, its lease released, and its run of failed tasks, if
+    /// any, ended (`task_attempts` back to 0, `last_task_error` cleared;
+    /// see [`fail_workflow_task`](Self::fail_workflow_task)).
+    ///
+    /// A first task's history so reads `WorkflowTaskStarted`,
+    /// `WorkflowExecutionStarted`, then what the decision recorded.
     ///
     /// Only the lease holder may complete: a task whose lease was taken over
     /// fails with [`StoreError::LeaseLost`] and changes nothing. A holder
@@ -302,8 +310,9 @@ impl Store {
     /// Signals and cancellations reach the execution of their target that
     /// is active once the decision applies, a sub-workflow started by the
     /// same decision included. A signal that reaches none does not fail the
-    /// decision: it is recorded in this execution's history as
-    /// [`EventType::SignalNotDelivered`] (see [`WorkflowCompletion::signal`]).
+    /// decision: this execution receives [`EventType::SignalNotDelivered`]
+    /// for it, and [`EventType::SignalSent`] for one that does (see
+    /// [`WorkflowCompletion::signal`]).
     ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store, task: pgwake::WorkflowTask) -> Result<(), pgwake::StoreError> {
@@ -429,7 +438,9 @@ impl Store {
             );
         }
 
-        // 3. The lease: holder and fencing token must both match.
+        // 3. The lease: holder and fencing token must both match. A task
+        //    that completes ends the run of failures before it, if any
+        //    (see `fail_workflow_task`).
         let sticky_secs = (!self.options().sticky_timeout.is_zero() && !plan.ends_execution)
             .then(|| self.options().sticky_timeout.as_secs_f64());
         let updated = tx
@@ -440,7 +451,9 @@ impl Store {
                         lease_id = NULL,
                         sticky_until = now() + make_interval(secs => $4),
                         state = $5,
-                        completed_at = CASE WHEN $5 <> 0 THEN now() END
+                        completed_at = CASE WHEN $5 <> 0 THEN now() END,
+                        task_attempts = 0,
+                        last_task_error = NULL
                   WHERE id = $1 AND worker = $2 AND lease_id = $3",
                 )
                 .await
@@ -462,7 +475,17 @@ impl Store {
             });
         }
 
-        // 4. The task's events move to the history, in their order.
+        // 4. A WorkflowTaskStarted opens the task's part of the history, as
+        //    in go-workflows' histories (its replay skips it, as ours does);
+        //    then the task's events move to the history, in their order.
+        let task_started = NewEvent::new(EventType::WorkflowTaskStarted, 0, b"null".to_vec());
+        append_history(
+            &tx,
+            &task.instance,
+            task.last_sequence_id + 1,
+            &[task_started],
+        )
+        .await?;
         let moved_ids: Vec<&str> = task
             .new_events
             .iter()
@@ -487,12 +510,13 @@ impl Store {
                     &task.instance.instance_id,
                     &task.instance.execution_id,
                     &moved_ids,
-                    &task.last_sequence_id,
+                    &(task.last_sequence_id + 1),
                 ],
             )
             .await
             .map_err(db("moving the task's events to the history"))?;
-        let first_new_sequence = task.last_sequence_id + moved as i64 + 1;
+        // After the WorkflowTaskStarted and the moved events.
+        let first_new_sequence = task.last_sequence_id + 1 + moved as i64 + 1;
 
         // 5. What the decision schedules is numbered after them (and written
         //    to the history in step 8, once it is known which signals were
@@ -564,7 +588,10 @@ impl Store {
                     if let Some(created) = created {
                         receivers.insert(child.instance_id.clone(), (created, child.queue.clone()));
                     } else {
-                        let error = json!({ "error": format!("instance {:?} already has an active execution", child.instance_id) });
+                        let error = json!({
+                            "error": format!("instance {:?} already has an active execution", child.instance_id),
+                            "already_exists": true,
+                        });
                         own_pending.push(NewEvent::new(
                             EventType::SubWorkflowFailed,
                             *sequence_id,
@@ -625,16 +652,44 @@ impl Store {
         //    and the only lock that guards its id, the advisory lock, was
         //    taken in step 0 with all the others, before any row lock. The
         //    executions that existed already were locked in step 2, as before.
+        //    Each signal also gets its sender one SignalSent or
+        //    SignalNotDelivered, in the decision's order (step 8).
         let mut undelivered = Vec::new();
+        let mut signal_reports = Vec::new();
         for (signal, data) in completion.signals.iter().zip(&plan.signal_data) {
             match receivers.get(&signal.instance_id) {
                 Some((target, queue)) => {
-                    let signal = NewEvent::new(EventType::SignalReceived, 0, data.clone());
-                    insert_pending(&tx, target, &[signal]).await?;
+                    let received = NewEvent::new(EventType::SignalReceived, 0, data.clone());
+                    insert_pending(&tx, target, &[received]).await?;
                     touched.add_workflow(queue);
+                    let report = serde_json::to_vec(&json!({
+                        "instance_id": target.instance_id,
+                        "execution_id": target.execution_id,
+                        "name": signal.name,
+                    }))?;
+                    signal_reports.push(NewEvent::new(EventType::SignalSent, 0, report));
                 }
-                None => undelivered.push(signal),
+                None => {
+                    // Not size-checked (`encode`): the payload was accepted
+                    // already, and refusing the report would refuse the
+                    // whole decision.
+                    let report = serde_json::to_vec(&json!({
+                        "instance_id": signal.instance_id,
+                        "name": signal.name,
+                        "payload": signal.payload,
+                        "reason": "the instance has no active execution: it was never created, \
+                                   has finished, or was removed",
+                    }))?;
+                    signal_reports.push(NewEvent::new(EventType::SignalNotDelivered, 0, report));
+                    undelivered.push(signal);
+                }
             }
+        }
+        // A sender that goes on learns of its signals from pending events,
+        // which wake it: its code may wait for them.
+        if !plan.ends_execution && !signal_reports.is_empty() {
+            insert_pending(&tx, &task.instance, &std::mem::take(&mut signal_reports)).await?;
+            touched.add_workflow(&task.queue);
         }
         for instance_id in &completion.cancellations {
             match receivers.get(instance_id) {
@@ -664,35 +719,27 @@ impl Store {
         }
 
         // 8. What the decision records, numbered after the task's events: its
-        //    scheduling and extra events, a SignalNotDelivered for each
-        //    signal that reached no execution, then its outcome, last as in
-        //    every history. The markers come after every scheduling event,
-        //    so the sequence ids step 6 used stay theirs.
+        //    scheduling and extra events, when it ends the execution the
+        //    reports of its signals, then its outcome, last as in every
+        //    history. The reports come after every scheduling event, so the
+        //    sequence ids step 6 used stay theirs.
         let mut history = std::mem::take(&mut plan.history);
-        for signal in &undelivered {
-            // Not size-checked (`encode`): the payload was accepted already,
-            // and refusing the marker would refuse the whole decision.
-            let marker = serde_json::to_vec(&json!({
-                "instance_id": signal.instance_id,
-                "name": signal.name,
-                "payload": signal.payload,
-                "reason": "the instance has no active execution: it was never created, \
-                           has finished, or was removed",
-            }))?;
-            history.push(NewEvent::new(EventType::SignalNotDelivered, 0, marker));
-        }
+        history.extend(signal_reports);
         history.extend(plan.outcome_event.take());
         append_history(&tx, &task.instance, first_new_sequence, &history).await?;
 
         self.commit_write(tx, touched, "committing the workflow task")
             .await?;
+        if plan.ends_execution {
+            self.finishes.ended(&task.instance.instance_id);
+        }
         for signal in &undelivered {
             tracing::warn!(
                 sender = %task.instance.instance_id,
                 target = %signal.instance_id,
                 signal = %signal.name,
                 "signal not delivered: the target instance has no active execution; \
-                 recorded as SignalNotDelivered in the sender's history"
+                 reported to the sender as SignalNotDelivered"
             );
         }
         #[cfg(feature = "metrics")]
@@ -768,6 +815,128 @@ impl Store {
                 worker: task.lease.worker().to_string(),
             }),
         }
+    }
+
+    /// Records that a workflow task failed (its handler returned an error
+    /// or panicked, its history did not replay) and puts its retry off:
+    /// the instance's `task_attempts` goes up by one, `error` becomes its
+    /// `last_task_error` (cut to 8 KiB), its lease is released, and no
+    /// worker may claim it before the returned delay has passed: 1 s after
+    /// the first failure in a row, doubling to at most 5 min. The retry is
+    /// a due time that [`poll_workflow_task`](Self::poll_workflow_task) and
+    /// [`next_due_in`](Self::next_due_in) report, so an idle worker wakes
+    /// for it with no notification. The next task that completes sets the
+    /// attempts back to 0 ([`Store::instance`] and
+    /// [`Client::describe`](crate::workflow::Client::describe) show both).
+    ///
+    /// Only the lease holder may fail a task, as only it may complete one.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+    /// # let (worker, queues) = (pgwake::WorkerId::unique("docs"), pgwake::queues(["orders"])?);
+    /// if let Some(task) = store.claim_workflow_task(&worker, &queues, std::time::Duration::from_secs(60)).await? {
+    ///     let retry_in = store.fail_workflow_task(&task, "the code panicked").await?;
+    ///     println!("{} is retried in {retry_in:?}", task.instance.instance_id);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when the lease was taken over (or the task
+    /// completed or failed already), a database failure.
+    pub async fn fail_workflow_task(
+        &self,
+        task: &WorkflowTask,
+        error: &str,
+    ) -> Result<Duration, StoreError> {
+        let (_, retry_in) = self.fail_workflow_task_counted(task, error).await?;
+        Ok(retry_in)
+    }
+
+    /// [`fail_workflow_task`](Self::fail_workflow_task), and which failure
+    /// in a row this was (1 for the first), for the worker's log.
+    pub(crate) async fn fail_workflow_task_counted(
+        &self,
+        task: &WorkflowTask,
+        error: &str,
+    ) -> Result<(u32, Duration), StoreError> {
+        self.bounded(
+            "recording a failed workflow task",
+            self.fail_workflow_task_unbounded(task, error),
+        )
+        .await
+    }
+
+    async fn fail_workflow_task_unbounded(
+        &self,
+        task: &WorkflowTask,
+        error: &str,
+    ) -> Result<(u32, Duration), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a transaction"))?;
+        // Locks one instances row by primary key and nothing else, until
+        // the commit: the count read here is the one the update below
+        // raises. It may wait for a decision of another instance that
+        // locked this row to signal it, but it holds no other lock while
+        // it waits, so it cannot deadlock.
+        let attempts = tx
+            .query_opt(
+                &tx.prepare_cached(
+                    "SELECT task_attempts FROM instances
+                  WHERE id = $1 AND worker = $2 AND lease_id = $3
+                    FOR UPDATE",
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
+                &[
+                    &task.row_id,
+                    &task.lease.worker().as_str(),
+                    &task.lease.lease_id(),
+                ],
+            )
+            .await
+            .map_err(db("reading the workflow task's attempts"))?;
+        let Some(attempts) = attempts else {
+            return Err(StoreError::LeaseLost {
+                task: format!("the workflow task of {}", task.instance.instance_id),
+                worker: task.lease.worker().to_string(),
+            });
+        };
+        let attempt = attempts.get::<_, i32>(0).saturating_add(1).max(1);
+        let delay = workflow_task_retry_delay(attempt.unsigned_abs());
+        // Not claimable before the delay has passed: the claim skips an
+        // instance whose `locked_until` is ahead, and the due-time query
+        // reports it. No worker holds it meanwhile, and no stickiness
+        // keeps it from the first worker to look once it is due.
+        tx.execute(
+            &tx.prepare_cached(
+                "UPDATE instances
+                SET task_attempts = $2,
+                    last_task_error = $3,
+                    locked_until = now() + make_interval(secs => $4),
+                    worker = NULL,
+                    lease_id = NULL,
+                    sticky_until = NULL
+              WHERE id = $1",
+            )
+            .await
+            .map_err(db("preparing a statement"))?,
+            &[
+                &task.row_id,
+                &attempt,
+                &stored_task_error(error).as_ref(),
+                &delay.as_secs_f64(),
+            ],
+        )
+        .await
+        .map_err(db("recording the failed workflow task"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing the failed workflow task"))?;
+        Ok((attempt.unsigned_abs(), delay))
     }
 
     /// Gives a workflow task back unprocessed, so another worker can claim
@@ -868,6 +1037,7 @@ impl Store {
                 "instance_id": sub.instance.instance_id,
                 "queue": sub.instance.queue.as_str(),
                 "input": sub.instance.input,
+                "metadata": sub.instance.metadata,
             }))?;
             record(
                 NewEvent::new(EventType::SubWorkflowScheduled, 0, data),
@@ -910,7 +1080,10 @@ impl Store {
                     ),
                     WorkflowOutcome::ContinueAsNew(input) => (
                         EventType::WorkflowExecutionContinuedAsNew,
-                        json!({ "input": input }),
+                        match &completion.continued_result {
+                            Some(result) => json!({ "input": input, "result": result }),
+                            None => json!({ "input": input }),
+                        },
                         (
                             EventType::SubWorkflowCompleted,
                             json!({ "continued_as_new": true }),
@@ -940,6 +1113,44 @@ impl Store {
             signal_data,
             parent_report,
         })
+    }
+}
+
+/// How long a workflow task waits after its first failure in a row.
+const FIRST_TASK_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The longest a failing workflow task waits between attempts: a task that
+/// fails for good (a code change that does not replay) costs one attempt
+/// every 5 minutes, and a fixed deployment is picked up within 5 minutes.
+const MAX_TASK_RETRY_DELAY: Duration = Duration::from_secs(5 * 60);
+
+/// The most of a failed task's error that is kept, in bytes.
+const MAX_TASK_ERROR_BYTES: usize = 8 * 1024;
+
+/// How long a workflow task waits after its `attempt`th failure in a row
+/// (1 for the first): 1 s doubling, at most 5 min.
+fn workflow_task_retry_delay(attempt: u32) -> Duration {
+    // Nine doublings pass the cap already: a larger shift would only
+    // overflow.
+    let doublings = attempt.saturating_sub(1).min(16);
+    FIRST_TASK_RETRY_DELAY
+        .saturating_mul(1 << doublings)
+        .min(MAX_TASK_RETRY_DELAY)
+}
+
+/// A failed task's error as it is stored: at most 8 KiB, cut at a character
+/// boundary, with no NUL character (which a `text` column refuses, and
+/// with it the whole failure record).
+fn stored_task_error(error: &str) -> std::borrow::Cow<'_, str> {
+    let mut end = error.len().min(MAX_TASK_ERROR_BYTES);
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    let kept = &error[..end];
+    if kept.contains('\0') {
+        kept.replace('\0', "\u{fffd}").into()
+    } else {
+        kept.into()
     }
 }
 
@@ -1014,5 +1225,44 @@ impl CompletionPlan {
             .enumerate()
             .map(|(offset, (event, kind))| (Recorded { event, kind }, first + offset as i64))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_from_one_second_up_to_five_minutes() {
+        let delays: Vec<u64> = (1..=12)
+            .map(|attempt| workflow_task_retry_delay(attempt).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+
+    #[test]
+    fn retry_delay_stays_capped_for_huge_attempt_counts() {
+        for attempt in [17, 64, 1_000, u32::MAX - 1, u32::MAX] {
+            assert_eq!(workflow_task_retry_delay(attempt), MAX_TASK_RETRY_DELAY);
+        }
+        // Attempt 0 is not a failure count the store writes; it waits as the first.
+        assert_eq!(workflow_task_retry_delay(0), FIRST_TASK_RETRY_DELAY);
+    }
+
+    #[test]
+    fn stored_task_error_is_cut_to_8_kib_at_a_character_boundary() {
+        assert_eq!(stored_task_error("boom"), "boom");
+        let ascii = "x".repeat(MAX_TASK_ERROR_BYTES + 10);
+        assert_eq!(stored_task_error(&ascii).len(), MAX_TASK_ERROR_BYTES);
+        // 'é' is two bytes: one more byte than 8 KiB would split the last one.
+        let accented = format!("x{}", "é".repeat(MAX_TASK_ERROR_BYTES / 2));
+        let stored = stored_task_error(&accented);
+        assert_eq!(stored.len(), MAX_TASK_ERROR_BYTES - 1);
+        assert!(accented.starts_with(stored.as_ref()));
+    }
+
+    #[test]
+    fn stored_task_error_replaces_nul_characters() {
+        assert_eq!(stored_task_error("a\0b"), "a\u{fffd}b");
     }
 }

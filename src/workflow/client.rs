@@ -16,21 +16,36 @@ use crate::store::{
 ///
 /// ```
 /// use pgwake::workflow::StartOptions;
-/// let options = StartOptions { queue: pgwake::Queue::new("orders")?, ..Default::default() };
+/// let options = StartOptions::default().queue(pgwake::Queue::new("orders")?);
 /// assert_eq!(options.queue.as_str(), "orders");
 /// assert_eq!(StartOptions::default().queue.as_str(), "default");
 /// # Ok::<(), pgwake::StoreError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct StartOptions {
     /// The queue its workflow tasks go to.
     pub queue: Queue,
 }
 
+impl StartOptions {
+    /// Runs its workflow tasks on `queue` (`"default"` otherwise).
+    ///
+    /// ```
+    /// let options = pgwake::workflow::StartOptions::default().queue(pgwake::Queue::new("orders")?);
+    /// assert_eq!(options.queue.as_str(), "orders");
+    /// # Ok::<(), pgwake::StoreError>(())
+    /// ```
+    pub fn queue(mut self, queue: Queue) -> Self {
+        self.queue = queue;
+        self
+    }
+}
+
 /// The first and the longest pause between two reads of
 /// [`Client::result`].
-const RESULT_POLL_FIRST: Duration = Duration::from_millis(5);
-const RESULT_POLL_MAX: Duration = Duration::from_millis(200);
+const RESULT_POLL_FIRST: Duration = Duration::from_millis(10);
+const RESULT_POLL_MAX: Duration = Duration::from_millis(500);
 
 /// Starts workflows and reads their results, through a [`Store`].
 ///
@@ -77,6 +92,35 @@ pub struct Description {
     pub pending_events: usize,
     /// How it ended: `{"result"}`, `{"error"}` or `{"canceled": true}`.
     pub outcome: Option<Value>,
+    /// How many of its workflow tasks have failed in a row (a panic, a
+    /// history the code does not replay) since the last one that completed;
+    /// 0 when all is well. Each failure puts the next attempt off: 1 s after
+    /// the first, doubling up to 5 min.
+    ///
+    /// ```no_run
+    /// # async fn f(client: pgwake::workflow::Client) -> Result<(), pgwake::workflow::ClientError> {
+    /// if let Some(about) = client.describe("greet-1").await? {
+    ///     if about.task_attempts > 0 {
+    ///         eprintln!("stuck after {} attempts: {:?}", about.task_attempts, about.last_task_error);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub task_attempts: u32,
+    /// Why its last workflow task failed, while
+    /// [`task_attempts`](Self::task_attempts) is above 0 (at most 8 KiB of
+    /// it); `None` once a task completes.
+    ///
+    /// ```no_run
+    /// # async fn f(client: pgwake::workflow::Client) -> Result<(), pgwake::workflow::ClientError> {
+    /// let about = client.describe("greet-1").await?.expect("started before");
+    /// if let Some(error) = &about.last_task_error {
+    ///     assert!(about.task_attempts > 0);
+    ///     eprintln!("its workflow task fails: {error}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub last_task_error: Option<String>,
 }
 
 impl Client {
@@ -90,6 +134,27 @@ impl Client {
     /// ```
     pub fn new(store: Store) -> Self {
         Self { store }
+    }
+
+    /// A standalone client for the database at `url` (its own pool, with
+    /// default [`StoreOptions`](crate::StoreOptions)), for a process that
+    /// starts and awaits workflows without running workers. Its writes wake
+    /// the workers of other processes through the insert triggers' NOTIFY;
+    /// [`result`](Self::result) polls with backoff.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), pgwake::workflow::ClientError> {
+    /// let client = pgwake::workflow::Client::connect("postgres://app@db.internal/app").await?;
+    /// client.start("greet", "greet-1", &"ada", Default::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A bad URL, an unreachable server, a schema that is not migrated.
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Ok(Self::new(
+            Store::connect(url, crate::StoreOptions::default()).await?,
+        ))
     }
 
     /// Starts the workflow `workflow` as `instance_id` with `input`.
@@ -165,8 +230,13 @@ impl Client {
         Ok(self.store.cancel_instance(instance_id).await?)
     }
 
-    /// Waits up to `timeout` for `instance_id` to finish, reading it with
-    /// a backoff of 5 ms doubling to 200 ms, and returns its result.
+    /// Waits up to `timeout` for `instance_id` to finish, and returns its
+    /// result (its last execution's, when it continued as new). Woken by
+    /// the commit when the end is recorded through this client's store or
+    /// a clone of it (the runtime's, for a client from
+    /// [`RuntimeHandle::store`](crate::RuntimeHandle::store)), without
+    /// polling; for an end recorded elsewhere (another process), it reads
+    /// the instance with a backoff of 10 ms doubling to 500 ms.
     ///
     /// ```no_run
     /// # async fn f(client: pgwake::workflow::Client) -> Result<(), pgwake::workflow::ClientError> {
@@ -190,7 +260,10 @@ impl Client {
     ) -> Result<O, ClientError> {
         let started = Instant::now();
         let mut pause = RESULT_POLL_FIRST;
+        let ends = self.store.subscribe_to_end(instance_id);
         loop {
+            // Registered before the read: an end committed meanwhile wakes it.
+            let next_end = ends.next_end();
             let snapshot = self.store.instance(instance_id).await?;
             let Some(snapshot) = snapshot else {
                 return Err(ClientError::NotFound {
@@ -224,8 +297,12 @@ impl Client {
                     waited,
                 });
             }
-            tokio::time::sleep(pause.min(timeout - waited)).await;
-            pause = (pause * 2).min(RESULT_POLL_MAX);
+            tokio::select! {
+                _ = next_end => {}
+                _ = tokio::time::sleep(pause.min(timeout - waited)) => {
+                    pause = (pause * 2).min(RESULT_POLL_MAX);
+                }
+            }
         }
     }
 
@@ -259,6 +336,8 @@ impl Client {
             state: snapshot.state,
             created_at: snapshot.created_at,
             completed_at: snapshot.completed_at,
+            task_attempts: snapshot.task_attempts,
+            last_task_error: snapshot.last_task_error,
             instance: snapshot.instance,
         }))
     }

@@ -15,7 +15,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::command::{ActivityCommand, SideEffectCommand, State, TimerCommand};
+use super::command::{
+    ActivityCommand, SideEffectCommand, SignalCommand, State, SubWorkflowCommand, TimerCommand,
+};
 use super::error::{ActivityError, WorkflowError};
 use super::retry::RetryPolicy;
 use super::state::ReplayState;
@@ -177,11 +179,12 @@ impl WorkflowContext {
         }
     }
 
-    /// Waits `delay` (a durable timer).
+    /// Waits `delay` (a durable timer). Gives an error of kind
+    /// `"canceled"` if the workflow is canceled meanwhile.
     ///
     /// ```
     /// async fn wf(ctx: pgwake::workflow::WorkflowContext, _: ()) -> Result<(), pgwake::workflow::WorkflowError> {
-    ///     ctx.sleep(std::time::Duration::from_secs(3600)).await;
+    ///     ctx.sleep(std::time::Duration::from_secs(3600)).await?;
     ///     Ok(())
     /// }
     /// ```
@@ -189,8 +192,9 @@ impl WorkflowContext {
         Sleep(self.timer(delay))
     }
 
-    /// A durable timer firing after `delay`, which may be canceled: it
-    /// then resolves to an error of kind `"canceled"`.
+    /// A durable timer firing after `delay`, which may be canceled (by
+    /// [`Timer::cancel`], or by the workflow's cancellation): it then
+    /// resolves to an error of kind `"canceled"`.
     ///
     /// ```
     /// async fn wf(ctx: pgwake::workflow::WorkflowContext, _: ()) -> Result<(), pgwake::workflow::WorkflowError> {
@@ -276,6 +280,451 @@ impl WorkflowContext {
     pub fn random_u64(&self) -> u64 {
         self.state.borrow_mut().next_random()
     }
+
+    /// Whether the code runs over recorded history (a replay) rather than
+    /// reaching new ground: for logging or metrics that should not repeat
+    /// on every replay. Never let it change what the workflow does.
+    ///
+    /// ```
+    /// async fn wf(ctx: pgwake::workflow::WorkflowContext, _: ()) -> Result<(), pgwake::workflow::WorkflowError> {
+    ///     let _: () = ctx.activity("charge", &500).await?;
+    ///     if !ctx.is_replaying() {
+    ///         tracing::info!("charged");
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn is_replaying(&self) -> bool {
+        self.state.borrow().replaying
+    }
+
+    /// A version 4 UUID drawn from the same deterministic source as
+    /// [`random_u64`](Self::random_u64): the same on every replay.
+    ///
+    /// ```
+    /// async fn wf(ctx: pgwake::workflow::WorkflowContext, _: ()) -> Result<String, pgwake::workflow::WorkflowError> {
+    ///     let order_id = ctx.uuid();
+    ///     assert_eq!(order_id.len(), 36);
+    ///     Ok(order_id)
+    /// }
+    /// ```
+    pub fn uuid(&self) -> String {
+        self.state.borrow_mut().next_uuid()
+    }
+
+    /// Starts the registered workflow `workflow` as a child of this
+    /// execution, on this instance's queue with an id derived from this
+    /// execution; its future gives the child's result, or its typed error
+    /// (kind `"canceled"` if it was canceled). A child whose id has an
+    /// active execution already is not started: its future fails.
+    ///
+    /// ```
+    /// async fn order(ctx: pgwake::workflow::WorkflowContext, items: u32) -> Result<String, pgwake::workflow::WorkflowError> {
+    ///     let tracking: String = ctx.sub_workflow("ship", &items).await?;
+    ///     Ok(tracking)
+    /// }
+    /// ```
+    pub fn sub_workflow<O: DeserializeOwned>(
+        &self,
+        workflow: &str,
+        input: &impl Serialize,
+    ) -> SubWorkflow<O> {
+        self.sub_workflow_with(workflow, input, SubWorkflowOptions::default())
+    }
+
+    /// [`sub_workflow`](Self::sub_workflow) with options: the child's
+    /// instance id (to signal it, or to make it unique across parents) and
+    /// its queue.
+    ///
+    /// ```
+    /// use pgwake::workflow::{SubWorkflowOptions, WorkflowContext, WorkflowError};
+    /// async fn order(ctx: WorkflowContext, id: String) -> Result<String, WorkflowError> {
+    ///     let options = SubWorkflowOptions::default()
+    ///         .instance_id(format!("{id}-shipping"))
+    ///         .queue(pgwake::Queue::new("shipping").unwrap());
+    ///     Ok(ctx.sub_workflow_with::<String>("ship", &id, options).await?)
+    /// }
+    /// ```
+    pub fn sub_workflow_with<O: DeserializeOwned>(
+        &self,
+        workflow: &str,
+        input: &impl Serialize,
+        options: SubWorkflowOptions,
+    ) -> SubWorkflow<O> {
+        let kind = match serde_json::to_value(input) {
+            Ok(input) => {
+                let mut state = self.state.borrow_mut();
+                let instance_id = match options.instance_id {
+                    Some(id) => id,
+                    None => state.next_sub_workflow_id(),
+                };
+                let command = SubWorkflowCommand::new(
+                    workflow.to_string(),
+                    instance_id,
+                    input,
+                    options.queue,
+                );
+                SubWorkflowKind::Started(state.add_sub_workflow(command))
+            }
+            Err(err) => SubWorkflowKind::Failed(
+                WorkflowError::new(
+                    "bad_input",
+                    format!("the input of sub-workflow {workflow:?}: {err}"),
+                )
+                .non_retryable(),
+            ),
+        };
+        SubWorkflow {
+            state: self.state.clone(),
+            kind,
+            done: false,
+            output: PhantomData,
+        }
+    }
+
+    /// Sends the signal `name` with `value` to the active execution of
+    /// `instance_id` (a sub-workflow this task starts included). Sent with
+    /// this task's decision whether awaited or not; its future tells, at
+    /// the next task, whether it reached an execution: an error of kind
+    /// `"not_found"` when the target had none.
+    ///
+    /// ```
+    /// async fn wf(ctx: pgwake::workflow::WorkflowContext, order: String) -> Result<(), pgwake::workflow::WorkflowError> {
+    ///     ctx.signal_workflow(&order, "paid", &true).await?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn signal_workflow(
+        &self,
+        instance_id: &str,
+        name: &str,
+        value: &impl Serialize,
+    ) -> SignalSent {
+        let kind = match serde_json::to_value(value) {
+            Ok(payload) => {
+                let command =
+                    SignalCommand::new(instance_id.to_string(), name.to_string(), payload);
+                SignalKind::Sent(self.state.borrow_mut().add_sent_signal(command))
+            }
+            Err(err) => SignalKind::Failed(
+                WorkflowError::new("bad_input", format!("the value of signal {name:?}: {err}"))
+                    .non_retryable(),
+            ),
+        };
+        SignalSent {
+            state: self.state.clone(),
+            kind,
+            done: false,
+        }
+    }
+
+    /// Whether the execution was asked to cancel.
+    ///
+    /// ```
+    /// async fn wf(ctx: pgwake::workflow::WorkflowContext, _: ()) -> Result<&'static str, pgwake::workflow::WorkflowError> {
+    ///     let _ = ctx.sleep(std::time::Duration::from_secs(60)).await;
+    ///     Ok(if ctx.is_cancelled() { "stopped early" } else { "slept" })
+    /// }
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.state.borrow().canceled
+    }
+
+    /// Resolves once the execution is asked to cancel
+    /// ([`Client::cancel`](super::Client::cancel), or a parent's
+    /// cancellation). At that moment everything the workflow waits for ends
+    /// with an error of kind `"canceled"`: timers are canceled, running
+    /// sub-workflows are asked to cancel (their futures still give their
+    /// end), activities are abandoned (they run on; their results are
+    /// ignored), and signal channels with nothing buffered give up. The code
+    /// goes on: what it starts afterwards (cleanup activities, say) runs
+    /// as usual. A workflow that then returns a canceled error ends as
+    /// canceled; one that returns a result completes with it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pgwake::workflow::{WorkflowContext, WorkflowError};
+    /// async fn booking(ctx: WorkflowContext, seat: String) -> Result<(), WorkflowError> {
+    ///     let _: () = ctx.activity("reserve", &seat).await?;
+    ///     futures::select_biased! {
+    ///         _ = ctx.cancelled() => {
+    ///             // Clean up, then end as canceled.
+    ///             let _: () = ctx.activity("release", &seat).await?;
+    ///             Err(WorkflowError::new("canceled", "booking canceled"))
+    ///         }
+    ///         paid = ctx.sleep(Duration::from_secs(900)) => paid,
+    ///     }
+    /// }
+    /// ```
+    pub fn cancelled(&self) -> Cancelled {
+        Cancelled {
+            state: self.state.clone(),
+            done: false,
+        }
+    }
+
+    /// Ends this execution when the workflow returns, and starts a new one
+    /// of the same instance id with `input` (a fresh history: how a
+    /// workflow that runs forever, or for many steps, keeps its history
+    /// short). The execution that ends records the workflow's result in
+    /// its `WorkflowExecutionContinuedAsNew` event; a parent waits for the
+    /// last execution. Returning an error instead fails the execution.
+    ///
+    /// ```
+    /// use pgwake::workflow::{WorkflowContext, WorkflowError};
+    /// async fn counter(ctx: WorkflowContext, round: u32) -> Result<u32, WorkflowError> {
+    ///     let _: () = ctx.activity("tick", &round).await?;
+    ///     if round < 100 {
+    ///         ctx.continue_as_new(&(round + 1))?;
+    ///     }
+    ///     Ok(round)
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// An input that does not serialize (kind `"bad_input"`).
+    pub fn continue_as_new(&self, input: &impl Serialize) -> Result<(), WorkflowError> {
+        let input = serde_json::to_value(input).map_err(|err| {
+            WorkflowError::new(
+                "bad_input",
+                format!("the input of the next execution: {err}"),
+            )
+            .non_retryable()
+        })?;
+        self.state.borrow_mut().continue_as_new = Some(input);
+        Ok(())
+    }
+
+    /// Whether to run the code of change `change_id`, for changing a
+    /// workflow while executions of it are running. Executions that reach
+    /// this call with the new code answer `true` (and record a `Patched`
+    /// marker, the first time); executions whose history was written by the
+    /// code before the change, and reached this point then, answer `false`
+    /// when they replay, so they take the old branch and stay
+    /// deterministic. Once no execution from before the change runs, remove
+    /// the old branch (keeping the call lets both kinds of history replay).
+    ///
+    /// ```
+    /// use pgwake::workflow::{WorkflowContext, WorkflowError};
+    /// async fn order(ctx: WorkflowContext, cents: u64) -> Result<(), WorkflowError> {
+    ///     if ctx.patched("fraud-check") {
+    ///         let _: () = ctx.activity("check_fraud", &cents).await?;
+    ///     }
+    ///     let _: () = ctx.activity("charge", &cents).await?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn patched(&self, change_id: &str) -> bool {
+        self.state.borrow_mut().patched(change_id)
+    }
+}
+
+/// How to start a sub-workflow ([`WorkflowContext::sub_workflow_with`]).
+///
+/// ```
+/// let options = pgwake::workflow::SubWorkflowOptions::default().instance_id("order-7-shipping");
+/// assert_eq!(options.instance_id.as_deref(), Some("order-7-shipping"));
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SubWorkflowOptions {
+    /// The child's instance id; derived from the parent's execution when
+    /// `None` (deterministic, unique per child).
+    pub instance_id: Option<String>,
+    /// The queue of its workflow tasks; the parent's when `None`.
+    pub queue: Option<Queue>,
+}
+
+impl SubWorkflowOptions {
+    /// Starts it as `instance_id` (1 to 128 characters).
+    ///
+    /// ```
+    /// let options = pgwake::workflow::SubWorkflowOptions::default().instance_id("child-1");
+    /// assert_eq!(options.instance_id.unwrap(), "child-1");
+    /// ```
+    pub fn instance_id(mut self, instance_id: impl Into<String>) -> Self {
+        self.instance_id = Some(instance_id.into());
+        self
+    }
+
+    /// Runs its workflow tasks on `queue`.
+    ///
+    /// ```
+    /// let options = pgwake::workflow::SubWorkflowOptions::default().queue(pgwake::Queue::new("shipping")?);
+    /// assert_eq!(options.queue.unwrap().as_str(), "shipping");
+    /// # Ok::<(), pgwake::StoreError>(())
+    /// ```
+    pub fn queue(mut self, queue: Queue) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+}
+
+#[derive(Debug)]
+enum SubWorkflowKind {
+    Started(usize),
+    Failed(WorkflowError),
+}
+
+/// A sub-workflow's result, from [`WorkflowContext::sub_workflow`]. Fused
+/// and `Unpin`.
+#[derive(Debug)]
+#[must_use = "a sub-workflow's result is read by awaiting it"]
+pub struct SubWorkflow<O> {
+    state: Rc<RefCell<ReplayState>>,
+    kind: SubWorkflowKind,
+    done: bool,
+    output: PhantomData<fn() -> O>,
+}
+
+impl<O> SubWorkflow<O> {
+    /// Cancels the child: one not started yet (created in this same task)
+    /// is never started, and its future gives an error of kind
+    /// `"canceled"`; a running one is asked to cancel, and its future gives
+    /// whatever the child ends with. Safe to call more than once.
+    ///
+    /// ```
+    /// use pgwake::workflow::{WorkflowContext, WorkflowError};
+    /// async fn wf(ctx: WorkflowContext, _: ()) -> Result<(), WorkflowError> {
+    ///     let child = ctx.sub_workflow::<()>("slow", &());
+    ///     child.cancel();
+    ///     assert!(child.await.unwrap_err().is_canceled());
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn cancel(&self) {
+        if let SubWorkflowKind::Started(index) = self.kind {
+            self.state.borrow_mut().sub_workflows[index].cancel();
+        }
+    }
+
+    /// The child's instance id (`None` if its input did not serialize).
+    ///
+    /// ```
+    /// async fn wf(ctx: pgwake::workflow::WorkflowContext, _: ()) -> Result<(), pgwake::workflow::WorkflowError> {
+    ///     let child = ctx.sub_workflow::<()>("ship", &());
+    ///     ctx.signal_workflow(&child.instance_id().unwrap(), "hurry", &true);
+    ///     child.await
+    /// }
+    /// ```
+    pub fn instance_id(&self) -> Option<String> {
+        match self.kind {
+            SubWorkflowKind::Started(index) => {
+                Some(self.state.borrow().sub_workflows[index].instance_id.clone())
+            }
+            SubWorkflowKind::Failed(_) => None,
+        }
+    }
+}
+
+impl<O: DeserializeOwned> Future for SubWorkflow<O> {
+    type Output = Result<O, WorkflowError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        park(&self.state, cx);
+        let result = match &self.kind {
+            SubWorkflowKind::Failed(err) => Err(err.clone()),
+            SubWorkflowKind::Started(index) => {
+                let state = self.state.borrow();
+                let command = &state.sub_workflows[*index];
+                match command.result() {
+                    None => return Poll::Pending,
+                    Some(Err(err)) => Err(err.clone()),
+                    Some(Ok(value)) => O::deserialize(value).map_err(|err| {
+                        WorkflowError::new(
+                            "bad_output",
+                            format!(
+                                "the result of sub-workflow {:?} does not deserialize: {err}",
+                                command.workflow
+                            ),
+                        )
+                        .non_retryable()
+                    }),
+                }
+            }
+        };
+        self.done = true;
+        Poll::Ready(result)
+    }
+}
+
+impl<O: DeserializeOwned> FusedFuture for SubWorkflow<O> {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
+#[derive(Debug)]
+enum SignalKind {
+    Sent(usize),
+    Failed(WorkflowError),
+}
+
+/// Whether a signal from [`WorkflowContext::signal_workflow`] reached an
+/// execution. Fused and `Unpin`.
+#[derive(Debug)]
+pub struct SignalSent {
+    state: Rc<RefCell<ReplayState>>,
+    kind: SignalKind,
+    done: bool,
+}
+
+impl Future for SignalSent {
+    type Output = Result<(), WorkflowError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        park(&self.state, cx);
+        let result = match &self.kind {
+            SignalKind::Failed(err) => Err(err.clone()),
+            SignalKind::Sent(index) => match self.state.borrow().sent_signals[*index].result() {
+                None => return Poll::Pending,
+                Some(result) => result.clone(),
+            },
+        };
+        self.done = true;
+        Poll::Ready(result)
+    }
+}
+
+impl FusedFuture for SignalSent {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
+/// Resolves once the execution is asked to cancel, from
+/// [`WorkflowContext::cancelled`]. Fused and `Unpin`.
+#[derive(Debug)]
+#[must_use = "a cancellation is noticed only when awaited"]
+pub struct Cancelled {
+    state: Rc<RefCell<ReplayState>>,
+    done: bool,
+}
+
+impl Future for Cancelled {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        park(&self.state, cx);
+        if !self.state.borrow().canceled {
+            return Poll::Pending;
+        }
+        self.done = true;
+        Poll::Ready(())
+    }
+}
+
+impl FusedFuture for Cancelled {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
+
+/// Registers the waker of whoever polls a workflow future (a `join_all`,
+/// a `FuturesUnordered`), woken after every event: such combinators poll
+/// again only the futures that woke them.
+fn park(state: &Rc<RefCell<ReplayState>>, cx: &Context<'_>) {
+    state.borrow_mut().wakers.push(cx.waker().clone());
 }
 
 #[derive(Debug)]
@@ -298,14 +747,15 @@ pub struct ActivityFuture<O> {
 impl<O: DeserializeOwned> Future for ActivityFuture<O> {
     type Output = Result<O, ActivityError>;
 
-    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        park(&self.state, cx);
         let result = match &self.kind {
             ActivityKind::Failed(err) => Err(err.clone()),
             ActivityKind::Scheduled(index) => {
                 let state = self.state.borrow();
                 match state.activity_result(*index) {
                     None => return Poll::Pending,
-                    Some(Err(err)) => Err(err.clone()),
+                    Some(Err(err)) => Err(err),
                     Some(Ok(value)) => O::deserialize(value).map_err(|err| {
                         ActivityError::new(
                             "bad_output",
@@ -359,7 +809,8 @@ impl Timer {
 impl Future for Timer {
     type Output = Result<(), WorkflowError>;
 
-    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        park(&self.state, cx);
         let state = self.state.borrow().timers[self.index].state();
         let result = match state {
             State::Done => Ok(()),
@@ -379,16 +830,17 @@ impl FusedFuture for Timer {
     }
 }
 
-/// [`WorkflowContext::sleep`]: a timer nobody cancels.
+/// [`WorkflowContext::sleep`]: a timer only the workflow's cancellation
+/// cancels.
 #[derive(Debug)]
 #[must_use = "sleeping happens only when awaited"]
 pub struct Sleep(Timer);
 
 impl Future for Sleep {
-    type Output = ();
+    type Output = Result<(), WorkflowError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
     }
 }
 
@@ -409,7 +861,8 @@ pub struct SignalChannel<T> {
 impl<T: DeserializeOwned> SignalChannel<T> {
     /// The next signal: the oldest not received yet, as soon as one
     /// arrived. A payload that does not deserialize gives an error of kind
-    /// `"bad_signal"`.
+    /// `"bad_signal"`; none left once the workflow is canceled, an error of
+    /// kind `"canceled"`.
     ///
     /// ```
     /// async fn wf(ctx: pgwake::workflow::WorkflowContext, _: ()) -> Result<String, pgwake::workflow::WorkflowError> {
@@ -437,12 +890,21 @@ pub struct SignalRecv<'a, T> {
 impl<T: DeserializeOwned> Future for SignalRecv<'_, T> {
     type Output = Result<T, WorkflowError>;
 
-    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
-        let next = {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        park(&self.channel.state, cx);
+        let (next, canceled) = {
             let channel = &self.channel;
-            channel.state.borrow_mut().take_signal(&channel.name)
+            let mut state = channel.state.borrow_mut();
+            (state.take_signal(&channel.name), state.canceled)
         };
         let Some(payload) = next else {
+            if canceled {
+                self.done = true;
+                return Poll::Ready(Err(WorkflowError::canceled(format!(
+                    "the workflow was canceled while it waited for a {:?} signal",
+                    self.channel.name
+                ))));
+            }
             return Poll::Pending;
         };
         self.done = true;
@@ -477,7 +939,8 @@ pub struct SideEffect<T> {
 impl<T: DeserializeOwned> Future for SideEffect<T> {
     type Output = Result<T, WorkflowError>;
 
-    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        park(&self.state, cx);
         let value = self.state.borrow().side_effects[self.index]
             .value()
             .cloned();

@@ -9,6 +9,9 @@ use serde_json::Value;
 
 use crate::error::StoreError;
 
+/// The kind of the errors that tell of a cancellation.
+pub(crate) const CANCELED: &str = "canceled";
+
 fn default_retryable() -> bool {
     true
 }
@@ -128,6 +131,23 @@ macro_rules! typed_error {
                 self.retryable
             }
 
+            /// Whether it tells of a cancellation (kind `"canceled"`): what
+            /// the futures of a canceled workflow give, and what a workflow
+            /// returns to end as canceled.
+            ///
+            /// ```
+            #[doc = concat!("assert!(pgwake::workflow::", stringify!($name), "::new(\"canceled\", \"the workflow was canceled\").is_canceled());")]
+            #[doc = concat!("assert!(!pgwake::workflow::", stringify!($name), "::new(\"timeout\", \"slow\").is_canceled());")]
+            /// ```
+            pub fn is_canceled(&self) -> bool {
+                self.kind == CANCELED
+            }
+
+            /// A cancellation's error (kind `"canceled"`, not retryable).
+            pub(crate) fn canceled(message: impl Into<String>) -> Self {
+                Self::new(CANCELED, message).non_retryable()
+            }
+
             /// The details (`null` when none were attached).
             ///
             /// ```
@@ -205,6 +225,26 @@ typed_error!(
     WorkflowError,
     "workflow failure"
 );
+
+/// An invalid name or value refused while the workflow's code built a
+/// command (`Queue::new("")?` in workflow code, say): a bug in the code,
+/// not worth retrying, of kind `"invalid"`.
+///
+/// ```
+/// use pgwake::workflow::{ActivityOptions, WorkflowContext, WorkflowError};
+/// async fn wf(ctx: WorkflowContext, _: ()) -> Result<(), WorkflowError> {
+///     let options = ActivityOptions::default().queue(pgwake::Queue::new("payments")?);
+///     let _: () = ctx.activity_with("charge", &500, options).await?;
+///     Ok(())
+/// }
+/// let err: WorkflowError = pgwake::Queue::new("").unwrap_err().into();
+/// assert_eq!(err.kind(), "invalid");
+/// ```
+impl From<StoreError> for WorkflowError {
+    fn from(err: StoreError) -> Self {
+        Self::new("invalid", err.to_string()).non_retryable()
+    }
+}
 
 impl From<ActivityError> for WorkflowError {
     fn from(err: ActivityError) -> Self {

@@ -64,10 +64,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not there yet: sub-workflows, cancellation scopes (a canceled execution
-//! finishes as canceled at its next task, without running cleanup code),
-//! continue-as-new, `patched`, retries of workflow tasks, an executor cache (every
-//! task replays the whole history).
+//! Workflows compose: [`sub_workflow`](WorkflowContext::sub_workflow)
+//! starts a child and gives its result, [`signal_workflow`](WorkflowContext::signal_workflow)
+//! signals another instance, [`continue_as_new`](WorkflowContext::continue_as_new)
+//! keeps a long-running workflow's history short, and
+//! [`patched`](WorkflowContext::patched) lets the code change while
+//! executions run. A canceled execution is not stopped: everything it waits
+//! for ends with an error of kind `"canceled"` (see
+//! [`cancelled`](WorkflowContext::cancelled)), and its code decides what to
+//! clean up and how to end.
 //!
 //! [`WorkflowTester`] unit-tests a workflow without a database: mocked
 //! activities, signals at virtual times, and a virtual clock.
@@ -84,10 +89,10 @@ mod tester;
 
 pub use client::{Client, Description, StartOptions};
 pub use context::{
-    ActivityFuture, ActivityOptions, SideEffect, SignalChannel, SignalRecv, Sleep, Timer,
-    WorkflowContext,
+    ActivityFuture, ActivityOptions, Cancelled, SideEffect, SignalChannel, SignalRecv, SignalSent,
+    Sleep, SubWorkflow, SubWorkflowOptions, Timer, WorkflowContext,
 };
 pub use error::{ActivityError, ClientError, ReplayError, WorkflowError};
-pub use registry::{Activities, ActivityContext, Workflows};
+pub use registry::{Activities, ActivityContext, Executor, Workflows, DEFAULT_CACHE_SIZE};
 pub use retry::RetryPolicy;
 pub use tester::{TesterError, WorkflowTester, MAX_TESTER_TASKS};

@@ -1,8 +1,10 @@
 //! Registering workflows and activities by name, with typed input and
 //! output, and the workers that serve every registered name.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::future::LocalBoxFuture;
@@ -13,7 +15,7 @@ use serde_json::Value;
 
 use super::context::WorkflowContext;
 use super::error::{ActivityError, ReplayError, StoredText, WorkflowError};
-use super::executor::{self, WorkflowFn};
+use super::executor::{self, Execution, ExecutionCache, WorkflowFn};
 use super::retry::attempt_and_input;
 use crate::runtime::{ActivityWorker, WorkflowWorker};
 use crate::store::{ActivityTask, InstanceRef, WorkflowCompletion, WorkflowTask};
@@ -29,9 +31,34 @@ use crate::store::{ActivityTask, InstanceRef, WorkflowCompletion, WorkflowTask};
 /// }
 /// let worker = Workflows::new().register("greet", greet).worker(["greetings"]);
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Workflows {
     pub(super) registered: HashMap<String, WorkflowFn>,
+    cache_size: usize,
+}
+
+impl Default for Workflows {
+    fn default() -> Self {
+        Self {
+            registered: HashMap::new(),
+            cache_size: DEFAULT_CACHE_SIZE,
+        }
+    }
+}
+
+/// How many running executions a worker keeps in memory by default
+/// ([`Workflows::cache_size`]).
+pub const DEFAULT_CACHE_SIZE: usize = 1_000;
+
+/// Tells the caches of different [`Workflows::worker`] calls apart.
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The executions kept by the workers running on this thread, per
+    /// [`Workflows::worker`] call. Per thread because a running workflow is
+    /// not `Send`: a worker's tasks run on its arbiter's thread, so every
+    /// task of that worker finds the cache there.
+    static WORKER_CACHES: RefCell<HashMap<u64, ExecutionCache>> = RefCell::new(HashMap::new());
 }
 
 impl std::fmt::Debug for Workflows {
@@ -138,23 +165,93 @@ impl Workflows {
     /// # Errors
     /// [`ReplayError`] when the code and the history disagree.
     pub fn execute(&self, task: &WorkflowTask) -> Result<WorkflowCompletion, ReplayError> {
+        match self.workflow_of(task) {
+            Ok(workflow) => executor::execute(workflow, task),
+            Err(unregistered) => Ok(executor::failing(&unregistered)),
+        }
+    }
+
+    /// The registered workflow `task`'s instance runs, or the error that
+    /// fails an instance whose workflow is not registered.
+    fn workflow_of(&self, task: &WorkflowTask) -> Result<&WorkflowFn, WorkflowError> {
         let name = task
             .metadata
             .as_ref()
             .and_then(|m| m.get("workflow"))
             .and_then(Value::as_str);
-        match name.and_then(|name| self.registered.get(name)) {
-            Some(workflow) => executor::execute(workflow, task),
-            None => {
+        name.and_then(|name| self.registered.get(name))
+            .ok_or_else(|| {
                 let message = match name {
                     Some(name) => format!("no workflow named {name:?} is registered"),
                     None => "the instance's metadata names no workflow \
                              (expected {\"workflow\": \"<name>\"})"
                         .to_string(),
                 };
-                let error = WorkflowError::new("unregistered", message).non_retryable();
-                Ok(executor::failing(&error))
-            }
+                WorkflowError::new("unregistered", message).non_retryable()
+            })
+    }
+
+    /// [`execute`](Self::execute), resuming the execution `cache` kept from
+    /// this instance's previous task when it can, and keeping it again.
+    fn execute_with_cache(
+        &self,
+        cache: &mut dyn FnMut(CacheOp<'_>) -> Option<Execution>,
+        task: &WorkflowTask,
+    ) -> Result<WorkflowCompletion, ReplayError> {
+        let workflow = match self.workflow_of(task) {
+            Ok(workflow) => workflow,
+            Err(unregistered) => return Ok(executor::failing(&unregistered)),
+        };
+        let id = &task.instance.instance_id;
+        let cached = cache(CacheOp::Take(id));
+        let (decision, execution) = executor::execute_cached(workflow, task, cached)?;
+        if let Some(execution) = execution {
+            cache(CacheOp::Put(id, execution));
+        }
+        Ok(decision)
+    }
+
+    /// How many running executions each of this registry's workers keeps in
+    /// memory (least recently used first out; 1,000 by default, 0 for
+    /// none). A kept execution's next task applies only its new events
+    /// instead of replaying its whole history: a step costs the same at the
+    /// 1,000th event as at the 10th. A task that does not follow the kept
+    /// state (another worker ran the instance meanwhile, a decision was not
+    /// applied) replays the history as usual. The workers of one arbiter
+    /// share their cache, so it serves them whichever claims the task; for
+    /// workers spread over processes, [`StoreOptions::sticky_timeout`](crate::StoreOptions)
+    /// keeps an instance's next task with the worker that ran the last one.
+    ///
+    /// ```
+    /// use pgwake::workflow::{WorkflowContext, WorkflowError, Workflows};
+    /// let worker = Workflows::new()
+    ///     .register("noop", |_: WorkflowContext, _: ()| async { Ok::<_, WorkflowError>(()) })
+    ///     .cache_size(10_000)
+    ///     .worker(["orders"]);
+    /// ```
+    pub fn cache_size(mut self, executions: usize) -> Self {
+        self.cache_size = executions;
+        self
+    }
+
+    /// An [`Executor`] over these workflows keeping up to `capacity`
+    /// running executions: [`execute`](Self::execute) with a cache, for
+    /// code that claims and completes workflow tasks itself.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, workflows: pgwake::workflow::Workflows) -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (worker, queues) = (pgwake::WorkerId::unique("docs"), pgwake::queues(["orders"])?);
+    /// let mut executor = workflows.executor(100);
+    /// while let Some(task) = store.claim_workflow_task(&worker, &queues, std::time::Duration::from_secs(60)).await? {
+    ///     let decision = executor.execute(&task)?;
+    ///     store.complete_workflow_task(&task, decision).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn executor(&self, capacity: usize) -> Executor {
+        Executor {
+            workflows: self.clone(),
+            cache: ExecutionCache::new(capacity),
         }
     }
 
@@ -175,17 +272,97 @@ impl Workflows {
         S: Into<String>,
     {
         let workflows = Arc::new(self.clone());
+        let cache_id = NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed);
         WorkflowWorker::new(queues, move |task: WorkflowTask| {
             let workflows = workflows.clone();
             // Run inside the future, where the worker catches a panic of
             // the workflow's code.
             async move {
-                workflows.execute(&task).map_err(|err| {
+                let capacity = workflows.cache_size;
+                // The thread's cache is borrowed only to take or put one
+                // execution, never while the workflow's code runs.
+                let mut cache = |op: CacheOp<'_>| {
+                    WORKER_CACHES.with(|caches| {
+                        let mut caches = caches.borrow_mut();
+                        let cache = caches
+                            .entry(cache_id)
+                            .or_insert_with(|| ExecutionCache::new(capacity));
+                        match op {
+                            CacheOp::Take(id) => cache.take(id),
+                            CacheOp::Put(id, execution) => {
+                                cache.put(id, execution);
+                                None
+                            }
+                        }
+                    })
+                };
+                workflows.execute_with_cache(&mut cache, &task).map_err(|err| {
                     tracing::error!(instance_id = %task.instance.instance_id, error = %err, "workflow task does not replay");
                     err
                 })
             }
         })
+    }
+}
+
+/// What [`Workflows::execute_with_cache`] asks of a cache.
+enum CacheOp<'a> {
+    Take(&'a str),
+    Put(&'a str, Execution),
+}
+
+/// Runs workflow tasks as [`Workflows::execute`] does, keeping running
+/// executions in memory between their tasks (see
+/// [`Workflows::cache_size`]). Not `Send`: it holds the workflows' futures.
+/// From [`Workflows::executor`].
+pub struct Executor {
+    workflows: Workflows,
+    cache: ExecutionCache,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("workflows", &self.workflows)
+            .field("cached", &self.cache.len())
+            .finish()
+    }
+}
+
+impl Executor {
+    /// Runs one workflow task: resumes the kept execution of its instance
+    /// when the task follows it, else replays the whole history. The same
+    /// decision as [`Workflows::execute`], at the cost of the new events.
+    ///
+    /// ```no_run
+    /// # fn f(task: pgwake::WorkflowTask, workflows: pgwake::workflow::Workflows) -> Result<(), pgwake::workflow::ReplayError> {
+    /// let mut executor = workflows.executor(100);
+    /// let decision = executor.execute(&task)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ReplayError`] when the code and the history disagree.
+    pub fn execute(&mut self, task: &WorkflowTask) -> Result<WorkflowCompletion, ReplayError> {
+        let cache = &mut self.cache;
+        let mut op = |op: CacheOp<'_>| match op {
+            CacheOp::Take(id) => cache.take(id),
+            CacheOp::Put(id, execution) => {
+                cache.put(id, execution);
+                None
+            }
+        };
+        self.workflows.execute_with_cache(&mut op, task)
+    }
+
+    /// How many running executions it keeps now.
+    ///
+    /// ```
+    /// let executor = pgwake::workflow::Workflows::new().executor(10);
+    /// assert_eq!(executor.cached(), 0);
+    /// ```
+    pub fn cached(&self) -> usize {
+        self.cache.len()
     }
 }
 

@@ -1,22 +1,27 @@
 //! What a replay knows: the commands the code created, the scheduling
 //! events the history recorded, how the two are matched, the buffered
-//! signals, and the workflow's clock and random source.
+//! signals, whether the execution was canceled, and the workflow's clock
+//! and random source.
 //!
 //! Commands are matched to recorded scheduling events per kind, in order:
 //! the n-th activity the code schedules is the n-th `ActivityScheduled` of
 //! the history, whichever of the two is seen first (a side effect's value
 //! is recorded after the activities its code scheduled right after it, so
-//! either may come first). A name that differs is non-determinism.
+//! either may come first). A name that differs is non-determinism. A
+//! command canceled before it was ever recorded is skipped: the history
+//! never held it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::task::Waker;
 use std::time::SystemTime;
 
 use serde_json::Value;
 
 use super::command::{
-    ActivityCommand, InvalidTransition, Retry, SideEffectCommand, State, TimerCommand,
+    ActivityCommand, InvalidTransition, Retry, SideEffectCommand, SignalCommand, State,
+    SubWorkflowCommand, TimerCommand,
 };
-use super::error::{ActivityError, ReplayError};
+use super::error::{ActivityError, ReplayError, WorkflowError};
 use crate::store::{Event, EventType, InstanceRef};
 
 /// What applying one event asks of the executor.
@@ -24,8 +29,6 @@ use crate::store::{Event, EventType, InstanceRef};
 pub(crate) enum Applied {
     /// The execution started with this input: create the workflow's future.
     Started(Value),
-    /// The execution was asked to cancel.
-    Canceled,
     /// Nothing beyond the state change.
     Recorded,
 }
@@ -39,9 +42,14 @@ pub(crate) struct ReplayState {
     pub(crate) now: SystemTime,
     /// Whether recorded history is still being replayed.
     pub(crate) replaying: bool,
+    /// Whether the execution was asked to cancel (`WorkflowExecutionCanceled`).
+    pub(crate) canceled: bool,
+    /// The input of the next execution, once the code asked to continue as new.
+    pub(crate) continue_as_new: Option<Value>,
     random_counter: u64,
     pub(crate) activities: Vec<ActivityCommand>,
     activity_events: Vec<(i64, String)>,
+    activity_cursor: usize,
     activities_matched: usize,
     pub(crate) timers: Vec<TimerCommand>,
     timer_events: Vec<i64>,
@@ -50,13 +58,32 @@ pub(crate) struct ReplayState {
     pub(crate) side_effects: Vec<SideEffectCommand>,
     side_effect_events: Vec<(i64, Value)>,
     side_effects_matched: usize,
+    pub(crate) sub_workflows: Vec<SubWorkflowCommand>,
+    /// `SubWorkflowScheduled` events: sequence id, workflow name, instance id.
+    sub_workflow_events: Vec<(i64, String, String)>,
+    sub_workflow_cursor: usize,
+    sub_workflows_matched: usize,
+    /// How many default sub-workflow ids were handed out.
+    sub_workflow_ids: u64,
+    /// The signals the code sent to other instances.
+    pub(crate) sent_signals: Vec<SignalCommand>,
+    /// How many of them the history reported (`SignalSent`/`SignalNotDelivered`).
+    sent_signals_reported: usize,
     signals: HashMap<String, VecDeque<Value>>,
+    /// The change ids the history holds a `Patched` marker for.
+    recorded_patches: HashSet<String>,
+    /// What each change id asked about answered in this run.
+    patch_answers: HashMap<String, bool>,
+    /// The markers this run owes the history, in the order asked.
+    pub(crate) new_patches: Vec<String>,
     /// The running backoff timers of retried activities: timer index to
     /// the index of the attempt that failed.
     retry_timers: HashMap<usize, usize>,
     /// The first non-determinism found while the code ran (it cannot be
     /// returned to the code), reported by the executor after the poll.
     pub(crate) error: Option<ReplayError>,
+    /// The wakers of the futures polled since the last event.
+    pub(crate) wakers: Vec<Waker>,
 }
 
 impl ReplayState {
@@ -65,9 +92,12 @@ impl ReplayState {
             instance,
             now: SystemTime::UNIX_EPOCH,
             replaying: true,
+            canceled: false,
+            continue_as_new: None,
             random_counter: 0,
             activities: Vec::new(),
             activity_events: Vec::new(),
+            activity_cursor: 0,
             activities_matched: 0,
             timers: Vec::new(),
             timer_events: Vec::new(),
@@ -76,14 +106,39 @@ impl ReplayState {
             side_effects: Vec::new(),
             side_effect_events: Vec::new(),
             side_effects_matched: 0,
+            sub_workflows: Vec::new(),
+            sub_workflow_events: Vec::new(),
+            sub_workflow_cursor: 0,
+            sub_workflows_matched: 0,
+            sub_workflow_ids: 0,
+            sent_signals: Vec::new(),
+            sent_signals_reported: 0,
             signals: HashMap::new(),
+            recorded_patches: HashSet::new(),
+            patch_answers: HashMap::new(),
+            new_patches: Vec::new(),
             retry_timers: HashMap::new(),
             error: None,
+            wakers: Vec::new(),
         }
     }
 
     fn fail(&mut self, error: ReplayError) {
         self.error.get_or_insert(error);
+    }
+
+    /// The `Patched` markers of the whole history, known before the code
+    /// runs: the code asks about a change before its marker's position.
+    pub(crate) fn with_recorded_patches<'a>(
+        mut self,
+        history: impl IntoIterator<Item = &'a Event>,
+    ) -> Self {
+        self.recorded_patches = history
+            .into_iter()
+            .filter(|e| e.event_type == EventType::Patched)
+            .filter_map(|e| e.attributes["change_id"].as_str().map(str::to_string))
+            .collect();
+        self
     }
 
     /// The code schedules an activity; returns its index.
@@ -96,13 +151,21 @@ impl ReplayState {
     }
 
     /// The result the workflow sees for the activity it scheduled at
-    /// `index`: the last attempt's, once no retry is running.
-    pub(crate) fn activity_result(&self, index: usize) -> Option<&Result<Value, ActivityError>> {
+    /// `index`: the last attempt's, once no retry is running; a canceled
+    /// error once a retry's backoff timer was canceled.
+    pub(crate) fn activity_result(&self, index: usize) -> Option<Result<Value, ActivityError>> {
         let mut index = index;
         loop {
             match self.activities[index].retried {
-                None => return self.activities[index].result(),
-                Some(Retry::Waiting(_)) => return None,
+                None => return self.activities[index].result().cloned(),
+                Some(Retry::Waiting(timer)) => {
+                    return match self.timers[timer].state() {
+                        State::Canceled | State::CancelPending => {
+                            Some(Err(ActivityError::canceled("the workflow was canceled")))
+                        }
+                        _ => None,
+                    }
+                }
                 Some(Retry::Attempted(next)) => index = next,
             }
         }
@@ -133,6 +196,47 @@ impl ReplayState {
         index
     }
 
+    /// The code starts a sub-workflow; returns its index.
+    pub(crate) fn add_sub_workflow(&mut self, command: SubWorkflowCommand) -> usize {
+        self.sub_workflows.push(command);
+        if let Err(err) = self.match_sub_workflows() {
+            self.fail(err);
+        }
+        self.sub_workflows.len() - 1
+    }
+
+    /// A sub-workflow id for the code that gave none: derived from this
+    /// execution and how many were handed out, so the same on replay.
+    pub(crate) fn next_sub_workflow_id(&mut self) -> String {
+        self.sub_workflow_ids += 1;
+        let seed = self.seed() ^ 0x5ab0_0000_0000_0000;
+        let high = splitmix64(seed.wrapping_add(self.sub_workflow_ids.wrapping_mul(2)));
+        let low = splitmix64(seed.wrapping_add(self.sub_workflow_ids.wrapping_mul(2) + 1));
+        format_uuid(high, low)
+    }
+
+    /// The code signals another instance; returns the signal's index.
+    pub(crate) fn add_sent_signal(&mut self, command: SignalCommand) -> usize {
+        self.sent_signals.push(command);
+        self.sent_signals.len() - 1
+    }
+
+    /// Whether the code takes the branch of change `change_id`: yes when
+    /// the history holds its marker, or when the code reaches it live (the
+    /// marker is then recorded); no when replaying a history from before
+    /// the change. The same answer for the whole run.
+    pub(crate) fn patched(&mut self, change_id: &str) -> bool {
+        if let Some(answer) = self.patch_answers.get(change_id) {
+            return *answer;
+        }
+        let answer = self.recorded_patches.contains(change_id) || !self.replaying;
+        if answer && !self.recorded_patches.contains(change_id) {
+            self.new_patches.push(change_id.to_string());
+        }
+        self.patch_answers.insert(change_id.to_string(), answer);
+        answer
+    }
+
     /// The side effects created while replaying that the history does not
     /// hold (the code changed): computed now that replay is over. Returns
     /// whether any was.
@@ -154,18 +258,48 @@ impl ReplayState {
         self.signals.get_mut(name)?.pop_front()
     }
 
-    /// A number derived from the execution id and how many were drawn:
-    /// the same sequence on every replay.
-    pub(crate) fn next_random(&mut self) -> u64 {
-        self.random_counter += 1;
-        let seed = self
-            .instance
+    fn seed(&self) -> u64 {
+        self.instance
             .execution_id
             .bytes()
             .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
                 (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-            });
-        splitmix64(seed.wrapping_add(self.random_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            })
+    }
+
+    /// A number derived from the execution id and how many were drawn:
+    /// the same sequence on every replay.
+    pub(crate) fn next_random(&mut self) -> u64 {
+        self.random_counter += 1;
+        splitmix64(
+            self.seed()
+                .wrapping_add(self.random_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        )
+    }
+
+    /// A version 4 UUID from the next two random numbers.
+    pub(crate) fn next_uuid(&mut self) -> String {
+        let (high, low) = (self.next_random(), self.next_random());
+        format_uuid(high, low)
+    }
+
+    /// The execution was asked to cancel: what it waits for ends with a
+    /// canceled error (timers are canceled, running sub-workflows asked to
+    /// cancel, activities abandoned); what its code starts afterwards, its
+    /// cleanup, runs as usual.
+    fn cancel(&mut self) {
+        if std::mem::replace(&mut self.canceled, true) {
+            return;
+        }
+        for timer in &mut self.timers {
+            timer.cancel();
+        }
+        for activity in &mut self.activities {
+            activity.cancel();
+        }
+        for sub in &mut self.sub_workflows {
+            sub.cancel();
+        }
     }
 
     /// Applies one history or new event.
@@ -179,6 +313,10 @@ impl ReplayState {
                 | T::TimerFired
                 | T::SignalReceived
                 | T::WorkflowExecutionCanceled
+                | T::SubWorkflowCompleted
+                | T::SubWorkflowFailed
+                | T::SignalSent
+                | T::SignalNotDelivered
         ) {
             // A timer's event is written when the timer starts and becomes
             // visible when it fires: it happened then.
@@ -188,7 +326,7 @@ impl ReplayState {
         }
         match event.event_type {
             T::WorkflowExecutionStarted => return Ok(Applied::Started(event.attributes.clone())),
-            T::WorkflowExecutionCanceled => return Ok(Applied::Canceled),
+            T::WorkflowExecutionCanceled => self.cancel(),
             T::ActivityScheduled => {
                 let name = event.attributes["name"].as_str().unwrap_or_default();
                 self.activity_events
@@ -199,11 +337,9 @@ impl ReplayState {
                 let result = if event.event_type == T::ActivityCompleted {
                     Ok(event.attributes["result"].clone())
                 } else {
-                    let stored = match &event.attributes["error"] {
-                        Value::String(text) => text.clone(),
-                        other => other.to_string(),
-                    };
-                    Err(ActivityError::from_stored(&stored))
+                    Err(ActivityError::from_stored(&stored_text(
+                        &event.attributes["error"],
+                    )))
                 };
                 let schedule = event.schedule_event_id;
                 let Some(index) = self
@@ -215,7 +351,10 @@ impl ReplayState {
                 };
                 let command = &mut self.activities[index];
                 let retried = match &result {
-                    Err(err) if command.retry.retries(err, command.attempt) => {
+                    Err(err)
+                        if command.result().is_none()
+                            && command.retry.retries(err, command.attempt) =>
+                    {
                         Some(command.retry.delay_after(command.attempt))
                     }
                     _ => None,
@@ -244,10 +383,12 @@ impl ReplayState {
                     return Err(self.unanswerable(event));
                 };
                 self.timers[index].fire().map_err(inconsistent)?;
-                if let Some(failed) = self.retry_timers.remove(&index) {
-                    let next = self.activities[failed].next_attempt();
-                    let attempt = self.add_activity(next);
-                    self.activities[failed].retried = Some(Retry::Attempted(attempt));
+                if self.timers[index].state() == State::Done {
+                    if let Some(failed) = self.retry_timers.remove(&index) {
+                        let next = self.activities[failed].next_attempt();
+                        let attempt = self.add_activity(next);
+                        self.activities[failed].retried = Some(Retry::Attempted(attempt));
+                    }
                 }
             }
             T::TimerCanceled => {
@@ -277,13 +418,96 @@ impl ReplayState {
                     .or_default()
                     .push_back(event.attributes["payload"].clone());
             }
+            T::SubWorkflowScheduled => {
+                let attributes = &event.attributes;
+                let name = attributes["metadata"]["workflow"]
+                    .as_str()
+                    .unwrap_or_default();
+                let instance_id = attributes["instance_id"].as_str().unwrap_or_default();
+                self.sub_workflow_events.push((
+                    event.sequence_id,
+                    name.to_string(),
+                    instance_id.to_string(),
+                ));
+                self.match_sub_workflows()?;
+            }
+            T::SubWorkflowCompleted | T::SubWorkflowFailed => {
+                let result = if event.event_type == T::SubWorkflowCompleted {
+                    Ok(event.attributes["result"].clone())
+                } else {
+                    // The store reports a canceled child as the text
+                    // "canceled", a refused one with "already_exists".
+                    let stored = stored_text(&event.attributes["error"]);
+                    Err(if event.attributes["already_exists"] == true {
+                        WorkflowError::new("already_exists", stored).non_retryable()
+                    } else if stored == "canceled" {
+                        WorkflowError::canceled("the sub-workflow was canceled")
+                    } else {
+                        WorkflowError::from_stored(&stored)
+                    })
+                };
+                let schedule = event.schedule_event_id;
+                let Some(command) = self
+                    .sub_workflows
+                    .iter_mut()
+                    .find(|c| c.schedule_event_id() == Some(schedule))
+                else {
+                    return Err(self.unanswerable(event));
+                };
+                command.resolve(result).map_err(inconsistent)?;
+            }
+            T::SubWorkflowCancellationRequested => {
+                let schedule = event.attributes["schedule_event_id"]
+                    .as_i64()
+                    .unwrap_or_default();
+                let command = self
+                    .sub_workflows
+                    .iter_mut()
+                    .find(|c| c.schedule_event_id() == Some(schedule));
+                if !matches!(command.map(SubWorkflowCommand::commit_cancel), Some(Ok(()))) {
+                    return Err(ReplayError::NonDeterminism {
+                        sequence_id: event.sequence_id,
+                        recorded: format!(
+                            "SubWorkflowCancellationRequested of the sub-workflow at #{schedule}"
+                        ),
+                        scheduled: "no cancellation of it".into(),
+                    });
+                }
+            }
+            T::SignalSent | T::SignalNotDelivered => {
+                let target = event.attributes["instance_id"].as_str().unwrap_or_default();
+                let name = event.attributes["name"].as_str().unwrap_or_default();
+                let recorded = || format!("{:?} {name:?} to {target:?}", event.event_type);
+                let Some(command) = self.sent_signals.get_mut(self.sent_signals_reported) else {
+                    return Err(ReplayError::NonDeterminism {
+                        sequence_id: event.sequence_id,
+                        recorded: recorded(),
+                        scheduled: "no signal".into(),
+                    });
+                };
+                if command.instance_id != target || command.name != name {
+                    return Err(ReplayError::NonDeterminism {
+                        sequence_id: event.sequence_id,
+                        recorded: recorded(),
+                        scheduled: format!(
+                            "signal {:?} to {:?}",
+                            command.name, command.instance_id
+                        ),
+                    });
+                }
+                let reason = event.attributes["reason"].as_str().unwrap_or_default();
+                command
+                    .resolve(event.event_type == T::SignalSent, reason)
+                    .map_err(inconsistent)?;
+                self.sent_signals_reported += 1;
+            }
             _ => {}
         }
         Ok(Applied::Recorded)
     }
 
-    /// An answer (`ActivityCompleted`, `TimerFired`) to a scheduling event
-    /// no command was matched to.
+    /// An answer (`ActivityCompleted`, `TimerFired` ...) to a scheduling
+    /// event no command was matched to.
     fn unanswerable(&self, event: &Event) -> ReplayError {
         let schedule = event.schedule_event_id;
         if let Some((_, name)) = self.activity_events.iter().find(|(s, _)| *s == schedule) {
@@ -292,6 +516,13 @@ impl ReplayState {
         if self.timer_events.contains(&schedule) {
             return nothing_scheduled(schedule, "TimerScheduled".into());
         }
+        if let Some((_, name, _)) = self
+            .sub_workflow_events
+            .iter()
+            .find(|(s, _, _)| *s == schedule)
+        {
+            return nothing_scheduled(schedule, format!("SubWorkflowScheduled '{name}'"));
+        }
         ReplayError::Inconsistent(format!(
             "{:?} at #{} answers #{schedule}, which schedules nothing",
             event.event_type, event.sequence_id
@@ -299,11 +530,16 @@ impl ReplayState {
     }
 
     fn match_activities(&mut self) -> Result<(), ReplayError> {
-        while self.activities_matched < self.activities.len()
+        while self.activity_cursor < self.activities.len()
             && self.activities_matched < self.activity_events.len()
         {
+            let command = &mut self.activities[self.activity_cursor];
+            self.activity_cursor += 1;
+            // Canceled before it was ever scheduled: never recorded.
+            if command.state() == State::Canceled && command.schedule_event_id().is_none() {
+                continue;
+            }
             let (sequence_id, recorded) = &self.activity_events[self.activities_matched];
-            let command = &mut self.activities[self.activities_matched];
             if command.name != *recorded {
                 return Err(ReplayError::NonDeterminism {
                     sequence_id: *sequence_id,
@@ -347,6 +583,31 @@ impl ReplayState {
         Ok(())
     }
 
+    fn match_sub_workflows(&mut self) -> Result<(), ReplayError> {
+        while self.sub_workflow_cursor < self.sub_workflows.len()
+            && self.sub_workflows_matched < self.sub_workflow_events.len()
+        {
+            let command = &mut self.sub_workflows[self.sub_workflow_cursor];
+            self.sub_workflow_cursor += 1;
+            // Canceled before it was ever started: never recorded.
+            if command.state() == State::Canceled && command.schedule_event_id().is_none() {
+                continue;
+            }
+            let (sequence_id, name, instance_id) =
+                &self.sub_workflow_events[self.sub_workflows_matched];
+            if command.workflow != *name || command.instance_id != *instance_id {
+                return Err(ReplayError::NonDeterminism {
+                    sequence_id: *sequence_id,
+                    recorded: format!("SubWorkflowScheduled '{name}' as {instance_id:?}"),
+                    scheduled: format!("'{}' as {:?}", command.workflow, command.instance_id),
+                });
+            }
+            command.commit(*sequence_id).map_err(inconsistent)?;
+            self.sub_workflows_matched += 1;
+        }
+        Ok(())
+    }
+
     /// After the last event: a recorded scheduling event the code never
     /// reached is non-determinism.
     pub(crate) fn check_all_matched(&self) -> Result<(), ReplayError> {
@@ -362,8 +623,38 @@ impl ReplayState {
         if let Some((sequence_id, _)) = self.side_effect_events.get(self.side_effects_matched) {
             return Err(nothing_scheduled(*sequence_id, "SideEffectResult".into()));
         }
+        if let Some((sequence_id, name, _)) =
+            self.sub_workflow_events.get(self.sub_workflows_matched)
+        {
+            return Err(nothing_scheduled(
+                *sequence_id,
+                format!("SubWorkflowScheduled '{name}'"),
+            ));
+        }
         Ok(())
     }
+}
+
+/// The text a failure was stored as (a JSON string, or other JSON).
+fn stored_text(stored: &Value) -> String {
+    match stored {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn format_uuid(high: u64, low: u64) -> String {
+    // Version 4, variant 10xx: RFC 9562's layout for random UUIDs.
+    let high = (high & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+    let low = (low & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        high >> 32,
+        (high >> 16) & 0xffff,
+        high & 0xffff,
+        low >> 48,
+        low & 0xffff_ffff_ffff
+    )
 }
 
 fn nothing_scheduled(sequence_id: i64, recorded: String) -> ReplayError {

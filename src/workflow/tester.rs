@@ -4,7 +4,9 @@
 //! [`Store::complete_workflow_task`](crate::Store::complete_workflow_task)
 //! does), the activity workers' (mocks registered by name) and the clock's
 //! (virtual: when nothing else can happen, it jumps to the earliest pending
-//! timer, so a workflow that waits for days runs in microseconds).
+//! timer, so a workflow that waits for days runs in microseconds). Every
+//! task replays the whole history, as a worker does when its cache misses,
+//! so non-determinism shows at the first task that replays it.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -29,7 +31,7 @@ use crate::store::{
 /// use pgwake::workflow::{TesterError, WorkflowContext, WorkflowError, WorkflowTester, Workflows};
 /// let workflows = Workflows::new().register("forever", |ctx: WorkflowContext, _: ()| async move {
 ///     loop {
-///         ctx.sleep(std::time::Duration::from_secs(60)).await;
+///         ctx.sleep(std::time::Duration::from_secs(60)).await?;
 ///     }
 ///     #[allow(unreachable_code)]
 ///     Ok::<(), WorkflowError>(())
@@ -46,6 +48,9 @@ const VIRTUAL_START: Duration = Duration::from_secs(1_767_225_600);
 
 /// A mocked activity: its input and attempt number to its result.
 type Mock = Box<dyn Fn(Value, u32) -> Result<Value, ActivityError>>;
+
+/// A mocked sub-workflow: its input to its result.
+type SubMock = Box<dyn Fn(Value) -> Result<Value, WorkflowError>>;
 
 /// When a signal set up with [`WorkflowTester::signal_at`] or
 /// [`WorkflowTester::signal_after_tasks`] is delivered.
@@ -101,9 +106,16 @@ pub enum TesterError {
     /// ([`WorkflowTester::max_tasks`]).
     #[error("the workflow did not end within {0} tasks")]
     TaskLimit(usize),
-    /// The decision holds what the tester does not carry out (a
-    /// sub-workflow, a signal or cancellation of another instance,
-    /// continue-as-new, a cancellation).
+    /// The workflow started a sub-workflow no mock was registered for.
+    #[error("the workflow started sub-workflow {name:?}, which has no mock: register one with WorkflowTester::on_sub_workflow")]
+    UnmockedSubWorkflow {
+        /// The sub-workflow's registered name.
+        name: String,
+    },
+    /// The workflow ended as canceled (after [`WorkflowTester::cancel_at`]).
+    #[error("the workflow ended as canceled")]
+    Canceled,
+    /// The decision holds what the tester does not carry out.
     #[error("the tester does not carry out {0}")]
     Unsupported(String),
     /// An input, a signal's payload or a mock's output did not serialize,
@@ -162,7 +174,14 @@ pub struct WorkflowTester {
     workflows: Workflows,
     name: String,
     mocks: HashMap<String, Mock>,
+    sub_mocks: HashMap<String, SubMock>,
     signals: Vec<PlannedSignal>,
+    /// When the execution is asked to cancel, after the start.
+    cancel_at: Option<Duration>,
+    /// The signals the workflow sent to other instances in the last run.
+    sent: Vec<(String, String, Value)>,
+    /// How many executions the last run had (continue-as-new adds one).
+    executions: usize,
     /// The first payload that did not serialize while setting up.
     setup_error: Option<TesterError>,
     max_tasks: usize,
@@ -212,7 +231,11 @@ impl WorkflowTester {
             workflows: workflows.clone(),
             name: name.to_string(),
             mocks: HashMap::new(),
+            sub_mocks: HashMap::new(),
             signals: Vec::new(),
+            cancel_at: None,
+            sent: Vec::new(),
+            executions: 0,
             setup_error: None,
             max_tasks: MAX_TESTER_TASKS,
             history: Vec::new(),
@@ -287,6 +310,108 @@ impl WorkflowTester {
         });
         self.mocks.insert(name.to_string(), erased);
         self
+    }
+
+    /// Answers every sub-workflow started as `name` with `mock(input)`: its
+    /// result, or its error, reaches the parent at once.
+    ///
+    /// ```
+    /// use pgwake::workflow::{WorkflowContext, WorkflowError, WorkflowTester, Workflows};
+    /// let workflows = Workflows::new().register("order", |ctx: WorkflowContext, items: u32| async move {
+    ///     let tracking: String = ctx.sub_workflow("ship", &items).await?;
+    ///     Ok::<_, WorkflowError>(tracking)
+    /// });
+    /// let tracking: String = WorkflowTester::new(&workflows, "order")
+    ///     .on_sub_workflow("ship", |items: u32| Ok::<_, WorkflowError>(format!("parcel of {items}")))
+    ///     .run(&3)?;
+    /// assert_eq!(tracking, "parcel of 3");
+    /// # Ok::<(), pgwake::workflow::TesterError>(())
+    /// ```
+    pub fn on_sub_workflow<I, O, F>(mut self, name: &str, mock: F) -> Self
+    where
+        I: DeserializeOwned + 'static,
+        O: Serialize + 'static,
+        F: Fn(I) -> Result<O, WorkflowError> + 'static,
+    {
+        let workflow = name.to_string();
+        let erased: SubMock = Box::new(move |input| {
+            let input = I::deserialize(input).map_err(|err| {
+                WorkflowError::new(
+                    "bad_input",
+                    format!("the input of sub-workflow {workflow:?} does not deserialize: {err}"),
+                )
+                .non_retryable()
+            })?;
+            serde_json::to_value(mock(input)?).map_err(|err| {
+                WorkflowError::new(
+                    "bad_output",
+                    format!("the result of sub-workflow {workflow:?} does not serialize: {err}"),
+                )
+                .non_retryable()
+            })
+        });
+        self.sub_mocks.insert(name.to_string(), erased);
+        self
+    }
+
+    /// Asks the execution to cancel when the virtual clock reaches `at`
+    /// after the start, as [`Client::cancel`](super::Client::cancel) would.
+    /// A run that then ends as canceled gives [`TesterError::Canceled`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pgwake::workflow::{TesterError, WorkflowContext, WorkflowError, WorkflowTester, Workflows};
+    /// let workflows = Workflows::new().register("wait", |ctx: WorkflowContext, _: ()| async move {
+    ///     ctx.sleep(Duration::from_secs(3600)).await
+    /// });
+    /// let err = WorkflowTester::new(&workflows, "wait")
+    ///     .cancel_at(Duration::from_secs(60))
+    ///     .run::<()>(&())
+    ///     .unwrap_err();
+    /// assert!(matches!(err, TesterError::Canceled));
+    /// ```
+    pub fn cancel_at(mut self, at: Duration) -> Self {
+        self.cancel_at = Some(at);
+        self
+    }
+
+    /// The signals the last run sent to other instances
+    /// ([`signal_workflow`](super::WorkflowContext::signal_workflow)), as
+    /// `(instance_id, name, payload)`, in order. The tester reports each as
+    /// delivered.
+    ///
+    /// ```
+    /// use pgwake::workflow::{WorkflowContext, WorkflowError, WorkflowTester, Workflows};
+    /// let workflows = Workflows::new().register("notify", |ctx: WorkflowContext, _: ()| async move {
+    ///     ctx.signal_workflow("order-7", "paid", &true).await
+    /// });
+    /// let mut tester = WorkflowTester::new(&workflows, "notify");
+    /// tester.run::<()>(&())?;
+    /// assert_eq!(tester.sent_signals()[0].1, "paid");
+    /// # Ok::<(), pgwake::workflow::TesterError>(())
+    /// ```
+    pub fn sent_signals(&self) -> &[(String, String, Value)] {
+        &self.sent
+    }
+
+    /// How many executions the last run had: one, plus one per
+    /// [`continue_as_new`](super::WorkflowContext::continue_as_new).
+    ///
+    /// ```
+    /// use pgwake::workflow::{WorkflowContext, WorkflowError, WorkflowTester, Workflows};
+    /// let workflows = Workflows::new().register("count", |ctx: WorkflowContext, n: u32| async move {
+    ///     if n < 3 {
+    ///         ctx.continue_as_new(&(n + 1))?;
+    ///     }
+    ///     Ok::<_, WorkflowError>(n)
+    /// });
+    /// let mut tester = WorkflowTester::new(&workflows, "count");
+    /// assert_eq!(tester.run::<u32>(&0)?, 3);
+    /// assert_eq!(tester.executions(), 4);
+    /// # Ok::<(), pgwake::workflow::TesterError>(())
+    /// ```
+    pub fn executions(&self) -> usize {
+        self.executions
     }
 
     /// Gives up with [`TesterError::TaskLimit`] after `tasks` workflow tasks
@@ -372,6 +497,8 @@ impl WorkflowTester {
         self.history.clear();
         self.elapsed = Duration::ZERO;
         self.tasks = 0;
+        self.sent.clear();
+        self.executions = 1;
         let mut pending = vec![Pending {
             event_type: EventType::WorkflowExecutionStarted,
             schedule_event_id: 0,
@@ -379,6 +506,15 @@ impl WorkflowTester {
             written_at: self.now(),
             visible_at: None,
         }];
+        if let Some(at) = self.cancel_at {
+            pending.push(Pending {
+                event_type: EventType::WorkflowExecutionCanceled,
+                schedule_event_id: 0,
+                attributes: Value::Null,
+                written_at: self.start() + at,
+                visible_at: Some(self.start() + at),
+            });
+        }
         let mut signals = self.signals.clone();
         loop {
             if self.tasks == self.max_tasks {
@@ -411,6 +547,8 @@ impl WorkflowTester {
             let task = self.task(due);
             let decision = self.workflows.execute(&task)?;
             self.tasks += 1;
+            // As the store does: the task's start, then its events.
+            self.record(EventType::WorkflowTaskStarted, 0, Value::Null);
             self.history.extend(task.new_events);
             if let Some(outcome) = self.apply(decision, &mut pending)? {
                 return match outcome {
@@ -423,11 +561,26 @@ impl WorkflowTester {
                     WorkflowOutcome::Failed(stored) => {
                         Err(TesterError::Failed(WorkflowError::from_stored(&stored)))
                     }
-                    WorkflowOutcome::Canceled => {
-                        Err(TesterError::Unsupported("a cancellation".into()))
-                    }
-                    WorkflowOutcome::ContinueAsNew(_) => {
-                        Err(TesterError::Unsupported("continue-as-new".into()))
+                    WorkflowOutcome::Canceled => Err(TesterError::Canceled),
+                    WorkflowOutcome::ContinueAsNew(input) => {
+                        // A new execution, with a new history, from now.
+                        self.executions += 1;
+                        self.history.clear();
+                        pending.retain(|p| {
+                            p.event_type == EventType::WorkflowExecutionCanceled
+                                && p.visible_at.is_some_and(|at| at > self.now())
+                        });
+                        pending.insert(
+                            0,
+                            Pending {
+                                event_type: EventType::WorkflowExecutionStarted,
+                                schedule_event_id: 0,
+                                attributes: input,
+                                written_at: self.now(),
+                                visible_at: None,
+                            },
+                        );
+                        continue;
                     }
                 };
             }
@@ -443,7 +596,10 @@ impl WorkflowTester {
     /// let mut tester = WorkflowTester::new(&workflows, "noop");
     /// tester.run::<()>(&())?;
     /// let types: Vec<EventType> = tester.history().iter().map(|e| e.event_type).collect();
-    /// assert_eq!(types, [EventType::WorkflowExecutionStarted, EventType::WorkflowExecutionFinished]);
+    /// assert_eq!(
+    ///     types,
+    ///     [EventType::WorkflowTaskStarted, EventType::WorkflowExecutionStarted, EventType::WorkflowExecutionFinished]
+    /// );
     /// # Ok::<(), pgwake::workflow::TesterError>(())
     /// ```
     pub fn history(&self) -> &[Event] {
@@ -456,7 +612,7 @@ impl WorkflowTester {
     /// use std::time::Duration;
     /// use pgwake::workflow::{WorkflowContext, WorkflowError, WorkflowTester, Workflows};
     /// let workflows = Workflows::new().register("nap", |ctx: WorkflowContext, _: ()| async move {
-    ///     ctx.sleep(Duration::from_secs(24 * 3600)).await;
+    ///     ctx.sleep(Duration::from_secs(24 * 3600)).await?;
     ///     Ok::<_, WorkflowError>(())
     /// });
     /// let mut tester = WorkflowTester::new(&workflows, "nap");
@@ -532,7 +688,8 @@ impl WorkflowTester {
         let last_sequence_id = self.last_sequence_id();
         let new_events = due
             .into_iter()
-            .zip(last_sequence_id + 1..)
+            // After the WorkflowTaskStarted the store records first.
+            .zip(last_sequence_id + 2..)
             .map(|(p, sequence_id)| Event {
                 event_id: format!("tester-{sequence_id}"),
                 sequence_id,
@@ -547,7 +704,7 @@ impl WorkflowTester {
             row_id: 0,
             instance: InstanceRef {
                 instance_id: self.name.clone(),
-                execution_id: format!("{}-tester", self.name),
+                execution_id: format!("{}-tester-{}", self.name, self.executions),
             },
             queue: Queue::default(),
             metadata: Some(json!({ "workflow": self.name })),
@@ -566,14 +723,6 @@ impl WorkflowTester {
         decision: WorkflowCompletion,
         pending: &mut Vec<Pending>,
     ) -> Result<Option<WorkflowOutcome>, TesterError> {
-        if !decision.sub_workflows.is_empty() {
-            return Err(TesterError::Unsupported("sub-workflows".into()));
-        }
-        if !decision.signals.is_empty() || !decision.cancellations.is_empty() {
-            return Err(TesterError::Unsupported(
-                "signals or cancellations of other instances".into(),
-            ));
-        }
         let now = self.now();
         let queue = Queue::default();
         let mut answers = Vec::new();
@@ -602,10 +751,58 @@ impl WorkflowTester {
         for canceled in &decision.canceled_timers {
             self.record(EventType::TimerCanceled, *canceled, Value::Null);
         }
+        let mut children = Vec::new();
+        for sub in &decision.sub_workflows {
+            let name = sub
+                .instance
+                .metadata
+                .as_ref()
+                .and_then(|m| m["workflow"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            let Some(mock) = self.sub_mocks.get(&name) else {
+                return Err(TesterError::UnmockedSubWorkflow { name });
+            };
+            let answer = mock(sub.instance.input.clone());
+            let attributes = json!({
+                "instance_id": sub.instance.instance_id,
+                "queue": sub.instance.queue.as_str(),
+                "input": sub.instance.input,
+                "metadata": sub.instance.metadata,
+            });
+            let schedule = self.record(EventType::SubWorkflowScheduled, 0, attributes);
+            children.push((schedule, answer));
+        }
         for (event_type, value) in &decision.history_events {
             self.record(*event_type, 0, value.clone());
         }
+        // Every signal is reported delivered, as the store reports it.
+        let reports: Vec<Pending> = decision
+            .signals
+            .iter()
+            .map(|signal| {
+                self.sent.push((
+                    signal.instance_id.clone(),
+                    signal.name.clone(),
+                    signal.payload.clone(),
+                ));
+                Pending {
+                    event_type: EventType::SignalSent,
+                    schedule_event_id: 0,
+                    attributes: json!({
+                        "instance_id": signal.instance_id,
+                        "execution_id": "tester",
+                        "name": signal.name,
+                    }),
+                    written_at: now,
+                    visible_at: None,
+                }
+            })
+            .collect();
         if let Some(outcome) = decision.outcome {
+            for report in reports {
+                self.record(report.event_type, 0, report.attributes);
+            }
             let attributes = match &outcome {
                 WorkflowOutcome::Completed(result) => json!({ "result": result }),
                 WorkflowOutcome::Failed(error) => json!({ "error": error }),
@@ -615,6 +812,12 @@ impl WorkflowTester {
             let event_type = match outcome {
                 WorkflowOutcome::ContinueAsNew(_) => EventType::WorkflowExecutionContinuedAsNew,
                 _ => EventType::WorkflowExecutionFinished,
+            };
+            let attributes = match (&outcome, decision.continued_result) {
+                (WorkflowOutcome::ContinueAsNew(input), Some(result)) => {
+                    json!({ "input": input, "result": result })
+                }
+                _ => attributes,
             };
             self.record(event_type, 0, attributes);
             return Ok(Some(outcome));
@@ -634,11 +837,28 @@ impl WorkflowTester {
                 visible_at: Some(now + timer.delay),
             });
         }
+        pending.extend(reports);
         for (schedule, answer) in answers {
             let (event_type, attributes) = match answer {
                 Ok(result) => (EventType::ActivityCompleted, json!({ "result": result })),
                 Err(error) => (
                     EventType::ActivityFailed,
+                    json!({ "error": error.to_stored() }),
+                ),
+            };
+            pending.push(Pending {
+                event_type,
+                schedule_event_id: schedule,
+                attributes,
+                written_at: now,
+                visible_at: None,
+            });
+        }
+        for (schedule, answer) in children {
+            let (event_type, attributes) = match answer {
+                Ok(result) => (EventType::SubWorkflowCompleted, json!({ "result": result })),
+                Err(error) => (
+                    EventType::SubWorkflowFailed,
                     json!({ "error": error.to_stored() }),
                 ),
             };

@@ -35,15 +35,16 @@ async fn render(store: &Store) -> Result<String, String> {
     let mut out = String::new();
     let stats = store.stats().await.map_err(|e| e.to_string())?;
     out.push_str(&format!(
-        "{:<24} {:>8} {:>10} {:>8} {:>8} {:>8}\n",
-        "queue", "active", "claimable", "ready", "running", "later"
+        "{:<24} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8}\n",
+        "queue", "active", "claimable", "failing", "ready", "running", "later"
     ));
     for q in &stats {
         out.push_str(&format!(
-            "{:<24} {:>8} {:>10} {:>8} {:>8} {:>8}\n",
+            "{:<24} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8}\n",
             q.queue,
             q.active_instances,
             q.claimable_workflow_tasks,
+            q.failing_workflow_tasks,
             q.ready_activities,
             q.running_activities,
             q.scheduled_later

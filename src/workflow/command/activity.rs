@@ -81,7 +81,8 @@ impl ActivityCommand {
         Ok(())
     }
 
-    /// Its `ActivityCompleted` or `ActivityFailed` arrived.
+    /// Its `ActivityCompleted` or `ActivityFailed` arrived. One the
+    /// workflow stopped waiting for (canceled) keeps its canceled result.
     pub(crate) fn resolve(
         &mut self,
         result: Result<Value, ActivityError>,
@@ -90,8 +91,23 @@ impl ActivityCommand {
             return Err(invalid("activity", "an activity result", self.state));
         }
         self.state = State::Done;
-        self.result = Some(result);
+        self.result.get_or_insert(result);
         Ok(())
+    }
+
+    /// The workflow was canceled: its future gives a canceled error now.
+    /// One never scheduled is dropped; a scheduled one runs on (an activity
+    /// cannot be called back), and its answer, when it comes, is ignored.
+    pub(crate) fn cancel(&mut self) {
+        let canceled = || Err(ActivityError::canceled("the workflow was canceled"));
+        match self.state {
+            State::Pending => {
+                self.state = State::Canceled;
+                self.result = Some(canceled());
+            }
+            State::Committed if self.result.is_none() => self.result = Some(canceled()),
+            _ => {}
+        }
     }
 
     pub(crate) fn result(&self) -> Option<&Result<Value, ActivityError>> {
@@ -145,6 +161,44 @@ mod tests {
         let mut command = charge();
         let err = command.resolve(Ok(json!(1))).unwrap_err();
         assert_eq!(err.state, State::Pending);
+    }
+
+    #[test]
+    fn canceling_drops_an_unscheduled_one_and_outlives_a_scheduled_ones_answer() {
+        let mut dropped = charge();
+        dropped.cancel();
+        assert_eq!(dropped.state(), State::Canceled);
+        assert!(dropped
+            .result()
+            .unwrap()
+            .as_ref()
+            .unwrap_err()
+            .is_canceled());
+        assert!(dropped.commit(4).is_err());
+
+        let mut running = charge();
+        running.commit(4).unwrap();
+        running.cancel();
+        assert!(running
+            .result()
+            .unwrap()
+            .as_ref()
+            .unwrap_err()
+            .is_canceled());
+        running.resolve(Ok(json!("late"))).unwrap();
+        assert_eq!(running.state(), State::Done);
+        assert!(running
+            .result()
+            .unwrap()
+            .as_ref()
+            .unwrap_err()
+            .is_canceled());
+
+        let mut done = charge();
+        done.commit(4).unwrap();
+        done.resolve(Ok(json!(1))).unwrap();
+        done.cancel();
+        assert_eq!(done.result(), Some(&Ok(json!(1))));
     }
 
     #[test]

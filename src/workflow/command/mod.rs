@@ -2,15 +2,19 @@
 //! `internal/command`: the code creates a command (`Pending`), replay or
 //! the store's numbering commits it to its scheduling event
 //! (`Committed`), and its answer from the history finishes it (`Done`).
-//! A timer may also be canceled. Each machine refuses a transition its
+//! A timer, an activity or a sub-workflow may also be canceled. Each machine refuses a transition its
 //! state does not allow, which the executor reports as a broken history.
 
 mod activity;
 mod side_effect;
+mod signal;
+mod sub_workflow;
 mod timer;
 
 pub(crate) use activity::{ActivityCommand, Retry};
 pub(crate) use side_effect::SideEffectCommand;
+pub(crate) use signal::SignalCommand;
+pub(crate) use sub_workflow::SubWorkflowCommand;
 pub(crate) use timer::TimerCommand;
 
 /// Where a command stands.

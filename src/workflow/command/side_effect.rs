@@ -61,6 +61,15 @@ impl SideEffectCommand {
         if self.state != State::Pending {
             return Err(invalid("side effect", "SideEffectResult", self.state));
         }
+        // Computed live by a run kept in memory, whose decision another
+        // run's replaced: the code saw a value the history does not hold.
+        if self.value.as_ref().is_some_and(|value| *value != recorded) {
+            return Err(invalid(
+                "side effect",
+                "a different SideEffectResult",
+                self.state,
+            ));
+        }
         self.compute = None;
         self.value = Some(recorded);
         self.state = State::Done;

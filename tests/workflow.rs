@@ -628,3 +628,58 @@ async fn a_standalone_client_starts_and_awaits_a_workflow_run_by_another_runtime
     ));
     runtime.shutdown(Duration::from_secs(5)).await;
 }
+
+#[actix_rt::test]
+async fn an_attempt_past_its_start_to_close_timeout_fails_as_timeout_and_is_retried() {
+    let database = fresh_database().await.unwrap();
+    let activities =
+        Activities::new().register("slow_once", |ctx: ActivityContext, _: ()| async move {
+            assert_eq!(
+                ctx.start_to_close_timeout(),
+                Some(Duration::from_millis(300))
+            );
+            if ctx.attempt() == 1 {
+                // Far longer than the timeout: the worker stops waiting.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            Ok::<_, ActivityError>(ctx.attempt())
+        });
+    let workflows = Workflows::new()
+        .register("patient", |ctx: WorkflowContext, _: ()| async move {
+            let options = pgwake::workflow::ActivityOptions::default()
+                .start_to_close_timeout(Duration::from_millis(300))
+                .retry(
+                    pgwake::workflow::RetryPolicy::default()
+                        .max_attempts(2)
+                        .first_interval(Duration::from_millis(10)),
+                );
+            let attempt: u32 = ctx.activity_with("slow_once", &(), options).await?;
+            Ok::<_, WorkflowError>(attempt)
+        })
+        .register("impatient", |ctx: WorkflowContext, _: ()| async move {
+            let options = pgwake::workflow::ActivityOptions::default()
+                .start_to_close_timeout(Duration::from_millis(300));
+            match ctx.activity_with::<u32>("slow_once", &(), options).await {
+                Err(err) => Ok::<_, WorkflowError>(format!("{}: {}", err.kind(), err.message())),
+                Ok(attempt) => Ok(format!("finished on attempt {attempt}")),
+            }
+        });
+    let runtime = start(database.url(), &workflows, &activities).await;
+    let client = Client::new(runtime.store().clone());
+    client
+        .start("patient", "patient-1", &(), StartOptions::default())
+        .await
+        .unwrap();
+    client
+        .start("impatient", "impatient-1", &(), StartOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(client.result::<u32>("patient-1", WAIT).await.unwrap(), 2);
+    let failure: String = client.result("impatient-1", WAIT).await.unwrap();
+    assert!(failure.starts_with("timeout: "), "{failure}");
+    assert!(
+        failure.contains("start-to-close timeout of 300ms"),
+        "{failure}"
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}

@@ -75,6 +75,9 @@ pub struct ActivityOptions {
     pub queue: Option<Queue>,
     /// How a failed attempt is retried (by default it is not).
     pub retry: RetryPolicy,
+    /// How long each attempt may run once a worker started it; `None` for
+    /// no limit (the lease still guards against a lost worker).
+    pub start_to_close_timeout: Option<Duration>,
 }
 
 impl ActivityOptions {
@@ -101,6 +104,21 @@ impl ActivityOptions {
     /// ```
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Fails an attempt that runs longer than `timeout` with an error of
+    /// kind `"timeout"` (retryable: the [`RetryPolicy`] decides). The
+    /// worker stops waiting for the handler and drops its future.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = pgwake::workflow::ActivityOptions::default()
+    ///     .start_to_close_timeout(Duration::from_secs(30));
+    /// assert_eq!(options.start_to_close_timeout, Some(Duration::from_secs(30)));
+    /// ```
+    pub fn start_to_close_timeout(mut self, timeout: Duration) -> Self {
+        self.start_to_close_timeout = Some(timeout);
         self
     }
 }
@@ -163,7 +181,8 @@ impl WorkflowContext {
         let kind = match serde_json::to_value(input) {
             Ok(input) => {
                 let command = ActivityCommand::new(name.to_string(), input, options.queue)
-                    .with_retry(options.retry);
+                    .with_retry(options.retry)
+                    .with_timeout(options.start_to_close_timeout);
                 ActivityKind::Scheduled(self.state.borrow_mut().add_activity(command))
             }
             Err(err) => ActivityKind::Failed(
@@ -594,7 +613,7 @@ impl<O> SubWorkflow<O> {
     /// ```
     pub fn cancel(&self) {
         if let SubWorkflowKind::Started(index) = self.kind {
-            self.state.borrow_mut().sub_workflows[index].cancel();
+            self.state.borrow_mut().cancel_sub_workflow(index);
         }
     }
 
@@ -802,7 +821,7 @@ impl Timer {
     /// }
     /// ```
     pub fn cancel(&self) {
-        self.state.borrow_mut().timers[self.index].cancel();
+        self.state.borrow_mut().cancel_timer(self.index);
     }
 }
 

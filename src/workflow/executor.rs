@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use super::context::WorkflowContext;
 use super::error::{ReplayError, WorkflowError};
-use super::retry::input_for_attempt;
+use super::retry::Attempt;
 use super::state::{Applied, ReplayState};
 use crate::store::{EventType, NewInstance, WorkflowCompletion, WorkflowOutcome, WorkflowTask};
 
@@ -283,38 +283,31 @@ impl ExecutionCache {
 /// Sub-workflows, signals and cancellation requests go out either way:
 /// they concern other instances.
 fn completion(state: &ReplayState, task: &WorkflowTask, ends: bool) -> WorkflowCompletion {
-    use super::command::State;
+    // Only what the history does not hold yet is looked at: a step costs
+    // the same with 10 commands behind it as with 10,000.
     let mut decision = WorkflowCompletion::default();
-    let goes_on = !ends;
-    for activity in state
-        .activities
-        .iter()
-        .filter(|a| goes_on && a.state() == State::Pending)
-    {
-        decision = decision.schedule_activity(
-            &activity.name,
-            input_for_attempt(activity.input.clone(), activity.attempt),
-            activity.queue.clone(),
-        );
-    }
-    for timer in state
-        .timers
-        .iter()
-        .filter(|t| goes_on && t.state() == State::Pending)
-    {
-        decision = decision.start_timer(timer.delay, json!(null));
+    if !ends {
+        for activity in state.unrecorded_activities() {
+            decision = decision.schedule_activity(
+                &activity.name,
+                Attempt {
+                    input: activity.input.clone(),
+                    number: activity.attempt,
+                    timeout: activity.timeout,
+                }
+                .scheduled_input(),
+                activity.queue.clone(),
+            );
+        }
+        for timer in state.unrecorded_timers() {
+            decision = decision.start_timer(timer.delay, json!(null));
+        }
     }
     decision.canceled_timers = state
-        .timers
-        .iter()
-        .filter(|t| t.owes_cancel())
+        .owed_timer_cancels()
         .filter_map(|t| t.schedule_event_id())
         .collect();
-    for sub in state
-        .sub_workflows
-        .iter()
-        .filter(|s| s.state() == State::Pending)
-    {
+    for sub in state.unrecorded_sub_workflows() {
         let queue = sub.queue.clone().unwrap_or_else(|| task.queue.clone());
         let child = NewInstance::new(sub.instance_id.clone(), queue)
             .with_input(sub.input.clone())
@@ -322,13 +315,10 @@ fn completion(state: &ReplayState, task: &WorkflowTask, ends: bool) -> WorkflowC
         decision = decision.start_sub_workflow(child);
     }
     decision.history_events = state
-        .side_effects
-        .iter()
-        .filter(|s| s.state() == State::Pending)
-        .filter_map(|s| s.value().cloned())
-        .map(|value| (EventType::SideEffectResult, value))
+        .unrecorded_side_effects()
+        .map(|value| (EventType::SideEffectResult, value.clone()))
         .collect();
-    for sub in state.sub_workflows.iter().filter(|s| s.owes_cancel()) {
+    for sub in state.owed_sub_workflow_cancels() {
         decision = decision.cancel(&sub.instance_id);
         decision.history_events.push((
             EventType::SubWorkflowCancellationRequested,
@@ -343,15 +333,12 @@ fn completion(state: &ReplayState, task: &WorkflowTask, ends: bool) -> WorkflowC
             .history_events
             .push((EventType::Patched, json!({ "change_id": change_id })));
     }
-    for signal in state
-        .sent_signals
-        .iter()
-        .filter(|s| s.state() == State::Pending)
-    {
+    for signal in state.unreported_signals() {
         decision = decision.signal(&signal.instance_id, &signal.name, signal.payload.clone());
     }
     decision
 }
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};

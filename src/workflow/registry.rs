@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
@@ -16,7 +17,7 @@ use serde_json::Value;
 use super::context::WorkflowContext;
 use super::error::{ActivityError, ReplayError, StoredText, WorkflowError};
 use super::executor::{self, Execution, ExecutionCache, WorkflowFn};
-use super::retry::attempt_and_input;
+use super::retry::Attempt;
 use crate::runtime::{ActivityWorker, WorkflowWorker};
 use crate::store::{ActivityTask, InstanceRef, WorkflowCompletion, WorkflowTask};
 
@@ -379,19 +380,34 @@ pub struct ActivityContext {
     activity_id: String,
     instance: InstanceRef,
     attempt: u32,
+    timeout: Option<Duration>,
 }
 
 impl ActivityContext {
     /// The context of `task`, and the activity's own input (the attempt's
     /// number travels with the scheduled input; a plain input is attempt 1).
     fn of_task(task: &ActivityTask) -> (Self, Value) {
-        let (attempt, input) = attempt_and_input(task.input.clone());
+        let scheduled = Attempt::from_scheduled(task.input.clone());
         let ctx = Self {
             activity_id: task.activity_id.clone(),
             instance: task.instance.clone(),
-            attempt,
+            attempt: scheduled.number,
+            timeout: scheduled.timeout,
         };
-        (ctx, input)
+        (ctx, scheduled.input)
+    }
+
+    /// How long this attempt may run
+    /// ([`ActivityOptions::start_to_close_timeout`](super::ActivityOptions::start_to_close_timeout)),
+    /// if the workflow set a limit: past it, the worker stops waiting for
+    /// the handler (dropping its future) and records a failure of kind
+    /// `"timeout"`.
+    ///
+    /// ```
+    /// fn budget(ctx: &pgwake::workflow::ActivityContext) -> Option<std::time::Duration> { ctx.start_to_close_timeout() }
+    /// ```
+    pub fn start_to_close_timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// Which attempt this is: 1, then 2, 3 ... when the workflow's
@@ -543,6 +559,7 @@ impl Activities {
         let activities = self.clone();
         ActivityWorker::new(queues, move |task: ActivityTask| {
             let (ctx, input) = ActivityContext::of_task(&task);
+            let timeout = ctx.timeout;
             let run = match activities.registered.get(&task.name) {
                 Some(activity) => activity(ctx, input),
                 None => {
@@ -554,7 +571,23 @@ impl Activities {
                     futures::future::ready(Err(err)).boxed_local()
                 }
             };
-            run.map(|result| result.map_err(|err| StoredText(err.to_stored())))
+            let name = task.name.clone();
+            async move {
+                let result = match timeout {
+                    None => run.await,
+                    Some(limit) => match tokio::time::timeout(limit, run).await {
+                        Ok(result) => result,
+                        Err(_) => Err(ActivityError::new(
+                            "timeout",
+                            format!(
+                                "activity {name:?} did not finish within its start-to-close \
+                                 timeout of {limit:?}"
+                            ),
+                        )),
+                    },
+                };
+                result.map_err(|err| StoredText(err.to_stored()))
+            }
         })
     }
 }
@@ -567,7 +600,6 @@ mod tests {
 
     use super::*;
     use crate::store::{Lease, Queue, WorkerId};
-    use crate::workflow::retry::input_for_attempt;
 
     fn task(input: Value) -> ActivityTask {
         ActivityTask {
@@ -588,7 +620,13 @@ mod tests {
 
     #[test]
     fn the_activity_sees_the_attempt_scheduled_and_its_own_input() {
-        let (ctx, input) = ActivityContext::of_task(&task(input_for_attempt(json!(500), 3)));
+        let scheduled = Attempt {
+            input: json!(500),
+            number: 3,
+            timeout: Some(Duration::from_secs(9)),
+        };
+        let (ctx, input) = ActivityContext::of_task(&task(scheduled.scheduled_input()));
+        assert_eq!(ctx.start_to_close_timeout(), Some(Duration::from_secs(9)));
         assert_eq!(ctx.attempt(), 3);
         assert_eq!(input, json!(500));
     }

@@ -15,10 +15,13 @@ use super::error::ActivityError;
 
 /// The key under which the input of an attempt after the first carries its
 /// number (`{"pgwake_attempt": 2, "input": <the input>}`). The first
-/// attempt's input is stored as it is, so histories written before retries
-/// existed, and activities scheduled through the decider layer, read as
-/// attempt 1.
+/// attempt's input is stored as it is (unless it has a timeout), so
+/// histories written before retries existed, and activities scheduled
+/// through the decider layer, read as attempt 1.
 const ATTEMPT_KEY: &str = "pgwake_attempt";
+/// The key under which an attempt carries its start-to-close timeout, in
+/// milliseconds (`{"pgwake_timeout_ms": 30000, "input": ...}`).
+const TIMEOUT_KEY: &str = "pgwake_timeout_ms";
 
 /// How an activity is retried ([`ActivityOptions::retry`](super::ActivityOptions::retry)).
 ///
@@ -161,34 +164,76 @@ impl RetryPolicy {
     }
 }
 
-/// The input scheduled for attempt `attempt` of an activity taking `input`.
-pub(crate) fn input_for_attempt(input: Value, attempt: u32) -> Value {
-    if attempt <= 1 {
-        input
-    } else {
-        json!({ ATTEMPT_KEY: attempt, "input": input })
-    }
+/// What an attempt of an activity is scheduled with: its input, its
+/// number, and the start-to-close timeout of each attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Attempt {
+    pub(crate) input: Value,
+    pub(crate) number: u32,
+    pub(crate) timeout: Option<Duration>,
 }
 
-/// The attempt's number and the activity's own input, from a scheduled
-/// input ([`input_for_attempt`]); a plain input is attempt 1.
-pub(crate) fn attempt_and_input(scheduled: Value) -> (u32, Value) {
-    match scheduled {
-        Value::Object(mut fields) if is_attempt_wrapper(&fields) => {
-            let attempt = fields[ATTEMPT_KEY]
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(1);
-            (attempt, fields.remove("input").unwrap_or(Value::Null))
+impl Attempt {
+    /// The input stored in `ActivityScheduled`: the activity's own input
+    /// for a first attempt without a timeout, else wrapped with what the
+    /// worker needs to know.
+    pub(crate) fn scheduled_input(&self) -> Value {
+        if self.number <= 1 && self.timeout.is_none() {
+            return self.input.clone();
         }
-        other => (1, other),
+        let mut fields = Map::new();
+        if self.number > 1 {
+            fields.insert(ATTEMPT_KEY.into(), json!(self.number));
+        }
+        if let Some(timeout) = self.timeout {
+            let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            fields.insert(TIMEOUT_KEY.into(), json!(ms));
+        }
+        fields.insert("input".into(), self.input.clone());
+        Value::Object(fields)
+    }
+
+    /// Reads a scheduled input back ([`scheduled_input`](Self::scheduled_input));
+    /// a plain input is attempt 1 without a timeout.
+    pub(crate) fn from_scheduled(scheduled: Value) -> Self {
+        match scheduled {
+            Value::Object(mut fields) if is_wrapper(&fields) => {
+                let number = fields
+                    .get(ATTEMPT_KEY)
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(1);
+                let timeout = fields
+                    .get(TIMEOUT_KEY)
+                    .and_then(Value::as_u64)
+                    .map(Duration::from_millis);
+                Self {
+                    input: fields.remove("input").unwrap_or(Value::Null),
+                    number,
+                    timeout,
+                }
+            }
+            input => Self {
+                input,
+                number: 1,
+                timeout: None,
+            },
+        }
     }
 }
 
-fn is_attempt_wrapper(fields: &Map<String, Value>) -> bool {
-    fields.len() == 2
+/// Whether `fields` is a wrapper [`Attempt::scheduled_input`] wrote: the
+/// input and at least one of pgwake's keys, each of the right type, and
+/// nothing else.
+fn is_wrapper(fields: &Map<String, Value>) -> bool {
+    let known = fields
+        .keys()
+        .all(|key| key == "input" || key == ATTEMPT_KEY || key == TIMEOUT_KEY);
+    known
+        && fields.len() >= 2
         && fields.contains_key("input")
-        && fields.get(ATTEMPT_KEY).is_some_and(Value::is_u64)
+        && fields.get(ATTEMPT_KEY).is_none_or(Value::is_u64)
+        && fields.get(TIMEOUT_KEY).is_none_or(Value::is_u64)
 }
 
 #[cfg(test)]
@@ -223,13 +268,26 @@ mod tests {
     #[test]
     fn the_attempt_round_trips_through_the_input_and_a_plain_input_is_attempt_one() {
         let input = json!({"cents": 500});
-        assert_eq!(input_for_attempt(input.clone(), 1), input);
-        assert_eq!(
-            attempt_and_input(input_for_attempt(input.clone(), 3)),
-            (3, input.clone())
-        );
-        assert_eq!(attempt_and_input(input.clone()), (1, input));
-        let lookalike = json!({"pgwake_attempt": "x", "input": 1});
-        assert_eq!(attempt_and_input(lookalike.clone()), (1, lookalike));
+        let attempt = |number, timeout| Attempt {
+            input: input.clone(),
+            number,
+            timeout,
+        };
+        assert_eq!(attempt(1, None).scheduled_input(), input);
+        for sent in [
+            attempt(3, None),
+            attempt(1, Some(Duration::from_secs(30))),
+            attempt(2, Some(Duration::from_millis(1500))),
+        ] {
+            assert_eq!(Attempt::from_scheduled(sent.scheduled_input()), sent);
+        }
+        assert_eq!(Attempt::from_scheduled(input.clone()), attempt(1, None));
+        for lookalike in [
+            json!({"pgwake_attempt": "x", "input": 1}),
+            json!({"pgwake_timeout_ms": 5, "input": 1, "other": 2}),
+            json!({"input": 1}),
+        ] {
+            assert_eq!(Attempt::from_scheduled(lookalike.clone()).input, lookalike);
+        }
     }
 }

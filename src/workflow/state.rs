@@ -79,6 +79,15 @@ pub(crate) struct ReplayState {
     /// The running backoff timers of retried activities: timer index to
     /// the index of the attempt that failed.
     retry_timers: HashMap<usize, usize>,
+    /// Commands by the sequence id of their scheduling event, so that an
+    /// answer finds its command in constant time.
+    activity_by_schedule: HashMap<i64, usize>,
+    timer_by_schedule: HashMap<i64, usize>,
+    sub_workflow_by_schedule: HashMap<i64, usize>,
+    /// The timers and sub-workflows whose cancellation the code asked for
+    /// once they were scheduled (each once), in order.
+    timer_cancels: Vec<usize>,
+    sub_workflow_cancels: Vec<usize>,
     /// The first non-determinism found while the code ran (it cannot be
     /// returned to the code), reported by the executor after the poll.
     pub(crate) error: Option<ReplayError>,
@@ -118,6 +127,11 @@ impl ReplayState {
             patch_answers: HashMap::new(),
             new_patches: Vec::new(),
             retry_timers: HashMap::new(),
+            activity_by_schedule: HashMap::new(),
+            timer_by_schedule: HashMap::new(),
+            sub_workflow_by_schedule: HashMap::new(),
+            timer_cancels: Vec::new(),
+            sub_workflow_cancels: Vec::new(),
             error: None,
             wakers: Vec::new(),
         }
@@ -291,15 +305,81 @@ impl ReplayState {
         if std::mem::replace(&mut self.canceled, true) {
             return;
         }
-        for timer in &mut self.timers {
-            timer.cancel();
+        for index in 0..self.timers.len() {
+            self.cancel_timer(index);
         }
         for activity in &mut self.activities {
             activity.cancel();
         }
-        for sub in &mut self.sub_workflows {
-            sub.cancel();
+        for index in 0..self.sub_workflows.len() {
+            self.cancel_sub_workflow(index);
         }
+    }
+
+    /// The code cancels the timer at `index`.
+    pub(crate) fn cancel_timer(&mut self, index: usize) {
+        if self.timers[index].cancel() {
+            self.timer_cancels.push(index);
+        }
+    }
+
+    /// The code cancels the sub-workflow at `index`.
+    pub(crate) fn cancel_sub_workflow(&mut self, index: usize) {
+        if self.sub_workflows[index].cancel() {
+            self.sub_workflow_cancels.push(index);
+        }
+    }
+
+    /// The activities the code created that the history does not hold yet.
+    pub(crate) fn unrecorded_activities(&self) -> impl Iterator<Item = &ActivityCommand> {
+        self.activities[self.activity_cursor..]
+            .iter()
+            .filter(|a| a.state() == State::Pending)
+    }
+
+    /// The timers the code started that the history does not hold yet.
+    pub(crate) fn unrecorded_timers(&self) -> impl Iterator<Item = &TimerCommand> {
+        self.timers[self.timer_cursor..]
+            .iter()
+            .filter(|t| t.state() == State::Pending)
+    }
+
+    /// The sub-workflows the code started that the history does not hold yet.
+    pub(crate) fn unrecorded_sub_workflows(&self) -> impl Iterator<Item = &SubWorkflowCommand> {
+        self.sub_workflows[self.sub_workflow_cursor..]
+            .iter()
+            .filter(|s| s.state() == State::Pending)
+    }
+
+    /// The side effects computed live that the history does not hold yet.
+    pub(crate) fn unrecorded_side_effects(&self) -> impl Iterator<Item = &Value> {
+        self.side_effects[self.side_effects_matched..]
+            .iter()
+            .filter(|s| s.state() == State::Pending)
+            .filter_map(SideEffectCommand::value)
+    }
+
+    /// The signals the code sent that no report answered yet.
+    pub(crate) fn unreported_signals(&self) -> impl Iterator<Item = &SignalCommand> {
+        self.sent_signals[self.sent_signals_reported..]
+            .iter()
+            .filter(|s| s.state() == State::Pending)
+    }
+
+    /// The timers whose cancellation is owed to the history.
+    pub(crate) fn owed_timer_cancels(&self) -> impl Iterator<Item = &TimerCommand> {
+        self.timer_cancels
+            .iter()
+            .map(|&index| &self.timers[index])
+            .filter(|t| t.owes_cancel())
+    }
+
+    /// The sub-workflows whose cancel request is owed to the history.
+    pub(crate) fn owed_sub_workflow_cancels(&self) -> impl Iterator<Item = &SubWorkflowCommand> {
+        self.sub_workflow_cancels
+            .iter()
+            .map(|&index| &self.sub_workflows[index])
+            .filter(|s| s.owes_cancel())
     }
 
     /// Applies one history or new event.
@@ -341,12 +421,7 @@ impl ReplayState {
                         &event.attributes["error"],
                     )))
                 };
-                let schedule = event.schedule_event_id;
-                let Some(index) = self
-                    .activities
-                    .iter()
-                    .position(|c| c.schedule_event_id() == Some(schedule))
-                else {
+                let Some(&index) = self.activity_by_schedule.get(&event.schedule_event_id) else {
                     return Err(self.unanswerable(event));
                 };
                 let command = &mut self.activities[index];
@@ -374,12 +449,7 @@ impl ReplayState {
                 self.match_timers()?;
             }
             T::TimerFired => {
-                let schedule = event.schedule_event_id;
-                let Some(index) = self
-                    .timers
-                    .iter()
-                    .position(|c| c.schedule_event_id() == Some(schedule))
-                else {
+                let Some(&index) = self.timer_by_schedule.get(&event.schedule_event_id) else {
                     return Err(self.unanswerable(event));
                 };
                 self.timers[index].fire().map_err(inconsistent)?;
@@ -394,9 +464,9 @@ impl ReplayState {
             T::TimerCanceled => {
                 let schedule = event.schedule_event_id;
                 let command = self
-                    .timers
-                    .iter_mut()
-                    .find(|c| c.schedule_event_id() == Some(schedule));
+                    .timer_by_schedule
+                    .get(&schedule)
+                    .map(|&index| &mut self.timers[index]);
                 let canceled = command.map(TimerCommand::commit_cancel);
                 if !matches!(canceled, Some(Ok(()))) {
                     return Err(ReplayError::NonDeterminism {
@@ -446,24 +516,22 @@ impl ReplayState {
                         WorkflowError::from_stored(&stored)
                     })
                 };
-                let schedule = event.schedule_event_id;
-                let Some(command) = self
-                    .sub_workflows
-                    .iter_mut()
-                    .find(|c| c.schedule_event_id() == Some(schedule))
+                let Some(&index) = self.sub_workflow_by_schedule.get(&event.schedule_event_id)
                 else {
                     return Err(self.unanswerable(event));
                 };
-                command.resolve(result).map_err(inconsistent)?;
+                self.sub_workflows[index]
+                    .resolve(result)
+                    .map_err(inconsistent)?;
             }
             T::SubWorkflowCancellationRequested => {
                 let schedule = event.attributes["schedule_event_id"]
                     .as_i64()
                     .unwrap_or_default();
                 let command = self
-                    .sub_workflows
-                    .iter_mut()
-                    .find(|c| c.schedule_event_id() == Some(schedule));
+                    .sub_workflow_by_schedule
+                    .get(&schedule)
+                    .map(|&index| &mut self.sub_workflows[index]);
                 if !matches!(command.map(SubWorkflowCommand::commit_cancel), Some(Ok(()))) {
                     return Err(ReplayError::NonDeterminism {
                         sequence_id: event.sequence_id,
@@ -548,6 +616,8 @@ impl ReplayState {
                 });
             }
             command.commit(*sequence_id).map_err(inconsistent)?;
+            self.activity_by_schedule
+                .insert(*sequence_id, self.activity_cursor - 1);
             self.activities_matched += 1;
         }
         Ok(())
@@ -562,9 +632,10 @@ impl ReplayState {
             if command.state() == State::Canceled && command.schedule_event_id().is_none() {
                 continue;
             }
-            command
-                .commit(self.timer_events[self.timers_matched])
-                .map_err(inconsistent)?;
+            let sequence_id = self.timer_events[self.timers_matched];
+            command.commit(sequence_id).map_err(inconsistent)?;
+            self.timer_by_schedule
+                .insert(sequence_id, self.timer_cursor - 1);
             self.timers_matched += 1;
         }
         Ok(())
@@ -603,6 +674,8 @@ impl ReplayState {
                 });
             }
             command.commit(*sequence_id).map_err(inconsistent)?;
+            self.sub_workflow_by_schedule
+                .insert(*sequence_id, self.sub_workflow_cursor - 1);
             self.sub_workflows_matched += 1;
         }
         Ok(())

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::error::{ActivityError, ReplayError, WorkflowError};
 use super::registry::Workflows;
-use super::retry::attempt_and_input;
+use super::retry::Attempt;
 use crate::store::{
     Event, EventType, InstanceRef, Lease, Queue, WorkerId, WorkflowCompletion, WorkflowOutcome,
     WorkflowTask,
@@ -735,7 +735,11 @@ impl WorkflowTester {
             let queue = activity.queue.as_ref().unwrap_or(&queue);
             let attributes =
                 json!({ "name": activity.name, "input": activity.input, "queue": queue.as_str() });
-            let (attempt, input) = attempt_and_input(activity.input.clone());
+            let Attempt {
+                input,
+                number: attempt,
+                ..
+            } = Attempt::from_scheduled(activity.input.clone());
             let answer = mock(input, attempt);
             let schedule = self.record(EventType::ActivityScheduled, 0, attributes);
             answers.push((schedule, answer));

@@ -1,5 +1,7 @@
 //! Scheduling an activity and receiving its result.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use super::{invalid, InvalidTransition, State};
@@ -23,6 +25,8 @@ pub(crate) struct ActivityCommand {
     pub(crate) input: Value,
     pub(crate) queue: Option<Queue>,
     pub(crate) retry: RetryPolicy,
+    /// How long each attempt may run once started.
+    pub(crate) timeout: Option<Duration>,
     /// Which attempt this is (1, 2, ...).
     pub(crate) attempt: u32,
     /// Set when this attempt failed and is retried: the workflow reads the
@@ -40,6 +44,7 @@ impl ActivityCommand {
             input,
             queue,
             retry: RetryPolicy::default(),
+            timeout: None,
             attempt: 1,
             retried: None,
             state: State::Pending,
@@ -54,11 +59,18 @@ impl ActivityCommand {
         self
     }
 
+    /// The same command with a start-to-close timeout for each attempt.
+    pub(crate) fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// The command of the attempt after this one: same name, input,
     /// queue and policy.
     pub(crate) fn next_attempt(&self) -> Self {
         let mut next = Self::new(self.name.clone(), self.input.clone(), self.queue.clone())
-            .with_retry(self.retry.clone());
+            .with_retry(self.retry.clone())
+            .with_timeout(self.timeout);
         next.attempt = self.attempt + 1;
         next
     }

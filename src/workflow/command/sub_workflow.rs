@@ -85,18 +85,21 @@ impl SubWorkflowCommand {
     /// future gives a canceled error); a running one is owed a cancel
     /// request, and its future still waits for the child's end, which the
     /// child decides (it may clean up, or even complete).
-    pub(crate) fn cancel(&mut self) {
+    /// Returns whether a cancel request is now owed.
+    pub(crate) fn cancel(&mut self) -> bool {
         match self.state {
             State::Pending => {
                 self.state = State::Canceled;
                 self.result = Some(Err(WorkflowError::canceled(
                     "the sub-workflow was canceled before it started",
                 )));
+                false
             }
             State::Committed if self.cancel == CancelRequest::None => {
                 self.cancel = CancelRequest::Owed;
+                true
             }
-            _ => {}
+            _ => false,
         }
     }
 

@@ -125,3 +125,33 @@ fn recovery_writes_both_outage_figures() {
         &["killed_listener_ms", "server_restart_ms"],
     );
 }
+
+#[test]
+fn workflow_writes_the_rate_step_percentiles_and_replay_costs() {
+    let results = bench(&["workflow", "--workflows", "20", "--replay-seconds", "0.05"]);
+    assert_numbers(&results, "results", &["workflows_per_sec"]);
+    assert!(
+        results["workflows_per_sec"].as_f64().unwrap() > 0.0,
+        "{results}"
+    );
+    assert_numbers(&results["step"], "step", &["p50_ms", "p99_ms"]);
+    assert!(
+        results["step"]["p50_ms"].as_f64() <= results["step"]["p99_ms"].as_f64(),
+        "{results}"
+    );
+    let replay = &results["replay"];
+    assert_numbers(replay, "replay", &["uncached_ms_per_task_1000"]);
+    assert!(
+        replay["uncached_ms_per_task_1000"].as_f64().unwrap() > 0.0,
+        "{results}"
+    );
+    // No cached executor yet: its figures are written, as null.
+    for key in ["cached_ms_per_task_10", "cached_ms_per_task_1000"] {
+        assert!(
+            replay
+                .get(key)
+                .is_some_and(|v| v.is_null() || v.is_number()),
+            "replay.{key} is missing in {results}"
+        );
+    }
+}

@@ -41,7 +41,7 @@ enum Command {
     Start(start::StartArgs),
     /// Per-queue figures, listener connections and the notification queue.
     Stats(stats::StatsArgs),
-    /// Measure latency, throughput, idle load, notification cost or recovery.
+    /// Measure latency, throughput, idle load, notification cost, recovery or workflows.
     Bench(bench::BenchArgs),
 }
 

@@ -11,6 +11,7 @@ mod latency;
 mod notify_cost;
 mod recovery;
 mod throughput;
+mod workflow;
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,18 @@ enum Scenario {
     NotifyCost(notify_cost::NotifyCostArgs),
     /// Time from the end of an outage to the first handler start.
     Recovery(recovery::RecoveryArgs),
+    /// Typed workflows of three sequential activities: instances per
+    /// second, the latency from one step's handler to the next's, and the
+    /// cost of replaying a workflow task.
+    ///
+    /// The step latency runs from the end of step k's activity handler to
+    /// the start of step k+1's: it includes recording the activity's
+    /// result, the workflow task that follows (its claim, the executor, the
+    /// decision's transaction), and scheduling the next activity. It is
+    /// measured after the drain, on the warm runtime, with one instance
+    /// running at a time (`--latency-workflows`), so no step waits behind
+    /// another instance's tasks. The drain gives workflows per second.
+    Workflow(workflow::WorkflowArgs),
 }
 
 pub(crate) async fn run(url: Option<String>, args: BenchArgs) -> Result<(), String> {
@@ -64,6 +77,10 @@ pub(crate) async fn run(url: Option<String>, args: BenchArgs) -> Result<(), Stri
             notify_cost::run(Server::open(url, args.durable).await?, a).await,
         ),
         Scenario::Recovery(a) => ("recovery", recovery::run(url, args.durable, a).await),
+        Scenario::Workflow(a) => (
+            "workflow",
+            workflow::run(Server::open(url, args.durable).await?, a).await,
+        ),
     };
     let (config, results) = outcome?;
     let document = json!({ "scenario": name, "config": config, "results": results });

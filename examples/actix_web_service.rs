@@ -1,6 +1,8 @@
 //! An actix-web service and the pgwake runtime in one actix `System`: an
-//! HTTP API that starts order workflows (validate -> charge -> wait -> ship),
-//! reads and cancels them, and reports health and Prometheus metrics.
+//! HTTP API that starts order workflows (validate -> charge -> wait -> ship,
+//! written with [`pgwake::workflow`]), reads them, expedites them (a signal),
+//! cancels them (the workflow refunds, then ends as canceled), awaits their
+//! results, and reports health and Prometheus metrics.
 //!
 //! ```sh
 //! cargo run --example actix_web_service            # a throwaway PostgreSQL
@@ -8,16 +10,20 @@
 //!
 //! curl -si localhost:8080/orders -H 'content-type: application/json' -d '{"item": "book", "cents": 500}'
 //! curl -s  localhost:8080/orders/ID
+//! curl -si -X POST localhost:8080/orders/ID/expedite
 //! curl -si -X POST localhost:8080/orders/ID/cancel
+//! curl -s  'localhost:8080/orders/ID/result?wait_ms=5000'
 //! curl -s  localhost:8080/health
 //! curl -s  localhost:8080/metrics
 //! ```
 //!
 //! Settings (environment): `BIND_ADDR` (default `127.0.0.1:8080`),
 //! `SHIP_DELAY_MS` (the wait between charge and ship, default 500),
-//! `HEALTH_GRACE_MS` (how long a listener may be down before `/health`
-//! answers 503, default 10000; a stuck worker makes it 503 at once),
-//! `RUST_LOG` (default `info`).
+//! `CHARGE_FAILURES` (how many attempts of each charge the stand-in payment
+//! gateway refuses before it accepts, default 0: set 2 to watch the retries
+//! in an order's history), `HEALTH_GRACE_MS` (how long a listener may be
+//! down before `/health` answers 503, default 10000; a stuck worker makes it
+//! 503 at once), `RUST_LOG` (default `info`).
 //!
 //! SIGTERM or SIGINT stops the HTTP server first (requests in flight finish),
 //! then the runtime (running activities finish or give their leases back).
@@ -34,11 +40,13 @@ use actix_web::http::header::LOCATION;
 use actix_web::http::StatusCode;
 use actix_web::{error::JsonPayloadError, middleware, web, App, HttpResponse, HttpServer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use pgwake::ShutdownReport;
+use pgwake::workflow::{
+    Activities, ActivityContext, ActivityError, ActivityOptions, Client, ClientError, RetryPolicy,
+    StartOptions, WorkflowContext, WorkflowError, Workflows,
+};
 use pgwake::{
-    ActivityTask, ActivityWorker, CancelOutcome, Event, EventType, InstanceSnapshot, InstanceState,
-    ListenerState, NewInstance, Queue, Runtime, RuntimeConfig, RuntimeHandle, StoreError,
-    WorkflowCompletion, WorkflowOutcome, WorkflowTask, WorkflowWorker,
+    CancelOutcome, Event, InstanceState, ListenerState, Queue, Runtime, RuntimeConfig,
+    RuntimeHandle, ShutdownReport, StoreError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -47,6 +55,10 @@ use serde_json::{json, Value};
 pub const ORDER_QUEUE: &str = "orders";
 /// Where their activities run.
 pub const ACTIVITY_QUEUE: &str = "order-activities";
+/// The name the order workflow is registered and started as.
+pub const ORDER_WORKFLOW: &str = "order";
+/// The most `GET /orders/{id}/result` waits.
+const MAX_RESULT_WAIT: Duration = Duration::from_secs(30);
 
 /// What [`serve`] needs.
 #[derive(Debug, Clone)]
@@ -57,6 +69,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// The wait between charge and ship.
     pub ship_delay: Duration,
+    /// How many attempts of each charge the stand-in gateway refuses.
+    pub charge_failures: u32,
     /// How long a listener may be out of `Listening` before `/health` says 503.
     pub health_grace: Duration,
     /// How long shutdown waits for requests, then for activities, to finish.
@@ -70,25 +84,35 @@ impl Config {
             bind: "127.0.0.1:8080".to_string(),
             runtime: RuntimeConfig::new(database_url),
             ship_delay: Duration::from_millis(500),
+            charge_failures: 0,
             health_grace: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
         }
     }
 
-    /// Defaults, overridden by `BIND_ADDR`, `SHIP_DELAY_MS` and `HEALTH_GRACE_MS`.
+    /// Defaults, overridden by `BIND_ADDR`, `SHIP_DELAY_MS`, `CHARGE_FAILURES`
+    /// and `HEALTH_GRACE_MS`.
     pub fn from_env(database_url: &str) -> Result<Self, String> {
-        let millis = |name: &str, default: Duration| match std::env::var(name) {
-            Ok(value) => value.parse().map(Duration::from_millis).map_err(|_| {
-                format!("{name} must be a whole number of milliseconds, not {value:?}")
-            }),
-            Err(_) => Ok(default),
+        let number = |name: &str| match std::env::var(name) {
+            Ok(value) => value
+                .parse::<u32>()
+                .map(Some)
+                .map_err(|_| format!("{name} must be a whole number, not {value:?}")),
+            Err(_) => Ok(None),
         };
         let mut config = Self::new(database_url);
         if let Ok(bind) = std::env::var("BIND_ADDR") {
             config.bind = bind;
         }
-        config.ship_delay = millis("SHIP_DELAY_MS", config.ship_delay)?;
-        config.health_grace = millis("HEALTH_GRACE_MS", config.health_grace)?;
+        if let Some(ms) = number("SHIP_DELAY_MS")? {
+            config.ship_delay = Duration::from_millis(ms.into());
+        }
+        if let Some(failures) = number("CHARGE_FAILURES")? {
+            config.charge_failures = failures;
+        }
+        if let Some(ms) = number("HEALTH_GRACE_MS")? {
+            config.health_grace = Duration::from_millis(ms.into());
+        }
         Ok(config)
     }
 }
@@ -125,20 +149,20 @@ pub async fn serve(config: Config) -> Result<Service, Box<dyn std::error::Error>
         .map_err(|err| format!("cannot listen on {}: {err}", config.bind))?;
     let addr = listener.local_addr()?;
     let metrics = prometheus()?;
-    let ship_delay = config.ship_delay;
     let runtime = Runtime::builder(config.runtime.clone())
-        .activity_worker(ActivityWorker::new([ACTIVITY_QUEUE], run_activity).concurrency(8))
-        .workflow_worker(
-            WorkflowWorker::new([ORDER_QUEUE], move |task: WorkflowTask| async move {
-                decide(&task, ship_delay)
-            })
-            .concurrency(4),
+        .workflow_worker(workflows().worker([ORDER_QUEUE]).concurrency(4))
+        .activity_worker(
+            activities(config.charge_failures)
+                .worker([ACTIVITY_QUEUE])
+                .concurrency(8),
         )
         .start()
         .await?;
 
     let state = web::Data::new(AppState {
+        client: Client::new(runtime.store().clone()),
         runtime: runtime.clone(),
+        ship_delay: config.ship_delay,
         health_grace: config.health_grace,
         metrics,
     });
@@ -149,7 +173,9 @@ pub async fn serve(config: Config) -> Result<Service, Box<dyn std::error::Error>
             .wrap(middleware::Logger::default())
             .route("/orders", web::post().to(create_order))
             .route("/orders/{id}", web::get().to(get_order))
+            .route("/orders/{id}/expedite", web::post().to(expedite_order))
             .route("/orders/{id}/cancel", web::post().to(cancel_order))
+            .route("/orders/{id}/result", web::get().to(order_result))
             .route("/health", web::get().to(health))
             .route("/metrics", web::get().to(metrics_text))
     })
@@ -197,77 +223,167 @@ pub struct Order {
     pub cents: u64,
 }
 
-/// The order workflow. Each workflow task brings the events that arrived
-/// since the last decision; this answers with what to do next. It keeps no
-/// state: the order travels with every task as the instance's metadata, and
-/// each activity's result names its step.
-pub fn decide(task: &WorkflowTask, ship_delay: Duration) -> Result<WorkflowCompletion, StoreError> {
-    let activities = Some(Queue::new(ACTIVITY_QUEUE)?);
-    let order = task.metadata.clone().unwrap_or(Value::Null);
-    let mut next = WorkflowCompletion::default();
-    // Canceled: end now, whatever else arrived. The store drops the order's
-    // outstanding activities and timers with it.
-    if task
-        .new_events
-        .iter()
-        .any(|e| e.event_type == EventType::WorkflowExecutionCanceled)
-    {
-        return Ok(next.finish(WorkflowOutcome::Canceled));
-    }
-    for event in &task.new_events {
-        let result = &event.attributes["result"];
-        next = match (
-            event.event_type,
-            result["step"].as_str().unwrap_or_default(),
-        ) {
-            // 1. The order was placed: validate it.
-            (EventType::WorkflowExecutionStarted, _) => {
-                next.schedule_activity("validate", order.clone(), activities.clone())
-            }
-            // 2. It is valid: charge the customer.
-            (EventType::ActivityCompleted, "validate") => {
-                next.schedule_activity("charge", order.clone(), activities.clone())
-            }
-            // 3. Charged: wait before shipping. The timer is a row in the
-            //    database: it fires even if this process restarts meanwhile.
-            (EventType::ActivityCompleted, "charge") => {
-                next.start_timer(ship_delay, json!({ "then": "ship" }))
-            }
-            // 4. The wait is over: ship.
-            (EventType::TimerFired, _) => {
-                next.schedule_activity("ship", order.clone(), activities.clone())
-            }
-            // 5. Shipped: the order is complete.
-            (EventType::ActivityCompleted, "ship") => next.finish(WorkflowOutcome::Completed(
-                json!({ "tracking": result["tracking"] }),
-            )),
-            // A step failed: so does the order.
-            (EventType::ActivityFailed, _) => next.finish(WorkflowOutcome::Failed(
-                event.attributes["error"]
-                    .as_str()
-                    .unwrap_or("failed")
-                    .to_string(),
-            )),
-            _ => next,
-        };
-    }
-    Ok(next)
+/// What an order workflow starts with. The wait before shipping travels
+/// with the order rather than being read from the configuration by the
+/// workflow: a running order replays with the wait it started with, whatever
+/// `SHIP_DELAY_MS` says after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderInput {
+    /// The order.
+    pub order: Order,
+    /// The wait between charge and ship.
+    pub ship_delay_ms: u64,
 }
 
-/// The activities: stand-ins for calls to a payment and a shipping service.
-/// Each result names its step, for [`decide`].
-async fn run_activity(task: ActivityTask) -> Result<Value, String> {
-    let order: Order = serde_json::from_value(task.input.clone()).map_err(|e| e.to_string())?;
-    let result = match task.name.as_str() {
-        "validate" if order.item.trim().is_empty() => return Err("the order has no item".into()),
-        "validate" if order.cents == 0 => return Err("the order costs nothing".into()),
-        "validate" => json!({ "step": "validate" }),
-        "charge" => json!({ "step": "charge", "charged_cents": order.cents }),
-        "ship" => json!({ "step": "ship", "tracking": format!("TRK-{}", task.activity_id) }),
-        other => return Err(format!("unknown activity {other:?}")),
+/// What a shipped order completes with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shipped {
+    /// The parcel's tracking number.
+    pub tracking: String,
+}
+
+/// What the payment activities take.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Payment {
+    /// The order paid for: the payment service's idempotency key.
+    pub order_id: String,
+    /// How much.
+    pub cents: u64,
+}
+
+/// The largest charge the stand-in payment gateway accepts.
+pub const CHARGE_LIMIT_CENTS: u64 = 1_000_000;
+
+/// The order workflows, registered for a worker.
+pub fn workflows() -> Workflows {
+    Workflows::new().register(ORDER_WORKFLOW, order_workflow)
+}
+
+/// The order workflow. It runs again from the top over the order's history
+/// at every step, so everything it learns from outside comes through `ctx`.
+pub async fn order_workflow(
+    ctx: WorkflowContext,
+    input: OrderInput,
+) -> Result<Shipped, WorkflowError> {
+    let _: () = ctx
+        .activity_with("validate", &input.order, on_activity_queue())
+        .await?;
+    match charge_and_ship(&ctx, &input).await {
+        // Canceled while charging, waiting or shipping: what the order
+        // waited for ended with a "canceled" error, and this code goes on.
+        // An abandoned activity runs on, so the charge may yet go through:
+        // refund what this order was charged (the refund is keyed by the
+        // order, so it refunds at most once, and nothing if nothing was
+        // charged), then end as canceled.
+        Err(err) if err.is_canceled() => {
+            let order_id = ctx.instance().instance_id;
+            let _: () = ctx
+                .activity_with("refund", &order_id, on_activity_queue())
+                .await?;
+            Err(err)
+        }
+        other => other,
+    }
+}
+
+async fn charge_and_ship(
+    ctx: &WorkflowContext,
+    input: &OrderInput,
+) -> Result<Shipped, WorkflowError> {
+    let payment = Payment {
+        order_id: ctx.instance().instance_id,
+        cents: input.order.cents,
     };
-    tracing::info!(order = %task.instance.instance_id, step = %task.name, "activity done");
-    Ok(result)
+    let _charged: u64 = ctx
+        .activity_with("charge", &payment, charge_options())
+        .await?;
+    // Charged: wait before shipping, unless the customer expedites the
+    // order. The timer is a row in the database: it fires even if this
+    // process restarts meanwhile.
+    let mut expedite = ctx.signal_channel::<()>("expedite");
+    let mut wait = ctx.timer(Duration::from_millis(input.ship_delay_ms));
+    futures::select_biased! {
+        expedited = expedite.recv() => expedited?,
+        fired = wait => fired?,
+    }
+    // Expedited: the timer's row goes (nothing happens if it fired).
+    wait.cancel();
+    let tracking: String = ctx
+        .activity_with("ship", &input.order, on_activity_queue())
+        .await?;
+    Ok(Shipped { tracking })
+}
+
+/// Every order activity runs on [`ACTIVITY_QUEUE`].
+fn on_activity_queue() -> ActivityOptions {
+    ActivityOptions::default().queue(Queue::new(ACTIVITY_QUEUE).expect("a valid queue name"))
+}
+
+/// The payment gateway may be briefly unavailable: try four times, 200 ms
+/// then 400 ms, 800 ms apart. A declined card is final.
+fn charge_options() -> ActivityOptions {
+    on_activity_queue().retry(
+        RetryPolicy::default()
+            .max_attempts(4)
+            .first_interval(Duration::from_millis(200))
+            .max_interval(Duration::from_secs(5))
+            .non_retryable(["declined"]),
+    )
+}
+
+/// The activities: stand-ins for calls to a payment and a shipping service,
+/// whose gateway refuses the first `charge_failures` attempts of each charge.
+pub fn activities(charge_failures: u32) -> Activities {
+    Activities::new()
+        .register("validate", validate)
+        .register("charge", move |ctx: ActivityContext, payment: Payment| {
+            charge(ctx, payment, charge_failures)
+        })
+        .register("refund", refund)
+        .register("ship", ship)
+}
+
+async fn validate(_: ActivityContext, order: Order) -> Result<(), ActivityError> {
+    let refused = if order.item.trim().is_empty() {
+        "the order has no item"
+    } else if order.cents == 0 {
+        "the order costs nothing"
+    } else {
+        return Ok(());
+    };
+    Err(ActivityError::new("invalid_order", refused).non_retryable())
+}
+
+async fn charge(
+    ctx: ActivityContext,
+    payment: Payment,
+    failures: u32,
+) -> Result<u64, ActivityError> {
+    if ctx.attempt() <= failures {
+        return Err(ActivityError::new(
+            "gateway_unavailable",
+            format!(
+                "the payment gateway did not answer (attempt {})",
+                ctx.attempt()
+            ),
+        ));
+    }
+    if payment.cents > CHARGE_LIMIT_CENTS {
+        return Err(ActivityError::new("declined", "the card was declined")
+            .with_details(json!({ "limit_cents": CHARGE_LIMIT_CENTS })));
+    }
+    tracing::info!(order = %payment.order_id, cents = payment.cents, attempt = ctx.attempt(), "charged");
+    Ok(payment.cents)
+}
+
+async fn refund(_: ActivityContext, order_id: String) -> Result<(), ActivityError> {
+    tracing::info!(order = %order_id, "refunded what the order was charged, if anything");
+    Ok(())
+}
+
+async fn ship(ctx: ActivityContext, order: Order) -> Result<String, ActivityError> {
+    tracing::info!(order = %ctx.instance().instance_id, item = %order.item, "shipped");
+    Ok(format!("TRK-{}", ctx.activity_id()))
 }
 
 // ---------------------------------------------------------------------------
@@ -275,7 +391,9 @@ async fn run_activity(task: ActivityTask) -> Result<Value, String> {
 // ---------------------------------------------------------------------------
 
 struct AppState {
+    client: Client,
     runtime: RuntimeHandle,
+    ship_delay: Duration,
     health_grace: Duration,
     metrics: PrometheusHandle,
 }
@@ -286,28 +404,67 @@ async fn create_order(
     order: web::Json<Order>,
 ) -> Result<HttpResponse, ApiError> {
     let id = format!("order-{}", uuid::Uuid::new_v4());
-    let order = serde_json::to_value(order.into_inner()).map_err(StoreError::from)?;
-    let new = NewInstance::new(&id, Queue::new(ORDER_QUEUE)?)
-        .with_input(order.clone())
-        .with_metadata(order);
-    state.runtime.store().create_instance(new).await?;
+    let input = OrderInput {
+        order: order.into_inner(),
+        ship_delay_ms: u64::try_from(state.ship_delay.as_millis()).unwrap_or(u64::MAX),
+    };
+    let options = StartOptions::default().queue(Queue::new(ORDER_QUEUE)?);
+    state
+        .client
+        .start(ORDER_WORKFLOW, &id, &input, options)
+        .await?;
     Ok(HttpResponse::Created()
         .insert_header((LOCATION, format!("/orders/{id}")))
         .json(json!({ "id": id })))
 }
 
-/// `GET /orders/{id}`: state, history and pending events; 404 if unknown.
+/// `GET /orders/{id}`: state, outcome, failing workflow tasks, history and
+/// pending events; 404 if unknown.
 async fn get_order(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    match state.runtime.store().instance(&id).await? {
-        Some(snapshot) => Ok(HttpResponse::Ok().json(order_json(&snapshot))),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no order {:?}", id.as_str()),
-        )),
-    }
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no order {:?}", id.as_str()));
+    let about = state.client.describe(&id).await?.ok_or_else(not_found)?;
+    // Read after the description, so the history is at least as new.
+    let snapshot = state
+        .runtime
+        .store()
+        .instance(&id)
+        .await?
+        .ok_or_else(not_found)?;
+    let events = |events: &[Event]| -> Vec<Value> {
+        events
+            .iter()
+            .map(|e| {
+                json!({
+                    "sequence_id": e.sequence_id,
+                    "type": format!("{:?}", e.event_type),
+                    "attributes": e.attributes,
+                })
+            })
+            .collect()
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "id": about.instance.instance_id,
+        "workflow": about.workflow,
+        "state": state_name(about.state),
+        "outcome": about.outcome,
+        "task_attempts": about.task_attempts,
+        "last_task_error": about.last_task_error,
+        "history": events(&snapshot.history),
+        "pending": events(&snapshot.pending),
+    })))
+}
+
+/// `POST /orders/{id}/expedite`: ships without waiting out the delay; 202,
+/// 404 unless the order is running.
+async fn expedite_order(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.client.signal(&id, "expedite", &()).await?;
+    Ok(HttpResponse::Accepted().json(json!({ "id": *id, "expedite": "requested" })))
 }
 
 /// `POST /orders/{id}/cancel`: 202 when requested, 200 when already finished.
@@ -315,13 +472,50 @@ async fn cancel_order(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(match state.runtime.store().cancel_instance(&id).await? {
+    Ok(match state.client.cancel(&id).await? {
         CancelOutcome::Requested => {
             HttpResponse::Accepted().json(json!({ "id": *id, "cancel": "requested" }))
         }
         CancelOutcome::AlreadyFinished => {
             HttpResponse::Ok().json(json!({ "id": *id, "cancel": "already finished" }))
         }
+    })
+}
+
+/// How long `GET /orders/{id}/result` waits.
+#[derive(Debug, Deserialize)]
+struct ResultWait {
+    /// Milliseconds, at most [`MAX_RESULT_WAIT`]; 0 (the default) answers at once.
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// `GET /orders/{id}/result?wait_ms=N`: waits up to N ms for the order to
+/// end; 200 with `"state"` `completed` (and its result), `failed` (and its
+/// error's kind, message and details) or `canceled`; 202 while it runs; 404
+/// if unknown.
+async fn order_result(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    wait: web::Query<ResultWait>,
+) -> Result<HttpResponse, ApiError> {
+    let wait = Duration::from_millis(wait.wait_ms).min(MAX_RESULT_WAIT);
+    Ok(match state.client.result::<Shipped>(&id, wait).await {
+        Ok(shipped) => HttpResponse::Ok().json(json!({
+            "id": *id, "state": "completed", "result": shipped,
+        })),
+        Err(ClientError::Failed(err)) => HttpResponse::Ok().json(json!({
+            "id": *id,
+            "state": "failed",
+            "error": { "kind": err.kind(), "message": err.message(), "details": err.details() },
+        })),
+        Err(ClientError::Canceled { .. }) => {
+            HttpResponse::Ok().json(json!({ "id": *id, "state": "canceled" }))
+        }
+        Err(ClientError::Timeout { .. }) => {
+            HttpResponse::Accepted().json(json!({ "id": *id, "state": "active" }))
+        }
+        Err(err) => return Err(err.into()),
     })
 }
 
@@ -399,30 +593,12 @@ async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-fn order_json(snapshot: &InstanceSnapshot) -> Value {
-    let state = match snapshot.state {
+fn state_name(state: InstanceState) -> &'static str {
+    match state {
         InstanceState::Active => "active",
         InstanceState::Finished => "finished",
         InstanceState::ContinuedAsNew => "continued_as_new",
-    };
-    let events = |events: &[Event]| -> Vec<Value> {
-        events
-            .iter()
-            .map(|e| {
-                json!({
-                    "sequence_id": e.sequence_id,
-                    "type": format!("{:?}", e.event_type),
-                    "attributes": e.attributes,
-                })
-            })
-            .collect()
-    };
-    json!({
-        "id": snapshot.instance.instance_id,
-        "state": state,
-        "history": events(&snapshot.history),
-        "pending": events(&snapshot.pending),
-    })
+    }
 }
 
 fn listener_state_name(state: &ListenerState) -> &'static str {
@@ -480,6 +656,21 @@ impl From<StoreError> for ApiError {
             }
         };
         Self::new(status, err.to_string())
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(err: ClientError) -> Self {
+        match err {
+            ClientError::Store(err) => err.into(),
+            ClientError::NotFound { instance_id } => {
+                Self::new(StatusCode::NOT_FOUND, format!("no order {instance_id:?}"))
+            }
+            err => {
+                tracing::error!(error = %err, "client error");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+            }
+        }
     }
 }
 

@@ -1,40 +1,55 @@
-//! pgwake in one screen: a workflow (reserve -> wait 1 s -> charge -> done)
-//! run by worker actors that wake the moment their work is committed.
-//! Each step prints the time from the previous handler's return to its own
-//! first line: recording the previous result (one transaction), the
-//! wake-up, and the claim. `pgwake bench latency` measures the wake-up alone.
+//! pgwake in one screen: an order workflow (reserve -> wait 1 s -> charge ->
+//! done) written as ordinary async Rust, its two activities, and a client
+//! that starts it and awaits its result. Each activity prints when it starts,
+//! and how long after the previous step returned: that step's result being
+//! recorded (one transaction), the wake-up, the workflow task deciding what
+//! comes next, and the claim (plus, before `charge`, the 1 s timer).
+//! `pgwake bench latency` measures the wake-up alone.
 //!
 //! ```sh
 //! cargo run --example quickstart                       # a throwaway PostgreSQL
 //! DATABASE_URL=postgres://... cargo run --example quickstart
 //! ```
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use pgwake::testing::TestPostgres;
-use pgwake::{
-    ActivityTask, ActivityWorker, EventType, NewInstance, Queue, Runtime, RuntimeConfig,
-    WorkflowCompletion, WorkflowOutcome, WorkflowTask, WorkflowWorker,
+use pgwake::workflow::{
+    Activities, ActivityContext, ActivityError, Client, StartOptions, WorkflowContext,
+    WorkflowError, Workflows,
 };
-use serde_json::json;
+use pgwake::{Queue, Runtime, RuntimeConfig};
 
-/// When the last handler handed its work to pgwake: the next step's
-/// wake-up latency is measured from here.
-#[derive(Clone, Default)]
-struct Stopwatch(Arc<Mutex<Option<Instant>>>);
+/// The workflow. It runs again from the top over its recorded history at
+/// every step, so everything it learns from outside comes through `ctx`.
+async fn order(ctx: WorkflowContext, sku: u32) -> Result<String, WorkflowError> {
+    let hold: String = ctx.activity("reserve", &sku).await?;
+    // A durable timer: a row in the database, it fires even if this process
+    // restarts meanwhile.
+    ctx.sleep(Duration::from_secs(1)).await?;
+    let receipt: String = ctx.activity("charge", &(hold, 500)).await?;
+    Ok(format!("shipped ({receipt})"))
+}
 
-impl Stopwatch {
-    fn mark(&self) {
-        *self.0.lock().unwrap() = Some(Instant::now());
-    }
+async fn reserve(_: ActivityContext, sku: u32) -> Result<String, ActivityError> {
+    step_started("reserve");
+    Ok(format!("hold on sku {sku}"))
+}
 
-    fn since_mark_ms(&self) -> f64 {
-        self.0
-            .lock()
-            .unwrap()
-            .map_or(0.0, |at| at.elapsed().as_secs_f64() * 1000.0)
-    }
+async fn charge(_: ActivityContext, (hold, cents): (String, u64)) -> Result<String, ActivityError> {
+    step_started("charge");
+    Ok(format!("{cents} cents charged, {hold}"))
+}
+
+/// When the previous step handed its work to pgwake.
+static PREVIOUS_STEP: Mutex<Option<Instant>> = Mutex::new(None);
+
+fn step_started(name: &str) {
+    let mut previous = PREVIOUS_STEP.lock().unwrap();
+    let ms = previous.map_or(0.0, |at| at.elapsed().as_secs_f64() * 1000.0);
+    println!("  activity {name:<8} started {ms:>8.2} ms after the previous step returned");
+    *previous = Some(Instant::now());
 }
 
 #[actix_rt::main]
@@ -49,124 +64,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (Some(server), url)
         }
     };
-    let mut client = pgwake::ConnectionConfig::from_url(&url)?.connect().await?;
-    let report = pgwake::migrate::up(&mut client, None).await?;
+    let mut connection = pgwake::ConnectionConfig::from_url(&url)?.connect().await?;
+    let report = pgwake::migrate::up(&mut connection, None).await?;
     println!(
         "schema at version {:?} (applied now: {:?})",
         report.to, report.applied
     );
 
-    let clock = Stopwatch::default();
-    let (finished_tx, mut finished) = tokio::sync::mpsc::unbounded_channel();
-
-    let activities = {
-        let clock = clock.clone();
-        ActivityWorker::new(["payments"], move |task: ActivityTask| {
-            let clock = clock.clone();
-            async move {
-                println!(
-                    "  activity {:<8} started {:>6.2} ms after the previous step returned",
-                    task.name,
-                    clock.since_mark_ms()
-                );
-                clock.mark();
-                Ok::<_, String>(json!({ "step": task.name }))
-            }
-        })
-        .concurrency(4)
-    };
-
-    let workflows = {
-        let clock = clock.clone();
-        WorkflowWorker::new(["orders"], move |task: WorkflowTask| {
-            let (clock, finished_tx) = (clock.clone(), finished_tx.clone());
-            async move {
-                let woke_ms = clock.since_mark_ms();
-                let mut decision = WorkflowCompletion::default();
-                for event in &task.new_events {
-                    let step = event.attributes["result"]["step"]
-                        .as_str()
-                        .unwrap_or_default();
-                    let what = match (event.event_type, step) {
-                        (EventType::WorkflowExecutionStarted, _) => {
-                            decision = decision.schedule_activity(
-                                "reserve",
-                                json!({"sku": 7}),
-                                Some(Queue::new("payments")?),
-                            );
-                            "started      -> schedule 'reserve'"
-                        }
-                        (EventType::ActivityCompleted, "reserve") => {
-                            decision =
-                                decision.start_timer(Duration::from_secs(1), json!("cooling-off"));
-                            "reserved     -> start a 1 s timer"
-                        }
-                        (EventType::TimerFired, _) => {
-                            let due = event.visible_at.unwrap_or(event.timestamp);
-                            let late = SystemTime::now().duration_since(due).unwrap_or_default();
-                            println!(
-                                "  (timer fired {:.2} ms after it was due)",
-                                late.as_secs_f64() * 1000.0
-                            );
-                            decision = decision.schedule_activity(
-                                "charge",
-                                json!({"cents": 500}),
-                                Some(Queue::new("payments")?),
-                            );
-                            "timer fired  -> schedule 'charge'"
-                        }
-                        (EventType::ActivityCompleted, "charge") => {
-                            decision =
-                                decision.finish(WorkflowOutcome::Completed(json!("shipped")));
-                            let _ = finished_tx.send(());
-                            "charged      -> finish"
-                        }
-                        _ => continue,
-                    };
-                    println!("  workflow {what:<36} started {woke_ms:>6.2} ms after the previous step returned");
-                }
-                clock.mark();
-                Ok::<_, pgwake::StoreError>(decision)
-            }
-        })
-    };
-
+    let workflows = Workflows::new().register("order", order);
+    let activities = Activities::new()
+        .register("reserve", reserve)
+        .register("charge", charge);
     let runtime = Runtime::builder(RuntimeConfig::new(&url))
-        .activity_worker(activities)
-        .workflow_worker(workflows)
+        .workflow_worker(workflows.worker(["orders"]))
+        .activity_worker(activities.worker(["orders"]).concurrency(4))
         .start()
         .await?;
     while !runtime.health().all_listening() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    let client = Client::new(runtime.store().clone());
     let instance_id = format!("order-{}", std::process::id());
     println!("starting workflow {instance_id} on queue 'orders'");
-    clock.mark();
-    runtime
-        .store()
-        .create_instance(
-            NewInstance::new(&instance_id, Queue::new("orders")?).with_input(json!({"sku": 7})),
-        )
-        .await?;
+    *PREVIOUS_STEP.lock().unwrap() = Some(Instant::now());
+    let options = StartOptions::default().queue(Queue::new("orders")?);
+    client.start("order", &instance_id, &7, options).await?;
+    let outcome: String = client.result(&instance_id, Duration::from_secs(30)).await?;
+    println!("finished: {outcome:?}; its history:");
 
-    tokio::time::timeout(Duration::from_secs(30), finished.recv())
-        .await
-        .map_err(|_| "the workflow did not finish within 30 s")?;
-    // The finishing decision is recorded right after its handler returns.
-    let snapshot = loop {
-        let snapshot = runtime
-            .store()
-            .instance(&instance_id)
-            .await?
-            .expect("the instance exists");
-        if snapshot.state != pgwake::InstanceState::Active {
-            break snapshot;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    println!("finished: {:?}, history:", snapshot.state);
-    for event in &snapshot.history {
+    let snapshot = runtime.store().instance(&instance_id).await?;
+    for event in snapshot.iter().flat_map(|s| &s.history) {
         println!(
             "  #{:<2} {:?} {}",
             event.sequence_id, event.event_type, event.attributes

@@ -1,6 +1,7 @@
 //! examples/actix_web_service.rs over real HTTP, against a throwaway
-//! PostgreSQL: orders through every step, cancellation, errors, health,
-//! metrics.
+//! PostgreSQL: orders through every step, retries, expediting, cancellation
+//! with a refund, errors, health, metrics; and its order workflow alone,
+//! without a database.
 
 #[allow(dead_code)] // its `main` and what only `main` uses
 #[path = "../examples/actix_web_service.rs"]
@@ -9,6 +10,7 @@ mod service;
 use std::time::{Duration, Instant};
 
 use pgwake::testing::{fresh_database, FaultProxy, TestPostgres};
+use pgwake::workflow::{ActivityError, WorkflowError, WorkflowTester};
 use serde_json::{json, Value};
 
 /// An HTTP client for the service at `base`.
@@ -91,6 +93,17 @@ fn finished(status: u16, body: &Value) -> bool {
     status == 200 && body["state"] == "finished"
 }
 
+/// The names of the activities the order scheduled, in order.
+fn activities_scheduled(order: &Value) -> Vec<&str> {
+    order["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "ActivityScheduled")
+        .map(|e| e["attributes"]["name"].as_str().unwrap())
+        .collect()
+}
+
 /// The `WorkflowExecutionFinished` event's attributes.
 fn outcome(order: &Value) -> &Value {
     let last = order["history"].as_array().unwrap().last().unwrap();
@@ -151,6 +164,20 @@ async fn orders_go_through_every_step_and_bad_requests_are_refused() {
     assert_eq!(count(&types, "TimerFired"), 1, "{order}");
     assert!(outcome(&order)["result"]["tracking"].is_string(), "{order}");
     assert_eq!(order["pending"], json!([]));
+    assert_eq!(
+        activities_scheduled(&order),
+        ["validate", "charge", "ship"],
+        "{order}"
+    );
+    assert_eq!(order["workflow"], "order", "{order}");
+    assert_eq!(order["task_attempts"], 0, "{order}");
+    let (status, result) = http.get(&format!("/orders/{id}/result")).await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["state"], "completed", "{result}");
+    assert_eq!(
+        result["result"]["tracking"],
+        outcome(&order)["result"]["tracking"]
+    );
 
     // An order the validation refuses fails.
     let (status, created) = http
@@ -164,7 +191,24 @@ async fn orders_go_through_every_step_and_bad_requests_are_refused() {
             finished,
         )
         .await;
-    assert_eq!(outcome(&failed)["error"], "the order costs nothing");
+    // The history holds the workflow's typed error; `/result` reads it back.
+    let error = WorkflowError::from_stored(outcome(&failed)["error"].as_str().unwrap());
+    assert_eq!(error.kind(), "invalid_order", "{failed}");
+    assert_eq!(error.message(), "the order costs nothing", "{failed}");
+    assert_eq!(activities_scheduled(&failed), ["validate"], "{failed}");
+    let (status, result) = http
+        .get(&format!(
+            "/orders/{}/result",
+            created["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["state"], "failed", "{result}");
+    assert_eq!(result["error"]["kind"], "invalid_order", "{result}");
+    assert_eq!(
+        result["error"]["message"], "the order costs nothing",
+        "{result}"
+    );
 
     // Unknown and invalid ids.
     let (status, body) = http.get("/orders/no-such-order").await;
@@ -172,6 +216,12 @@ async fn orders_go_through_every_step_and_bad_requests_are_refused() {
     assert_eq!(body["error"], r#"no order "no-such-order""#);
     let (status, body) = http
         .post_json("/orders/no-such-order/cancel", &json!({}))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http.get("/orders/no-such-order/result").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http
+        .post_json("/orders/no-such-order/expedite", &json!({}))
         .await;
     assert_eq!(status, 404, "{body}");
     let too_long = "x".repeat(200);
@@ -246,19 +296,144 @@ async fn a_canceled_order_finishes_as_canceled() {
         .await;
     let types = event_types(&order);
     assert!(types.contains(&"WorkflowExecutionCanceled"), "{order}");
+    // The workflow's cleanup: never shipped, refunded, then canceled.
     assert_eq!(
-        count(&types, "ActivityCompleted"),
-        2,
-        "never shipped: {order}"
+        activities_scheduled(&order),
+        ["validate", "charge", "refund"],
+        "never shipped, refunded: {order}"
     );
+    assert_eq!(count(&types, "ActivityCompleted"), 3, "{order}");
     assert_eq!(count(&types, "TimerFired"), 0, "{order}");
+    assert_eq!(count(&types, "TimerCanceled"), 1, "{order}");
     assert_eq!(outcome(&order)["canceled"], true, "{order}");
     // The timer went with it.
     assert_eq!(order["pending"], json!([]), "{order}");
+    let (status, result) = http.get(&format!("{path}/result")).await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["state"], "canceled", "{result}");
 
     let (status, body) = http.post_json(&format!("{path}/cancel"), &json!({})).await;
     assert_eq!(status, 200, "{body}");
     service.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_expedited_order_ships_without_waiting_out_the_delay() {
+    let database = fresh_database().await.unwrap();
+    let mut config = service::Config::new(database.url());
+    config.ship_delay = Duration::from_secs(600);
+    let (service, http) = start(config).await;
+
+    let (status, created) = http
+        .post_json("/orders", &json!({"item": "kite", "cents": 900}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let path = format!("/orders/{}", created["id"].as_str().unwrap());
+    // Still running: the result is not there yet.
+    let (status, result) = http.get(&format!("{path}/result?wait_ms=50")).await;
+    assert_eq!(status, 202, "{result}");
+    assert_eq!(result["state"], "active", "{result}");
+    http.get_until(&path, "the order to wait to ship", |_, order| {
+        event_types(order).contains(&"TimerScheduled")
+    })
+    .await;
+
+    let (status, body) = http
+        .post_json(&format!("{path}/expedite"), &json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, result) = http.get(&format!("{path}/result?wait_ms=15000")).await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["state"], "completed", "{result}");
+    assert!(result["result"]["tracking"].is_string(), "{result}");
+    let order = http.get_until(&path, "the order to finish", finished).await;
+    let types = event_types(&order);
+    assert!(types.contains(&"SignalReceived"), "{order}");
+    assert_eq!(count(&types, "TimerFired"), 0, "{order}");
+    assert_eq!(count(&types, "TimerCanceled"), 1, "{order}");
+    assert_eq!(order["pending"], json!([]), "{order}");
+    service.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_charge_the_gateway_refuses_twice_is_retried_and_the_order_ships() {
+    let database = fresh_database().await.unwrap();
+    let mut config = service::Config::new(database.url());
+    config.ship_delay = Duration::from_millis(50);
+    config.charge_failures = 2;
+    let (service, http) = start(config).await;
+
+    let (status, created) = http
+        .post_json("/orders", &json!({"item": "tent", "cents": 12_000}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let path = format!("/orders/{}", created["id"].as_str().unwrap());
+    let order = http.get_until(&path, "the order to finish", finished).await;
+    assert!(outcome(&order)["result"]["tracking"].is_string(), "{order}");
+    assert_eq!(
+        activities_scheduled(&order),
+        ["validate", "charge", "charge", "charge", "ship"],
+        "{order}"
+    );
+    let types = event_types(&order);
+    assert_eq!(count(&types, "ActivityFailed"), 2, "{order}");
+    // Two backoff timers, then the wait before shipping.
+    assert_eq!(count(&types, "TimerFired"), 3, "{order}");
+
+    // A declined card is not retried: the order fails with the gateway's kind.
+    let (status, created) = http
+        .post_json("/orders", &json!({"item": "yacht", "cents": 90_000_000}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let path = format!("/orders/{}", created["id"].as_str().unwrap());
+    let (status, result) = http.get(&format!("{path}/result?wait_ms=15000")).await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["state"], "failed", "{result}");
+    assert_eq!(result["error"]["kind"], "declined", "{result}");
+    assert_eq!(
+        result["error"]["details"]["limit_cents"],
+        service::CHARGE_LIMIT_CENTS
+    );
+    let (_, order) = http.get(&path).await;
+    assert_eq!(
+        activities_scheduled(&order),
+        ["validate", "charge", "charge", "charge"],
+        "the gateway's refusals are retried, the decline is not: {order}"
+    );
+    service.stop().await;
+}
+
+#[test]
+fn the_order_workflow_ships_at_once_when_expedited_and_fails_on_a_declined_card() {
+    let workflows = service::workflows();
+    let input = service::OrderInput {
+        order: service::Order {
+            item: "book".into(),
+            cents: 500,
+        },
+        ship_delay_ms: 3_600_000,
+    };
+    let mut tester = WorkflowTester::new(&workflows, service::ORDER_WORKFLOW)
+        .on_activity("validate", |_: service::Order| Ok::<_, ActivityError>(()))
+        .on_activity("charge", |payment: service::Payment| {
+            Ok::<_, ActivityError>(payment.cents)
+        })
+        .on_activity("ship", |_: service::Order| Ok::<_, ActivityError>("TRK-1"))
+        .signal_at(Duration::from_secs(60), "expedite", &());
+    let shipped: service::Shipped = tester.run(&input).unwrap();
+    assert_eq!(shipped.tracking, "TRK-1");
+    assert_eq!(tester.elapsed(), Duration::from_secs(60), "not an hour");
+
+    let mut tester = WorkflowTester::new(&workflows, service::ORDER_WORKFLOW)
+        .on_activity("validate", |_: service::Order| Ok::<_, ActivityError>(()))
+        .on_activity_attempt("charge", |_: service::Payment, attempt| {
+            assert_eq!(attempt, 1, "a declined card is not retried");
+            Err::<u64, _>(ActivityError::new("declined", "the card was declined"))
+        });
+    match tester.run::<service::Shipped>(&input) {
+        Err(pgwake::workflow::TesterError::Failed(err)) => assert_eq!(err.kind(), "declined"),
+        other => panic!("expected a declined order, got {other:?}"),
+    }
 }
 
 #[actix_rt::test]

@@ -274,7 +274,10 @@ impl Workflows {
     {
         let workflows = Arc::new(self.clone());
         let cache_id = NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed);
+        let forget = ForgetCache(cache_id);
         WorkflowWorker::new(queues, move |task: WorkflowTask| {
+            // Held by the handler: the worker's cache goes with it.
+            let _ = &forget;
             let workflows = workflows.clone();
             // Run inside the future, where the worker catches a panic of
             // the workflow's code.
@@ -303,6 +306,21 @@ impl Workflows {
                 })
             }
         })
+    }
+}
+
+/// Drops a worker's cache from the thread it ran on when the worker's
+/// handler is dropped (a runtime stopped in a process that goes on).
+struct ForgetCache(u64);
+
+impl Drop for ForgetCache {
+    fn drop(&mut self) {
+        // Nothing to do on another thread, or while the thread ends.
+        let _ = WORKER_CACHES.try_with(|caches| {
+            if let Ok(mut caches) = caches.try_borrow_mut() {
+                caches.remove(&self.0);
+            }
+        });
     }
 }
 
@@ -636,5 +654,13 @@ mod tests {
         let (ctx, input) = ActivityContext::of_task(&task(json!({"cents": 500})));
         assert_eq!(ctx.attempt(), 1);
         assert_eq!(input, json!({"cents": 500}));
+    }
+
+    #[test]
+    fn a_dropped_workers_cache_leaves_its_thread() {
+        let id = NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed);
+        WORKER_CACHES.with(|c| c.borrow_mut().insert(id, ExecutionCache::new(1)));
+        drop(ForgetCache(id));
+        assert!(WORKER_CACHES.with(|c| !c.borrow().contains_key(&id)));
     }
 }

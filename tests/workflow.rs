@@ -683,3 +683,55 @@ async fn an_attempt_past_its_start_to_close_timeout_fails_as_timeout_and_is_retr
     );
     runtime.shutdown(Duration::from_secs(5)).await;
 }
+
+#[actix_rt::test]
+async fn describe_lists_the_activities_and_timers_a_workflow_waits_for() {
+    let database = fresh_database().await.unwrap();
+    let workflows = Workflows::new().register("waits", |ctx: WorkflowContext, _: ()| async move {
+        // No worker serves "elsewhere": the activity stays pending.
+        let options =
+            pgwake::workflow::ActivityOptions::default().queue(pgwake::Queue::new("elsewhere")?);
+        let reply = ctx.activity_with::<String>("far", &(), options);
+        let reminder = ctx.timer(Duration::from_secs(3600));
+        futures::pin_mut!(reply, reminder);
+        futures::future::select(reply, reminder).await;
+        Ok::<_, WorkflowError>(())
+    });
+    let runtime = start(database.url(), &workflows, &letters()).await;
+    let client = Client::new(runtime.store().clone());
+    client
+        .start("waits", "waits-1", &(), StartOptions::default())
+        .await
+        .unwrap();
+    let about = loop {
+        let about = client.describe("waits-1").await.unwrap().unwrap();
+        if !about.pending_activities.is_empty() {
+            break about;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(about.pending_activities.len(), 1);
+    let activity = &about.pending_activities[0];
+    assert_eq!(
+        (
+            activity.name.as_str(),
+            activity.attempt,
+            activity.queue.as_str()
+        ),
+        ("far", 1, "elsewhere")
+    );
+    assert_eq!(about.pending_timers.len(), 1);
+    let fires_at = about.pending_timers[0]
+        .fires_at
+        .expect("its firing is pending");
+    let ahead = fires_at
+        .duration_since(about.pending_timers[0].started_at)
+        .unwrap();
+    assert!(ahead >= Duration::from_secs(3590), "{ahead:?}");
+    // Once it ended, nothing is pending.
+    client.cancel("waits-1").await.unwrap();
+    let _ = client.result::<()>("waits-1", WAIT).await;
+    let about = client.describe("waits-1").await.unwrap().unwrap();
+    assert!(about.pending_activities.is_empty() && about.pending_timers.is_empty());
+    runtime.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,5 +1,6 @@
 //! Starting, signalling, cancelling and awaiting workflows from outside.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::de::DeserializeOwned;
@@ -7,6 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::error::{ClientError, WorkflowError};
+use super::retry::Attempt;
 use crate::store::{
     CancelOutcome, EventType, InstanceRef, InstanceSnapshot, InstanceState, NewInstance, Queue,
     Store,
@@ -121,6 +123,52 @@ pub struct Description {
     /// # Ok(()) }
     /// ```
     pub last_task_error: Option<String>,
+    /// The activities scheduled and not answered yet, oldest first.
+    pub pending_activities: Vec<PendingActivity>,
+    /// The timers started and not fired or canceled yet, oldest first.
+    pub pending_timers: Vec<PendingTimer>,
+}
+
+/// An activity a workflow waits for, from [`Client::describe`].
+///
+/// ```no_run
+/// # async fn f(client: pgwake::workflow::Client) -> Result<(), pgwake::workflow::ClientError> {
+/// let about = client.describe("order-7").await?.expect("started before");
+/// for activity in &about.pending_activities {
+///     println!("waiting for {} (attempt {}) on {}", activity.name, activity.attempt, activity.queue);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PendingActivity {
+    /// The activity's name.
+    pub name: String,
+    /// Which attempt it is (1 unless a retry policy retried it).
+    pub attempt: u32,
+    /// The queue it runs on.
+    pub queue: String,
+    /// When it was scheduled.
+    pub scheduled_at: SystemTime,
+}
+
+/// A timer a workflow waits for, from [`Client::describe`].
+///
+/// ```no_run
+/// # async fn f(client: pgwake::workflow::Client) -> Result<(), pgwake::workflow::ClientError> {
+/// let about = client.describe("order-7").await?.expect("started before");
+/// if let Some(timer) = about.pending_timers.first() {
+///     println!("next timer fires at {:?}", timer.fires_at);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PendingTimer {
+    /// When it was started.
+    pub started_at: SystemTime,
+    /// When it fires (database clock), if its firing is still pending.
+    pub fires_at: Option<SystemTime>,
 }
 
 impl Client {
@@ -322,7 +370,11 @@ impl Client {
         let Some(snapshot) = self.store.instance(instance_id).await? else {
             return Ok(None);
         };
+        let (pending_activities, pending_timers) =
+            (pending_activities(&snapshot), pending_timers(&snapshot));
         Ok(Some(Description {
+            pending_activities,
+            pending_timers,
             workflow: snapshot
                 .metadata
                 .as_ref()
@@ -341,6 +393,80 @@ impl Client {
             instance: snapshot.instance,
         }))
     }
+}
+
+/// The sequence ids of the scheduling events answered by an event of
+/// `answers`, in the history or pending.
+fn answered(snapshot: &InstanceSnapshot, answers: &[EventType]) -> HashSet<i64> {
+    snapshot
+        .history
+        .iter()
+        .chain(&snapshot.pending)
+        .filter(|e| answers.contains(&e.event_type))
+        .map(|e| e.schedule_event_id)
+        .collect()
+}
+
+fn pending_activities(snapshot: &InstanceSnapshot) -> Vec<PendingActivity> {
+    if snapshot.state != InstanceState::Active {
+        return Vec::new();
+    }
+    let done = answered(
+        snapshot,
+        &[EventType::ActivityCompleted, EventType::ActivityFailed],
+    );
+    snapshot
+        .history
+        .iter()
+        .filter(|e| e.event_type == EventType::ActivityScheduled && !done.contains(&e.sequence_id))
+        .map(|e| {
+            let attempt = Attempt::from_scheduled(e.attributes["input"].clone());
+            PendingActivity {
+                name: e.attributes["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                attempt: attempt.number,
+                queue: e.attributes["queue"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                scheduled_at: e.timestamp,
+            }
+        })
+        .collect()
+}
+
+fn pending_timers(snapshot: &InstanceSnapshot) -> Vec<PendingTimer> {
+    if snapshot.state != InstanceState::Active {
+        return Vec::new();
+    }
+    let done = answered(snapshot, &[EventType::TimerCanceled]);
+    let fired: HashSet<i64> = snapshot
+        .history
+        .iter()
+        .filter(|e| e.event_type == EventType::TimerFired)
+        .map(|e| e.schedule_event_id)
+        .collect();
+    snapshot
+        .history
+        .iter()
+        .filter(|e| {
+            e.event_type == EventType::TimerScheduled
+                && !done.contains(&e.sequence_id)
+                && !fired.contains(&e.sequence_id)
+        })
+        .map(|e| PendingTimer {
+            started_at: e.timestamp,
+            fires_at: snapshot
+                .pending
+                .iter()
+                .find(|p| {
+                    p.event_type == EventType::TimerFired && p.schedule_event_id == e.sequence_id
+                })
+                .and_then(|p| p.visible_at),
+        })
+        .collect()
 }
 
 /// The attributes of the event that ended the execution, if one did.

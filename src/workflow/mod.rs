@@ -87,7 +87,7 @@ mod retry;
 mod state;
 mod tester;
 
-pub use client::{Client, Description, StartOptions};
+pub use client::{Client, Description, PendingActivity, PendingTimer, StartOptions};
 pub use context::{
     ActivityFuture, ActivityOptions, Cancelled, SideEffect, SignalChannel, SignalRecv, SignalSent,
     Sleep, SubWorkflow, SubWorkflowOptions, Timer, WorkflowContext,

@@ -100,35 +100,7 @@ impl Workflows {
         F: Fn(WorkflowContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, WorkflowError>> + 'static,
     {
-        let workflow_name = name.to_string();
-        let erased: WorkflowFn = Arc::new(move |ctx, input: Value| {
-            let input = match I::deserialize(input) {
-                Ok(input) => input,
-                Err(err) => {
-                    let err = WorkflowError::new(
-                        "bad_input",
-                        format!(
-                            "the input of workflow {workflow_name:?} does not deserialize: {err}"
-                        ),
-                    )
-                    .non_retryable();
-                    return futures::future::ready(Err(err)).boxed_local();
-                }
-            };
-            let name = workflow_name.clone();
-            workflow(ctx, input)
-                .map(move |result| {
-                    let output = result?;
-                    serde_json::to_value(output).map_err(|err| {
-                        WorkflowError::new(
-                            "bad_output",
-                            format!("the result of workflow {name:?} does not serialize: {err}"),
-                        )
-                        .non_retryable()
-                    })
-                })
-                .boxed_local()
-        });
+        let erased: WorkflowFn = erase("workflow", name, workflow);
         self.registered.insert(name.to_string(), erased);
         self
     }
@@ -307,6 +279,65 @@ impl Workflows {
             }
         })
     }
+}
+
+/// The error a registered function fails with when the JSON it is given,
+/// or its result, does not fit its types: not worth retrying.
+trait TypeMismatch {
+    fn mismatch(kind: &str, message: String) -> Self;
+}
+
+impl TypeMismatch for WorkflowError {
+    fn mismatch(kind: &str, message: String) -> Self {
+        Self::new(kind, message).non_retryable()
+    }
+}
+
+impl TypeMismatch for ActivityError {
+    fn mismatch(kind: &str, message: String) -> Self {
+        Self::new(kind, message).non_retryable()
+    }
+}
+
+/// A registered function over JSON: `function` with its input
+/// deserialized as `I` (else an error of kind `"bad_input"`) and its output
+/// serialized (else `"bad_output"`). `what` and `name` say whose, in those
+/// errors.
+#[allow(clippy::type_complexity)]
+fn erase<C, I, O, E, F, Fut>(
+    what: &'static str,
+    name: &str,
+    function: F,
+) -> Arc<dyn Fn(C, Value) -> LocalBoxFuture<'static, Result<Value, E>> + Send + Sync>
+where
+    C: 'static,
+    I: DeserializeOwned + 'static,
+    O: Serialize + 'static,
+    E: TypeMismatch + 'static,
+    F: Fn(C, I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, E>> + 'static,
+{
+    let name = name.to_string();
+    Arc::new(move |ctx, input: Value| {
+        let input = match I::deserialize(input) {
+            Ok(input) => input,
+            Err(err) => {
+                let message = format!("the input of {what} {name:?} does not deserialize: {err}");
+                return futures::future::ready(Err(E::mismatch("bad_input", message)))
+                    .boxed_local();
+            }
+        };
+        let name = name.clone();
+        function(ctx, input)
+            .map(move |result| {
+                serde_json::to_value(result?).map_err(|err| {
+                    let message =
+                        format!("the result of {what} {name:?} does not serialize: {err}");
+                    E::mismatch("bad_output", message)
+                })
+            })
+            .boxed_local()
+    })
 }
 
 /// Drops a worker's cache from the thread it ran on when the worker's
@@ -514,34 +545,7 @@ impl Activities {
         F: Fn(ActivityContext, I) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<O, ActivityError>> + 'static,
     {
-        let activity_name = name.to_string();
-        let erased: ActivityFn = Arc::new(move |ctx, input: Value| {
-            let input = match I::deserialize(input) {
-                Ok(input) => input,
-                Err(err) => {
-                    let err = ActivityError::new(
-                        "bad_input",
-                        format!(
-                            "the input of activity {activity_name:?} does not deserialize: {err}"
-                        ),
-                    )
-                    .non_retryable();
-                    return futures::future::ready(Err(err)).boxed_local();
-                }
-            };
-            let name = activity_name.clone();
-            activity(ctx, input)
-                .map(move |result| {
-                    serde_json::to_value(result?).map_err(|err| {
-                        ActivityError::new(
-                            "bad_output",
-                            format!("the result of activity {name:?} does not serialize: {err}"),
-                        )
-                        .non_retryable()
-                    })
-                })
-                .boxed_local()
-        });
+        let erased: ActivityFn = erase("activity", name, activity);
         self.registered.insert(name.to_string(), erased);
         self
     }

@@ -451,12 +451,19 @@ impl Store {
         // 3. The lease: holder and fencing token must both match. A task
         //    that completes ends the run of failures before it, if any
         //    (see `fail_workflow_task`).
+        // 4. A WorkflowTaskStarted opens the task's part of the history, as
+        //    in go-workflows' histories (its replay skips it, as ours does);
+        //    then the task's events move to the history, in their order.
+        //
+        //    The three statements go out together (pipelined: one round trip
+        //    instead of three) and run in this order. Should the lease turn
+        //    out lost, whatever the other two did or failed at is rolled
+        //    back with the transaction, and LeaseLost is the answer.
         let sticky_secs = (!self.options().sticky_timeout.is_zero() && !plan.ends_execution)
             .then(|| self.options().sticky_timeout.as_secs_f64());
-        let updated = tx
-            .execute(
-                &tx.prepare_cached(
-                    "UPDATE instances
+        let release = tx
+            .prepare_cached(
+                "UPDATE instances
                     SET locked_until = NULL,
                         lease_id = NULL,
                         sticky_until = now() + make_interval(secs => $4),
@@ -465,46 +472,12 @@ impl Store {
                         task_attempts = 0,
                         last_task_error = NULL
                   WHERE id = $1 AND worker = $2 AND lease_id = $3",
-                )
-                .await
-                .map_err(db("preparing a statement"))?,
-                &[
-                    &task.row_id,
-                    &task.lease.worker().as_str(),
-                    &task.lease.lease_id(),
-                    &sticky_secs,
-                    &(plan.state as i32),
-                ],
             )
             .await
-            .map_err(db("releasing the workflow task's lease"))?;
-        if updated == 0 {
-            return Err(StoreError::LeaseLost {
-                task: format!("the workflow task of {}", task.instance.instance_id),
-                worker: task.lease.worker().to_string(),
-            });
-        }
-
-        // 4. A WorkflowTaskStarted opens the task's part of the history, as
-        //    in go-workflows' histories (its replay skips it, as ours does);
-        //    then the task's events move to the history, in their order.
-        let task_started = NewEvent::new(EventType::WorkflowTaskStarted, 0, b"null".to_vec());
-        append_history(
-            &tx,
-            &task.instance,
-            task.last_sequence_id + 1,
-            &[task_started],
-        )
-        .await?;
-        let moved_ids: Vec<&str> = task
-            .new_events
-            .iter()
-            .map(|e| e.event_id.as_str())
-            .collect();
-        let moved = tx
-            .execute(
-                &tx.prepare_cached(
-                    "WITH moved AS (
+            .map_err(db("preparing a statement"))?;
+        let move_events = tx
+            .prepare_cached(
+                "WITH moved AS (
                    DELETE FROM pending_events
                     WHERE instance_id = $1 AND execution_id = $2 AND event_id = ANY($3)
                    RETURNING *)
@@ -513,18 +486,44 @@ impl Store {
                  SELECT event_id, $4 + row_number() OVER (ORDER BY id), instance_id, execution_id,
                         event_type, timestamp, schedule_event_id, visible_at
                    FROM moved",
-                )
-                .await
-                .map_err(db("preparing a statement"))?,
-                &[
-                    &task.instance.instance_id,
-                    &task.instance.execution_id,
-                    &moved_ids,
-                    &(task.last_sequence_id + 1),
-                ],
             )
             .await
-            .map_err(db("moving the task's events to the history"))?;
+            .map_err(db("preparing a statement"))?;
+        let plan_state = plan.state as i32;
+        let moved_ids: Vec<&str> = task
+            .new_events
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .collect();
+        let task_started = [NewEvent::new(
+            EventType::WorkflowTaskStarted,
+            0,
+            b"null".to_vec(),
+        )];
+        let moved_after = task.last_sequence_id + 1;
+        let (worker, lease_id) = (task.lease.worker().as_str(), task.lease.lease_id());
+        let release_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&task.row_id, &worker, &lease_id, &sticky_secs, &plan_state];
+        let move_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &task.instance.instance_id,
+            &task.instance.execution_id,
+            &moved_ids,
+            &moved_after,
+        ];
+        let (updated, task_started_recorded, moved) = futures::join!(
+            tx.execute(&release, &release_params),
+            append_history(&tx, &task.instance, moved_after, &task_started),
+            tx.execute(&move_events, &move_params),
+        );
+        let updated = updated.map_err(db("releasing the workflow task's lease"))?;
+        if updated == 0 {
+            return Err(StoreError::LeaseLost {
+                task: format!("the workflow task of {}", task.instance.instance_id),
+                worker: task.lease.worker().to_string(),
+            });
+        }
+        task_started_recorded?;
+        let moved = moved.map_err(db("moving the task's events to the history"))?;
         // After the WorkflowTaskStarted and the moved events.
         let first_new_sequence = task.last_sequence_id + 1 + moved as i64 + 1;
 

@@ -781,3 +781,63 @@ async fn postgres_errors_are_transient_only_when_a_retry_can_succeed() {
     assert_eq!(err.code().unwrap().code(), "57014");
     assert!(classify(err));
 }
+
+/// A decision (whose first writes are pipelined) and a batch of results,
+/// through a store with a commit hook: nothing they write is announced by
+/// the triggers, and the hook hears of the queues.
+#[actix_rt::test]
+async fn pipelined_decisions_and_results_still_leave_the_notify_to_the_commit_hook() {
+    let database = pgwake::testing::fresh_database().await.unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook_heard = heard.clone();
+    let hook: pgwake::store::CommitHook = std::sync::Arc::new(move |touched| {
+        hook_heard.lock().unwrap().push(format!("{touched:?}"));
+    });
+    let store = Store::connect(database.url(), StoreOptions::default())
+        .await
+        .unwrap()
+        .with_commit_hook(hook);
+    let (listener, mut received) = support::listen(
+        database.url(),
+        &["workflow_tasks", "activity_tasks", "probe"],
+    )
+    .await;
+    let queues = [q("piped")];
+    let me = worker("piped");
+    store
+        .create_instance(NewInstance::new("piped-1", q("piped")))
+        .await
+        .unwrap();
+    let task = store
+        .claim_workflow_task(&me, &queues, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    // A decision that schedules an activity (inserts into activities).
+    store
+        .complete_workflow_task(
+            &task,
+            WorkflowCompletion::default().schedule_activity("a", json!(1), None),
+        )
+        .await
+        .unwrap();
+    let activity = store
+        .claim_activity_tasks(&me, &queues, 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    // A result (inserts into pending_events).
+    let outcomes = store
+        .complete_activity_tasks(&[(&activity, Ok(json!(2)))])
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(Result::is_ok));
+    let notified = support::drain_until_sentinel(&listener, &mut received, "probe").await;
+    assert!(
+        notified.is_empty(),
+        "the triggers announced pgwake's own writes: {notified:?}"
+    );
+    let heard = heard.lock().unwrap().join(" | ");
+    assert!(heard.contains("piped"), "the hook heard: {heard}");
+}

@@ -64,9 +64,9 @@ thread_local! {
 
 impl std::fmt::Debug for Workflows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut names: Vec<&String> = self.registered.keys().collect();
-        names.sort();
-        f.debug_struct("Workflows").field("names", &names).finish()
+        f.debug_struct("Workflows")
+            .field("names", &sorted_names(&self.registered))
+            .finish()
     }
 }
 
@@ -111,9 +111,7 @@ impl Workflows {
     /// assert!(pgwake::workflow::Workflows::new().names().is_empty());
     /// ```
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.registered.keys().cloned().collect();
-        names.sort();
-        names
+        sorted_names(&self.registered)
     }
 
     /// Runs one workflow task: replays the workflow named in the instance's
@@ -279,6 +277,13 @@ impl Workflows {
             }
         })
     }
+}
+
+/// The names a registry holds, sorted.
+fn sorted_names<V>(registered: &HashMap<String, V>) -> Vec<String> {
+    let mut names: Vec<String> = registered.keys().cloned().collect();
+    names.sort();
+    names
 }
 
 /// The error a registered function fails with when the JSON it is given,
@@ -511,9 +516,9 @@ pub struct Activities {
 
 impl std::fmt::Debug for Activities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut names: Vec<&String> = self.registered.keys().collect();
-        names.sort();
-        f.debug_struct("Activities").field("names", &names).finish()
+        f.debug_struct("Activities")
+            .field("names", &sorted_names(&self.registered))
+            .finish()
     }
 }
 
@@ -556,9 +561,7 @@ impl Activities {
     /// assert!(pgwake::workflow::Activities::new().names().is_empty());
     /// ```
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.registered.keys().cloned().collect();
-        names.sort();
-        names
+        sorted_names(&self.registered)
     }
 
     /// A worker for `queues` running every registered activity. An

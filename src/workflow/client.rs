@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::error::{ClientError, WorkflowError};
+use super::error::{stored_text, ClientError, WorkflowError};
 use super::retry::Attempt;
 use crate::store::{
     CancelOutcome, EventType, InstanceRef, InstanceSnapshot, InstanceState, NewInstance, Queue,
@@ -327,10 +327,7 @@ impl Client {
                         })
                     }
                     Some(outcome) if outcome.get("error").is_some() => {
-                        let stored = match &outcome["error"] {
-                            Value::String(text) => text.clone(),
-                            other => other.to_string(),
-                        };
+                        let stored = stored_text(&outcome["error"]);
                         Err(ClientError::Failed(WorkflowError::from_stored(&stored)))
                     }
                     _ => Err(ClientError::Canceled {

@@ -16,6 +16,15 @@ fn default_retryable() -> bool {
     true
 }
 
+/// The text a failure was stored as in an event's `"error"` attribute (a
+/// JSON string, or, from other writers, any JSON).
+pub(crate) fn stored_text(stored: &Value) -> String {
+    match stored {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Turns the text stored for a failure back into its kind, message,
 /// retryable flag and details: the JSON an error of this module wrote, or,
 /// for any other text (a panic, a plain handler of the decider layer), kind

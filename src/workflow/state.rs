@@ -21,7 +21,7 @@ use super::command::{
     ActivityCommand, InvalidTransition, Retry, SideEffectCommand, SignalCommand, State,
     SubWorkflowCommand, TimerCommand,
 };
-use super::error::{ActivityError, ReplayError, WorkflowError};
+use super::error::{stored_text, ActivityError, ReplayError, WorkflowError};
 use crate::store::{Event, EventType, InstanceRef};
 
 /// What applying one event asks of the executor.
@@ -705,14 +705,6 @@ impl ReplayState {
             ));
         }
         Ok(())
-    }
-}
-
-/// The text a failure was stored as (a JSON string, or other JSON).
-fn stored_text(stored: &Value) -> String {
-    match stored {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
     }
 }
 

@@ -40,6 +40,14 @@ pub enum ConnectError {
         /// What the parser objected to (never the URL itself).
         reason: String,
     },
+    /// The URL's TLS settings cannot be honoured: an `sslmode` pgwake does
+    /// not support, a combination libpq refuses too, or a certificate or key
+    /// file that cannot be read. Refused before connecting, never downgraded.
+    #[error("the database URL's TLS settings cannot be used: {reason}")]
+    Tls {
+        /// What is wrong, and what to set instead.
+        reason: String,
+    },
     /// The server did not complete the connection in time.
     #[error(
         "could not connect to {server} within {timeout:?}: check that the server is running \
@@ -73,11 +81,42 @@ impl ConnectError {
     /// ```
     pub fn is_transient(&self) -> bool {
         match self {
-            ConnectError::InvalidUrl { .. } => false,
+            ConnectError::InvalidUrl { .. } | ConnectError::Tls { .. } => false,
             ConnectError::Timeout { .. } => true,
             ConnectError::Refused { source, .. } => is_transient_postgres_error(source),
         }
     }
+}
+
+/// Whether the TLS handshake failed over the certificates (the server's not
+/// trusted or not for this host, ours refused): a setting to fix, which
+/// retrying will not, although the driver reports it as I/O.
+fn is_certificate_rejection(error: &tokio_postgres::Error) -> bool {
+    let mut cause = std::error::Error::source(error);
+    while let Some(err) = cause {
+        let tls = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .or_else(|| err.downcast_ref::<rustls::Error>());
+        if let Some(tls) = tls {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::UnsupportedNameType
+                    | rustls::Error::AlertReceived(
+                        rustls::AlertDescription::BadCertificate
+                            | rustls::AlertDescription::CertificateRequired
+                            | rustls::AlertDescription::CertificateUnknown
+                            | rustls::AlertDescription::UnknownCA
+                            | rustls::AlertDescription::AccessDenied
+                    )
+            );
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// Whether a driver error may go away if the same request is tried again
@@ -90,9 +129,13 @@ impl ConnectError {
 /// lock_not_available (`lock_timeout`). Everything else is permanent: the
 /// same request fails the same way, e.g. class 22 (data exception: a value
 /// out of range, invalid input), 23 (a constraint), 28 (authentication), 3D
-/// (no such database), 42 (bad SQL or privileges), and the driver's own
-/// refusals (a value it cannot convert, an unexpected number of rows).
+/// (no such database), 42 (bad SQL or privileges), the driver's own
+/// refusals (a value it cannot convert, an unexpected number of rows), and a
+/// TLS handshake that failed over a certificate.
 pub(crate) fn is_transient_postgres_error(error: &tokio_postgres::Error) -> bool {
+    if is_certificate_rejection(error) {
+        return false;
+    }
     if error.is_closed() {
         return true;
     }

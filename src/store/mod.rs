@@ -54,7 +54,6 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
-use tokio_postgres::NoTls;
 
 pub use model::{
     ActivityPoll, ActivityTask, CancelOutcome, Event, EventType, InstanceRef, InstanceSnapshot,
@@ -613,7 +612,7 @@ pub(crate) fn build_pool(
 ) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
         config.postgres_config().clone(),
-        NoTls,
+        config.tls_connector(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

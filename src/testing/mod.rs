@@ -44,11 +44,13 @@ mod databases;
 mod fault_proxy;
 mod pgbouncer;
 mod scratch;
+mod tls;
 
 pub use cluster::TestPostgres;
 pub use databases::{fresh_database, fresh_empty_database, TestDatabase, TestDatabases};
 pub use fault_proxy::FaultProxy;
 pub use pgbouncer::{PgBouncer, PgBouncerBuilder, PgBouncerError, PoolMode};
+pub use tls::{TestTls, CERT_USER, TLS_ONLY_USER};
 
 use std::path::PathBuf;
 

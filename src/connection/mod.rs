@@ -14,12 +14,21 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio_postgres::config::Host;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::config::{Host, TargetSessionAttrs};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, Client, Socket};
 
 use crate::error::ConnectError;
+
+mod options;
+mod tls;
+
+pub use tls::SslMode;
 
 /// How long a connection attempt may take when the URL does not say
 /// (`connect_timeout=SECONDS`): long enough for a busy server, short enough
@@ -48,7 +57,11 @@ pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
 /// ```
 pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A connection whose messages (notifications included) the caller polls.
+/// The stream type of every connection pgwake opens: TLS or not, as the URL says.
+type Stream = <tokio_postgres_rustls::MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
+
+/// A connection whose messages (notifications included) the caller polls,
+/// or that the caller drives as a future until it closes.
 ///
 /// ```
 /// use futures::future::poll_fn;
@@ -63,14 +76,42 @@ pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 ///     }
 /// }
 /// ```
-pub type RawConnection =
-    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
+pub struct RawConnection(tokio_postgres::Connection<Socket, Stream>);
 
-/// A parsed connection string: what to connect to, and how to name it in logs.
+impl RawConnection {
+    /// Polls for the next message from the server (a notification, a
+    /// notice), driving the connection meanwhile; `None` once it is closed.
+    pub fn poll_message(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<AsyncMessage, tokio_postgres::Error>>> {
+        self.0.poll_message(cx)
+    }
+}
+
+impl Future for RawConnection {
+    type Output = Result<(), tokio_postgres::Error>;
+
+    /// Drives the connection until it closes, dropping notifications.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl fmt::Debug for RawConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RawConnection")
+    }
+}
+
+/// A parsed connection string: what to connect to, how (TLS, which of several
+/// hosts), and how to name it in logs.
 ///
 /// Accepts both forms libpq accepts: `postgres://user:password@host:port/db?opt=v`
-/// and `host=... user=... dbname=...`. Its `Debug` and [`redacted`](Self::redacted)
-/// forms never show the password.
+/// and `host=... user=... dbname=...`, with libpq's TLS options (`sslmode`
+/// from `disable` to `verify-full`, `sslrootcert` as a file or `system`,
+/// `sslcert`/`sslkey`, `sslsni`) and several hosts (`host1:5432,host2:5432`).
+/// Its `Debug` and [`redacted`](Self::redacted) forms never show the password.
 ///
 /// ```
 /// let config = pgwake::ConnectionConfig::from_url("host=db.internal port=5433 user=app password=s3cret dbname=orders").unwrap();
@@ -79,6 +120,7 @@ pub type RawConnection =
 #[derive(Clone)]
 pub struct ConnectionConfig {
     postgres: tokio_postgres::Config,
+    tls: tls::TlsSettings,
     redacted: String,
 }
 
@@ -89,6 +131,13 @@ impl ConnectionConfig {
     /// [`DEFAULT_KEEPALIVES_IDLE`] of silence every 10 s, 3 probes, and a
     /// [`DEFAULT_TCP_USER_TIMEOUT`] on unacknowledged data (Linux). A URL's
     /// own `keepalives_idle` or `tcp_user_timeout` wins.
+    ///
+    /// TLS follows libpq's `sslmode` (default `prefer`); the files the URL
+    /// names (`sslrootcert`, `sslcert`, `sslkey`) are read here, so a
+    /// missing one is reported now rather than at each connect. Sessions
+    /// must accept writes: `target_session_attrs` defaults to `read-write`,
+    /// so of several hosts the writable one is used, and a standby (or a
+    /// server still recovering) counts as unreachable until it is promoted.
     ///
     /// ```
     /// use std::time::Duration;
@@ -101,7 +150,9 @@ impl ConnectionConfig {
     /// ```
     ///
     /// # Errors
-    /// [`ConnectError::InvalidUrl`] naming what is wrong, without echoing the URL.
+    /// [`ConnectError::InvalidUrl`] naming what is wrong, without echoing the
+    /// URL; [`ConnectError::Tls`] when its TLS settings cannot be honoured
+    /// (an unsupported `sslmode`, a file that cannot be read).
     ///
     /// ```
     /// let err = pgwake::ConnectionConfig::from_url("postgres://u:pw@host:notaport/db").unwrap_err();
@@ -109,8 +160,12 @@ impl ConnectionConfig {
     /// assert!(!err.to_string().contains("pw"));
     /// ```
     pub fn from_url(url: &str) -> Result<Self, ConnectError> {
+        let invalid = |reason: String| ConnectError::InvalidUrl { reason };
+        let split = options::split_own_options(url).map_err(invalid)?;
         let mut postgres: tokio_postgres::Config =
-            url.parse()
+            split
+                .rest
+                .parse()
                 .map_err(|err: tokio_postgres::Error| ConnectError::InvalidUrl {
                     reason: crate::error::ErrorChain(&err).to_string(),
                 })?;
@@ -118,6 +173,18 @@ impl ConnectionConfig {
             // libpq's default; tokio-postgres refuses a config without a host.
             postgres.host("localhost");
         }
+        let (session_options, tls_options): (Vec<_>, Vec<_>) = split
+            .own
+            .into_iter()
+            .partition(|(name, _)| name == "target_session_attrs");
+        postgres.target_session_attrs(target_session_attrs(&session_options).map_err(invalid)?);
+        let unix_sockets_only = postgres
+            .get_hosts()
+            .iter()
+            .all(|host| !matches!(host, Host::Tcp(_)));
+        let tls = tls::tls_settings(&tls_options, unix_sockets_only)
+            .map_err(|reason| ConnectError::Tls { reason })?;
+        postgres.ssl_mode(tls.driver_mode);
         if postgres.get_connect_timeout().is_none() {
             postgres.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
@@ -135,7 +202,28 @@ impl ConnectionConfig {
             postgres.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
         }
         let redacted = redact(&postgres);
-        Ok(Self { postgres, redacted })
+        Ok(Self {
+            postgres,
+            tls,
+            redacted,
+        })
+    }
+
+    /// How this connection uses TLS (`sslmode`).
+    ///
+    /// ```
+    /// use pgwake::connection::SslMode;
+    /// let config = pgwake::ConnectionConfig::from_url("postgres://db.internal/app?sslmode=require").unwrap();
+    /// assert_eq!(config.ssl_mode(), SslMode::Require);
+    /// ```
+    pub fn ssl_mode(&self) -> SslMode {
+        self.tls.mode
+    }
+
+    /// The TLS connector for this URL, for pools built on
+    /// [`postgres_config`](Self::postgres_config).
+    pub(crate) fn tls_connector(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
+        self.tls.connector.clone()
     }
 
     /// The same server and credentials, announced to the server as
@@ -153,6 +241,9 @@ impl ConnectionConfig {
     }
 
     /// The underlying `tokio-postgres` configuration (for building pools).
+    /// Its `ssl_mode` is what the driver is told (`require` for the verify
+    /// modes); verification is done by pgwake's TLS connector, so connect
+    /// through [`connect`](Self::connect), not with this and `NoTls`.
     ///
     /// ```
     /// let config = pgwake::ConnectionConfig::from_url("postgres://app@db.internal:5433/orders").unwrap();
@@ -243,7 +334,7 @@ impl ConnectionConfig {
     /// ```
     pub async fn connect_raw(&self) -> Result<(Client, RawConnection), ConnectError> {
         let timeout = self.connect_timeout();
-        let attempt = self.postgres.connect(NoTls);
+        let attempt = self.postgres.connect(self.tls.connector.clone());
         match tokio::time::timeout(timeout, attempt).await {
             Err(_) => Err(ConnectError::Timeout {
                 server: self.redacted.clone(),
@@ -253,7 +344,7 @@ impl ConnectionConfig {
                 server: self.redacted.clone(),
                 source,
             }),
-            Ok(Ok(pair)) => Ok(pair),
+            Ok(Ok((client, connection))) => Ok((client, RawConnection(connection))),
         }
     }
 }
@@ -269,6 +360,21 @@ impl fmt::Debug for ConnectionConfig {
 impl fmt::Display for ConnectionConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted)
+    }
+}
+
+/// pgwake writes, so a session must accept writes: `read-write` unless the
+/// URL says `any` (for a proxy that answers `SHOW transaction_read_only`
+/// wrongly, say).
+fn target_session_attrs(options: &[(String, String)]) -> Result<TargetSessionAttrs, String> {
+    match options.last().map(|(_, value)| value.as_str()) {
+        None | Some("read-write") => Ok(TargetSessionAttrs::ReadWrite),
+        Some("any") => Ok(TargetSessionAttrs::Any),
+        Some(_) => Err(
+            "target_session_attrs must be read-write (the default: pgwake writes) \
+                        or any"
+                .into(),
+        ),
     }
 }
 

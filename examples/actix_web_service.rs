@@ -606,7 +606,10 @@ fn listener_state_name(state: &ListenerState) -> &'static str {
         ListenerState::Connecting => "Connecting",
         ListenerState::Listening => "Listening",
         ListenerState::Backoff { .. } => "Backoff",
+        ListenerState::NotDelivering => "NotDelivering",
         ListenerState::Disabled => "Disabled",
+        // A state added by a later pgwake.
+        _ => "Unknown",
     }
 }
 

@@ -32,13 +32,27 @@ pub struct RuntimeConfig {
     /// net then (notifications and resyncs carry the work); default 60 s.
     pub fallback_while_listening: Duration,
     /// The same while the listener is not listening (connecting, backing
-    /// off) or notifications are off; default 500 ms.
+    /// off, or its notifications not delivered: see
+    /// `listener_probe_timeout`) or notifications are off; default 500 ms.
     pub fallback_while_degraded: Duration,
     /// A listener pings its connection after this long without traffic,
     /// to find half-open sockets; default 5 s.
     pub listener_ping_after: Duration,
-    /// A ping not answered within this is a lost connection; default 3 s.
+    /// A ping (or `LISTEN`) not answered within this is a lost connection;
+    /// default 3 s.
     pub listener_ping_timeout: Duration,
+    /// How long a listener's delivery probe may take to come back; default
+    /// 2 s. After every `LISTEN` (first or after a reconnect) the listener
+    /// sends a `NOTIFY` on a private channel from a short-lived second
+    /// connection (to `listener_url`, like its own) and reports listening
+    /// only once it arrives. When it does not arrive in time (a
+    /// transaction-mode pooler such as PgBouncer, a replica, or a proxy that
+    /// drops asynchronous messages between the listener and PostgreSQL),
+    /// the listener reports [`ListenerState::NotDelivering`](crate::ListenerState::NotDelivering),
+    /// its workers poll every `fallback_while_degraded`, and it probes again
+    /// every `listener_ping_after`. Sending the probe is bounded by the
+    /// connection's `connect_timeout` and then by this.
+    pub listener_probe_timeout: Duration,
     /// The first reconnect delay; doubles per failed attempt, with jitter.
     /// Default 100 ms.
     pub reconnect_backoff_min: Duration,
@@ -69,6 +83,7 @@ impl std::fmt::Debug for RuntimeConfig {
             .field("fallback_while_degraded", &self.fallback_while_degraded)
             .field("listener_ping_after", &self.listener_ping_after)
             .field("listener_ping_timeout", &self.listener_ping_timeout)
+            .field("listener_probe_timeout", &self.listener_probe_timeout)
             .field("reconnect_backoff_min", &self.reconnect_backoff_min)
             .field("reconnect_backoff_max", &self.reconnect_backoff_max)
             .field("notify_debounce", &self.notify_debounce)
@@ -87,6 +102,7 @@ impl RuntimeConfig {
     /// assert!(config.notifications);
     /// assert_eq!(config.fallback_while_listening, Duration::from_secs(60));
     /// assert_eq!(config.fallback_while_degraded, Duration::from_millis(500));
+    /// assert_eq!(config.listener_probe_timeout, Duration::from_secs(2));
     /// ```
     pub fn new(database_url: impl Into<String>) -> Self {
         Self {
@@ -97,6 +113,7 @@ impl RuntimeConfig {
             fallback_while_degraded: Duration::from_millis(500),
             listener_ping_after: Duration::from_secs(5),
             listener_ping_timeout: Duration::from_secs(3),
+            listener_probe_timeout: Duration::from_secs(2),
             reconnect_backoff_min: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(30),
             notify_debounce: Duration::from_millis(25),
@@ -128,6 +145,7 @@ impl RuntimeConfig {
             ("fallback_while_degraded", self.fallback_while_degraded),
             ("listener_ping_after", self.listener_ping_after),
             ("listener_ping_timeout", self.listener_ping_timeout),
+            ("listener_probe_timeout", self.listener_probe_timeout),
             ("reconnect_backoff_min", self.reconnect_backoff_min),
             ("reconnect_backoff_max", self.reconnect_backoff_max),
         ];
@@ -189,5 +207,28 @@ impl RuntimeConfig {
             Some(schema) if schema != "public" => format!("{schema}.{}", kind.base_channel()),
             _ => kind.base_channel().to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_probe_timeout_is_rejected_by_name() {
+        let mut config = RuntimeConfig::new("postgres://postgres@localhost/app");
+        config.validate().unwrap();
+        config.listener_probe_timeout = Duration::ZERO;
+        let err = config.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BuildError::Setting {
+                    name: "listener_probe_timeout",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 }

@@ -34,8 +34,9 @@
 //! | `pgwake_lease_extensions_total` | counter | `kind` | Leases extended by a running task's heartbeat. |
 //! | `pgwake_leases_lost_total` | counter | `kind` | Leases found lost by a heartbeat or when the result was recorded (the task expired and was claimed again, or was deleted, e.g. with its ended workflow): the work is discarded. |
 //! | `pgwake_results_not_recorded_total` | counter | `kind` | Finished tasks whose result could not be recorded after retries (database failure): they run again once their lease expires. |
-//! | `pgwake_listener_listening` | gauge | `channel` | 1 while the listener of `channel` is listening, 0 while it connects, backs off after a loss, or is stopped. |
+//! | `pgwake_listener_listening` | gauge | `channel` | 1 while the listener of `channel` is listening (its delivery probe came back), 0 while it connects, backs off after a loss, finds its notifications not delivered, or is stopped. |
 //! | `pgwake_listener_reconnects_total` | counter | `channel` | Successful `LISTEN`s after one or more failed attempts or a lost connection. |
+//! | `pgwake_listener_probe_failures_total` | counter | `channel` | Delivery probes of the listener of `channel` that did not come back within `listener_probe_timeout`, or could not be sent: its notifications are not delivered (typically a transaction pooler between it and PostgreSQL), and its workers poll every `fallback_while_degraded`. While they fail, it probes again every `listener_ping_after`. |
 //! | `pgwake_notifications_sent_total` | counter | `channel` | NOTIFYs this process's notifier sent for its own writes (one per queue per send). |
 //! | `pgwake_notification_queue_usage` | gauge | | The fraction (0 to 1) of PostgreSQL's notification queue in use, from `pg_notification_queue_usage()`: server-wide, not per process. Sampled every 10 s by the notifier while it has a connection (it connects at the first write through the runtime's store; never in poll-only mode). When full, `NOTIFY` fails: a listening session is not consuming (typically one left idle in a transaction). |
 //!
@@ -157,7 +158,8 @@ pub const LEASES_LOST: &str = "pgwake_leases_lost_total";
 /// assert_eq!(pgwake::metrics::RESULTS_NOT_RECORDED, "pgwake_results_not_recorded_total");
 /// ```
 pub const RESULTS_NOT_RECORDED: &str = "pgwake_results_not_recorded_total";
-/// Gauge: 1 while the listener of `channel` listens, else 0 (label `channel`).
+/// Gauge: 1 while the listener of `channel` listens and its notifications are
+/// delivered, else 0 (label `channel`).
 ///
 /// ```
 /// assert_eq!(pgwake::metrics::LISTENER_LISTENING, "pgwake_listener_listening");
@@ -169,6 +171,13 @@ pub const LISTENER_LISTENING: &str = "pgwake_listener_listening";
 /// assert_eq!(pgwake::metrics::LISTENER_RECONNECTS, "pgwake_listener_reconnects_total");
 /// ```
 pub const LISTENER_RECONNECTS: &str = "pgwake_listener_reconnects_total";
+/// Counter: delivery probes that did not come back in time or could not be
+/// sent (label `channel`).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::LISTENER_PROBE_FAILURES, "pgwake_listener_probe_failures_total");
+/// ```
+pub const LISTENER_PROBE_FAILURES: &str = "pgwake_listener_probe_failures_total";
 /// Counter: NOTIFYs sent by this process's notifier (label `channel`).
 ///
 /// ```
@@ -250,8 +259,9 @@ const METRICS: &[Metric] = &[
     counter_def(LEASE_EXTENSIONS, "Leases extended by a running task's heartbeat."),
     counter_def(LEASES_LOST, "Leases found lost by a heartbeat or when recording the result; the work was discarded."),
     counter_def(RESULTS_NOT_RECORDED, "Results that could not be recorded after retries; the task runs again after its lease expires."),
-    gauge_def(LISTENER_LISTENING, "1 while the listener of the channel is listening, else 0."),
+    gauge_def(LISTENER_LISTENING, "1 while the listener of the channel is listening and its delivery probe came back, else 0."),
     counter_def(LISTENER_RECONNECTS, "Successful LISTENs after one or more failed attempts or a lost connection."),
+    counter_def(LISTENER_PROBE_FAILURES, "Delivery probes that did not come back within listener_probe_timeout or could not be sent: notifications are not delivered to the listener."),
     counter_def(NOTIFICATIONS_SENT, "NOTIFYs sent by this process's notifier for its own writes (one per queue per send)."),
     gauge_def(NOTIFICATION_QUEUE_USAGE, "Fraction (0 to 1) of PostgreSQL's notification queue in use, server-wide, from pg_notification_queue_usage()."),
 ];
@@ -322,11 +332,18 @@ pub(crate) fn notification_dropped(channel: &str, reason: &'static str) {
         .increment(1);
 }
 
-pub(crate) fn listener_up(channel: &str, reconnected: bool) {
+/// The listener's delivery probe came back: it listens.
+pub(crate) fn listener_up(channel: &str) {
     gauge!(LISTENER_LISTENING, "channel" => channel.to_owned()).set(1.0);
-    if reconnected {
-        counter!(LISTENER_RECONNECTS, "channel" => channel.to_owned()).increment(1);
-    }
+}
+
+/// A `LISTEN` succeeded after a failure or a loss.
+pub(crate) fn listener_reconnected(channel: &str) {
+    counter!(LISTENER_RECONNECTS, "channel" => channel.to_owned()).increment(1);
+}
+
+pub(crate) fn probe_failed(channel: &str) {
+    counter!(LISTENER_PROBE_FAILURES, "channel" => channel.to_owned()).increment(1);
 }
 
 pub(crate) fn listener_down(channel: &str) {

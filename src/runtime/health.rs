@@ -13,18 +13,41 @@ use super::messages::TaskKind;
 /// use pgwake::ListenerState;
 /// # fn example(runtime: pgwake::RuntimeHandle) {
 /// for listener in runtime.health().listeners {
-///     if let ListenerState::Backoff { attempt, retry_in } = listener.state {
-///         println!("{}: attempt {attempt} failed, next in {retry_in:?}", listener.channel);
+///     match listener.state {
+///         ListenerState::Backoff { attempt, retry_in } => {
+///             println!("{}: attempt {attempt} failed, next in {retry_in:?}", listener.channel)
+///         }
+///         ListenerState::NotDelivering => {
+///             println!("{}: notifications do not arrive; is listener_url a pooler?", listener.channel)
+///         }
+///         _ => {}
 ///     }
 /// }
 /// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ListenerState {
-    /// Opening its connection or running `LISTEN`.
+    /// Opening its connection, running `LISTEN`, or waiting for the first
+    /// delivery probe to come back.
     Connecting,
-    /// `LISTEN` succeeded; notifications flow.
+    /// `LISTEN` succeeded, and a probe `NOTIFY` sent from another connection
+    /// came back on the listening one: notifications flow.
     Listening,
+    /// `LISTEN` succeeded, but the delivery probe (a `NOTIFY` sent from
+    /// another connection) did not come back within
+    /// `listener_probe_timeout`, or could not be sent: notifications are not
+    /// delivered on this connection. Typical causes: a transaction- or
+    /// statement-mode pooler such as PgBouncer between the listener and
+    /// PostgreSQL (point `listener_url` at PostgreSQL itself), a read
+    /// replica, or a proxy that drops asynchronous messages.
+    ///
+    /// Counted as not listening: workers poll every
+    /// `fallback_while_degraded`, [`Health::all_listening`] is false and
+    /// [`ListenerHealth::not_listening_for`] runs. The listener warns once
+    /// and probes again every `listener_ping_after`; it turns `Listening`
+    /// when a probe comes back.
+    NotDelivering,
     /// Waiting before the next attempt after a failure.
     Backoff {
         /// The failed attempts in a row.
@@ -157,7 +180,9 @@ pub struct Health {
 }
 
 impl Health {
-    /// Whether every listener is listening (true in poll-only mode).
+    /// Whether every listener is listening (true in poll-only mode). A
+    /// listener whose notifications are not delivered
+    /// ([`ListenerState::NotDelivering`]) is not.
     ///
     /// ```
     /// use pgwake::{Health, ListenerState};
@@ -171,6 +196,8 @@ impl Health {
     /// assert!(health.all_listening());
     /// let retry_in = Duration::from_millis(100);
     /// health.listeners[0].state = ListenerState::Backoff { attempt: 1, retry_in };
+    /// assert!(!health.all_listening());
+    /// health.listeners[0].state = ListenerState::NotDelivering; // behind a transaction pooler
     /// assert!(!health.all_listening());
     /// health.listeners[0].state = ListenerState::Disabled; // poll-only mode
     /// assert!(health.all_listening());
@@ -292,6 +319,9 @@ impl HealthBoard {
         }
     }
 
+    /// Whether `kind`'s listener is listening, which picks its workers'
+    /// fallback interval: not while connecting, backing off, or finding its
+    /// notifications not delivered.
     pub(crate) fn listening(&self, kind: TaskKind) -> bool {
         let guard = self
             .0
@@ -378,5 +408,53 @@ impl HealthBoard {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity_listener(board: &HealthBoard) -> ListenerHealth {
+        board
+            .snapshot()
+            .listeners
+            .into_iter()
+            .find(|l| l.kind == TaskKind::Activity)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_listener_whose_notifications_are_not_delivered_is_not_listening() {
+        let board = HealthBoard::default();
+        board.set_listener(
+            TaskKind::Activity,
+            "activity_tasks",
+            ListenerState::Connecting,
+        );
+        board.set_listener(
+            TaskKind::Activity,
+            "activity_tasks",
+            ListenerState::NotDelivering,
+        );
+        assert!(!board.listening(TaskKind::Activity));
+        assert!(!board.snapshot().all_listening());
+        let listener = activity_listener(&board);
+        assert_eq!(listener.state, ListenerState::NotDelivering);
+        assert!(
+            listener.not_listening_for.is_some(),
+            "its grace period runs"
+        );
+
+        // A probe came back: listening, and that is no reconnect.
+        board.set_listener(
+            TaskKind::Activity,
+            "activity_tasks",
+            ListenerState::Listening,
+        );
+        assert!(board.listening(TaskKind::Activity));
+        let listener = activity_listener(&board);
+        assert_eq!(listener.not_listening_for, None);
+        assert_eq!(listener.reconnects, 0);
     }
 }

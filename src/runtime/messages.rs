@@ -218,7 +218,10 @@ pub struct MoreWorkLikely {
     pub queues: Vec<Queue>,
 }
 
-/// A listener started or stopped listening.
+/// A listener started or stopped listening. Not listening includes a
+/// listener whose `LISTEN` succeeded but whose notifications are not
+/// delivered ([`ListenerState::NotDelivering`](crate::ListenerState::NotDelivering)):
+/// poll as often as while it is down.
 ///
 /// Your actor gets it when it registers with `listener_state: Some(addr.recipient())`:
 ///
@@ -241,7 +244,7 @@ pub struct MoreWorkLikely {
 pub struct ListenerStateChanged {
     /// Its kind of task.
     pub kind: TaskKind,
-    /// Whether it is listening now.
+    /// Whether it is listening now, its notifications confirmed delivered.
     pub listening: bool,
 }
 

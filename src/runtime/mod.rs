@@ -22,7 +22,12 @@
 //! `LISTEN`, first or after a reconnect, publishes a resync: every worker of
 //! its channel polls once, because notifications sent while it was away are
 //! gone. Errors, the end of the stream, or an unanswered ping stop it; its
-//! supervisor restarts it after a jittered exponential backoff.
+//! supervisor restarts it after a jittered exponential backoff. It counts as
+//! listening only once a probe `NOTIFY`, sent from a second connection,
+//! comes back on its own: behind a transaction-mode pooler `LISTEN` succeeds
+//! but notifications are lost, and it then reports
+//! [`ListenerState::NotDelivering`], warns once, and its workers poll as if
+//! it were down (see `listener_probe_timeout`).
 //!
 //! A [`WorkerActor`] polls on start, on every wake-up, after every task it
 //! finishes, and when its own timer fires: the earlier of the fallback
@@ -62,7 +67,8 @@
 //!   and a worker with no free slot declines it, so another takes it or it
 //!   is owed to the next worker that reports idle.
 //! - Bounded wake-up after loss: a lost listener reconnects with backoff and
-//!   resyncs; meanwhile workers poll every `fallback_while_degraded`.
+//!   resyncs; meanwhile workers poll every `fallback_while_degraded`, as they
+//!   do while a listener's notifications are found not to be delivered.
 
 mod backoff;
 mod handler;
@@ -317,6 +323,7 @@ impl RuntimeBuilder {
                         .with_application_name(&format!("pgwake-listener:{channel}")),
                     ping_after: config.listener_ping_after,
                     ping_timeout: config.listener_ping_timeout,
+                    probe_timeout: config.listener_probe_timeout,
                     backoff,
                     stable_after: LISTENER_STABLE_AFTER.min(config.reconnect_backoff_max),
                 };

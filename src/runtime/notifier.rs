@@ -145,6 +145,15 @@ impl Notifier {
         if self.sending || self.outbox.is_empty() {
             return;
         }
+        // A connection already known dead (its server crashed or failed
+        // over) is replaced now, not after a failed send and a 1 s pause.
+        if self
+            .client
+            .as_ref()
+            .is_some_and(|client| client.is_closed())
+        {
+            self.client = None;
+        }
         let Some(client) = self.client.clone() else {
             self.connect(ctx);
             return;

@@ -9,8 +9,14 @@ use std::time::{Duration, Instant};
 use super::databases::TestDatabases;
 use super::TestPostgresError;
 
-/// How long a server may take to accept connections after `postgres` starts.
+/// How long a server may take to accept connections after `postgres` starts,
+/// and how long a standby may take to replay its primary's WAL or to leave
+/// recovery when promoted.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many names a promoted standby tries for a new database: more than
+/// a test process creates on its primary.
+const MAX_NAME_ATTEMPTS: u32 = 10_000;
 
 /// Runs the postmaster and waits for one line on stdin: `fast` or `immediate`
 /// stops it and keeps the data; end of file (the owner dropped us, or its
@@ -53,6 +59,8 @@ pub struct TestPostgres {
     port: u16,
     durable: bool,
     owner: Option<(u32, u32)>,
+    /// The primary's port, for a cluster made by [`TestPostgres::new_standby_of`].
+    primary_port: Option<u16>,
     watchdog: Option<Watchdog>,
     databases: TestDatabases,
 }
@@ -112,24 +120,224 @@ impl TestPostgres {
             port: 0,
             durable,
             owner,
+            primary_port: None,
             watchdog: None,
             databases: TestDatabases::new(String::new()),
         };
         server.init_cluster()?;
-        // A port found free can be taken before the server binds it: retry.
+        server.start_on_a_free_port()?;
+        Ok(server)
+    }
+
+    /// A streaming standby of the running `primary`: a base backup of it
+    /// (`pg_basebackup -R -X stream`, as the cluster's owner) in a new
+    /// temporary directory, started on a free port of its own, as a hot
+    /// standby that replays the primary's WAL as it is written. It belongs
+    /// to this value the way [`new`](Self::new)'s cluster does: dropped, or
+    /// its process dead, it is stopped and deleted.
+    ///
+    /// Replication is asynchronous, as the primary's `synchronous_commit`
+    /// is off: a commit the primary acknowledged reaches the standby a
+    /// moment later, so a test that needs it there calls
+    /// [`wait_until_replayed`](Self::wait_until_replayed) before crashing
+    /// the primary. Its [`url`](Self::url) points at the standby's own
+    /// `postgres` database, read-only until [`promote`](Self::promote)
+    /// (pgwake's connections ask for a writable session, so add
+    /// `?target_session_attrs=any` to read a standby); the databases of the
+    /// primary appear on it under their own names, so a test reaches one
+    /// through either server by its name. A standby creates no database
+    /// (see [`create_database`](Self::create_database)).
+    ///
+    /// # Errors
+    /// [`TestPostgresError::Command`] with `pg_basebackup`'s output (the
+    /// primary is stopped, say), or [`TestPostgresError::StartFailed`].
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// use pgwake::testing::TestPostgres;
+    ///
+    /// let mut primary = TestPostgres::new()?;
+    /// let standby = TestPostgres::new_standby_of(&primary)?;
+    /// let database = primary.create_database().await?;
+    /// standby.wait_until_replayed(&primary).await?; // the database is on the standby too
+    /// let failover_url = format!(
+    ///     "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{}?target_session_attrs=read-write",
+    ///     primary.port(),
+    ///     standby.port(),
+    ///     database.name(),
+    /// );
+    /// primary.crash()?;
+    /// standby.promote().await?; // failover_url now reaches the standby
+    /// # Ok(()) }
+    /// ```
+    pub fn new_standby_of(primary: &TestPostgres) -> Result<Self, TestPostgresError> {
+        let root_dir = super::scratch::private_dir("pgwake-pg", primary.owner)
+            .map_err(|(context, source)| TestPostgresError::Io { context, source })?;
+        let mut standby = TestPostgres {
+            bin_dir: primary.bin_dir.clone(),
+            root_dir,
+            port: 0,
+            durable: primary.durable,
+            owner: primary.owner,
+            primary_port: Some(primary.port),
+            watchdog: None,
+            databases: TestDatabases::new(String::new()),
+        };
+        let mut command = Command::new(standby.server_tool("pg_basebackup"));
+        command
+            .arg("-D")
+            .arg(standby.data_dir())
+            // -R writes standby.signal and the primary's address into
+            // postgresql.auto.conf; -X stream copies the WAL written during
+            // the backup; a fast checkpoint starts it at once instead of
+            // after a spread one.
+            .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"])
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+            .args(["-U", "postgres"])
+            .current_dir(&standby.root_dir);
+        standby.run_as_owner(&mut command);
+        run_checked(&mut command, "pg_basebackup")?;
+        // The copied configuration holds no port (the primary's is on its
+        // command line): the standby's own comes from the watchdog's `-p`.
+        standby.start_on_a_free_port()?;
+        Ok(standby)
+    }
+
+    /// Picks a free port and starts there. A port found free can be taken
+    /// before the server binds it: up to three attempts.
+    fn start_on_a_free_port(&mut self) -> Result<(), TestPostgresError> {
         let mut last_error = None;
         for _ in 0..3 {
-            server.port = super::scratch::free_port().map_err(|source| TestPostgresError::Io {
+            self.port = super::scratch::free_port().map_err(|source| TestPostgresError::Io {
                 context: "finding a free port".into(),
                 source,
             })?;
-            server.databases = TestDatabases::new(server.url());
-            match server.start() {
-                Ok(()) => return Ok(server),
+            self.databases = TestDatabases::new(self.url());
+            match self.start() {
+                Ok(()) => return Ok(()),
                 Err(err) => last_error = Some(err),
             }
         }
         Err(last_error.expect("three attempts were made"))
+    }
+
+    /// Ends recovery on a standby made by [`new_standby_of`](Self::new_standby_of)
+    /// (`pg_promote`), and returns once it accepts writes: a new timeline
+    /// starts, and connections asking for `target_session_attrs=read-write`
+    /// are accepted from then on. Its primary is left alone; crash or stop
+    /// it first, as a failover manager would.
+    ///
+    /// # Errors
+    /// [`TestPostgresError::Database`] when the server is not in recovery
+    /// (`pg_promote` refuses), [`TestPostgresError::StartFailed`] when it
+    /// still is a minute later, [`TestPostgresError::Connect`] when it is
+    /// not running.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// use pgwake::testing::TestPostgres;
+    ///
+    /// let mut primary = TestPostgres::new()?;
+    /// let standby = TestPostgres::new_standby_of(&primary)?;
+    /// primary.stop()?;
+    /// standby.promote().await?;
+    /// let database = standby.create_database().await?; // it takes writes now
+    /// # Ok(()) }
+    /// ```
+    pub async fn promote(&self) -> Result<(), TestPostgresError> {
+        let client = crate::ConnectionConfig::from_url(&self.any_session_url())?
+            .connect()
+            .await?;
+        let seconds = i32::try_from(READY_TIMEOUT.as_secs()).unwrap_or(i32::MAX);
+        let promoted: bool = client
+            .query_one("SELECT pg_promote(true, $1)", &[&seconds])
+            .await
+            .map_err(|source| TestPostgresError::Database {
+                context: "promoting the standby",
+                source,
+            })?
+            .get(0);
+        if !promoted {
+            return Err(TestPostgresError::StartFailed {
+                reason: format!(
+                    "the standby was still in recovery {READY_TIMEOUT:?} after pg_promote"
+                ),
+                log: self.log_file(),
+                log_tail: last_lines(&read_log_from(&self.log_file(), 0), 20),
+            });
+        }
+        tracing::debug!(port = self.port, "test standby promoted");
+        Ok(())
+    }
+
+    /// Waits until this standby has replayed every WAL record `primary`
+    /// had inserted when called: every commit the primary acknowledged
+    /// before this call (databases created, migrations, rows) is then on
+    /// the standby, and survives a crash of the primary followed by
+    /// [`promote`](Self::promote). It compares the primary's
+    /// `pg_current_wal_insert_lsn()`, not its write position: with
+    /// `synchronous_commit` off, an acknowledged commit may not be written
+    /// yet. On a server that never was a standby it times out.
+    ///
+    /// # Errors
+    /// [`TestPostgresError::ReplayTimedOut`] after a minute;
+    /// [`TestPostgresError::Connect`] when either server is unreachable.
+    ///
+    /// ```
+    /// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
+    /// use pgwake::testing::TestPostgres;
+    ///
+    /// let primary = TestPostgres::new()?;
+    /// let standby = TestPostgres::new_standby_of(&primary)?;
+    /// let database = primary.create_database().await?;
+    /// standby.wait_until_replayed(&primary).await?;
+    /// let on_standby = format!(
+    ///     "postgres://postgres@127.0.0.1:{}/{}?target_session_attrs=any", // a read-only session
+    ///     standby.port(),
+    ///     database.name(),
+    /// );
+    /// let client = pgwake::ConnectionConfig::from_url(&on_standby)?.connect().await?;
+    /// pgwake::migrate::check(&client).await?; // migrated, by replication
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_until_replayed(
+        &self,
+        primary: &TestPostgres,
+    ) -> Result<(), TestPostgresError> {
+        let db_error = |context| move |source| TestPostgresError::Database { context, source };
+        let on_primary = crate::ConnectionConfig::from_url(&primary.url())?
+            .connect()
+            .await?;
+        let target: String = on_primary
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .map_err(db_error("reading the primary's WAL position"))?
+            .get(0);
+        let on_standby = crate::ConnectionConfig::from_url(&self.any_session_url())?
+            .connect()
+            .await?;
+        let started = Instant::now();
+        loop {
+            let row = on_standby
+                .query_one(
+                    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false),
+                            coalesce(pg_last_wal_replay_lsn()::text, 'nothing')",
+                    &[&target],
+                )
+                .await
+                .map_err(db_error("reading the standby's replay position"))?;
+            if row.get::<_, bool>(0) {
+                return Ok(());
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(TestPostgresError::ReplayTimedOut {
+                    primary_at: target,
+                    replayed: row.get(1),
+                    after: READY_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/postgres`: the superuser, trusted.
@@ -143,6 +351,13 @@ impl TestPostgres {
     /// ```
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// [`url`](Self::url), accepting a read-only session: pgwake's
+    /// connections ask for a writable one by default, which a standby in
+    /// recovery refuses.
+    fn any_session_url(&self) -> String {
+        format!("{}?target_session_attrs=any", self.url())
     }
 
     /// The TCP port the server listens on (kept across restarts).
@@ -215,7 +430,9 @@ impl TestPostgres {
     /// A new database migrated to the newest schema, cloned from a template.
     ///
     /// # Errors
-    /// When the template cannot be built or the clone fails.
+    /// When the template cannot be built or the clone fails;
+    /// [`TestPostgresError::StandbyIsReadOnly`] on a standby not promoted
+    /// (create the database on its primary: it is replicated).
     ///
     /// ```
     /// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
@@ -226,13 +443,16 @@ impl TestPostgres {
     /// # Ok(()) }
     /// ```
     pub async fn create_database(&self) -> Result<super::TestDatabase, TestPostgresError> {
-        self.databases.create_database().await
+        self.refuse_while_in_recovery().await?;
+        self.skipping_replicated_names(|| self.databases.create_database())
+            .await
     }
 
     /// A new database with no schema at all (for migration tests).
     ///
     /// # Errors
-    /// When `CREATE DATABASE` fails.
+    /// When `CREATE DATABASE` fails;
+    /// [`TestPostgresError::StandbyIsReadOnly`] on a standby not promoted.
     ///
     /// ```
     /// # async fn example() -> Result<(), pgwake::testing::TestPostgresError> {
@@ -243,7 +463,62 @@ impl TestPostgres {
     /// # Ok(()) }
     /// ```
     pub async fn create_empty_database(&self) -> Result<super::TestDatabase, TestPostgresError> {
-        self.databases.create_empty_database().await
+        self.refuse_while_in_recovery().await?;
+        self.skipping_replicated_names(|| self.databases.create_empty_database())
+            .await
+    }
+
+    /// Runs `create` until it picks a free name. A promoted standby holds
+    /// its primary's databases, named by the same per-process scheme, so
+    /// its own first names may be taken; each attempt takes the next name.
+    async fn skipping_replicated_names<F, Fut>(
+        &self,
+        create: F,
+    ) -> Result<super::TestDatabase, TestPostgresError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<super::TestDatabase, TestPostgresError>>,
+    {
+        let mut attempts = 0;
+        loop {
+            let result = create().await;
+            let name_taken = matches!(
+                &result,
+                Err(TestPostgresError::Database { source, .. })
+                    if source.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+            );
+            attempts += 1;
+            if !name_taken || self.primary_port.is_none() || attempts >= MAX_NAME_ATTEMPTS {
+                return result;
+            }
+        }
+    }
+
+    /// [`TestPostgresError::StandbyIsReadOnly`] for a standby not yet
+    /// promoted, whose databases all come from its primary; a clearer
+    /// refusal than the server's to `CREATE DATABASE`.
+    async fn refuse_while_in_recovery(&self) -> Result<(), TestPostgresError> {
+        let Some(primary_port) = self.primary_port else {
+            return Ok(());
+        };
+        let client = crate::ConnectionConfig::from_url(&self.any_session_url())?
+            .connect()
+            .await?;
+        let in_recovery: bool = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(|source| TestPostgresError::Database {
+                context: "asking the standby whether it is in recovery",
+                source,
+            })?
+            .get(0);
+        if in_recovery {
+            return Err(TestPostgresError::StandbyIsReadOnly {
+                port: self.port,
+                primary_port,
+            });
+        }
+        Ok(())
     }
 
     /// Starts the server again on the same port and data (no-op if running).
@@ -388,6 +663,21 @@ impl TestPostgres {
         run_checked(&mut command, "initdb")
     }
 
+    /// A client tool of the same installation as `postgres`: next to it,
+    /// or next to what it links to (a `PATH` directory may hold links to
+    /// `initdb` and `postgres` only), or else found on `PATH`.
+    fn server_tool(&self, name: &str) -> PathBuf {
+        let beside = self.bin_dir.join(name);
+        if beside.is_file() {
+            return beside;
+        }
+        std::fs::canonicalize(self.bin_dir.join("postgres"))
+            .ok()
+            .and_then(|postgres| Some(postgres.parent()?.join(name)))
+            .filter(|linked| linked.is_file())
+            .unwrap_or_else(|| PathBuf::from(name))
+    }
+
     fn run_as_owner(&self, command: &mut Command) {
         use std::os::unix::process::CommandExt;
         if let Some((uid, gid)) = self.owner {
@@ -415,9 +705,13 @@ impl TestPostgres {
             // A client connecting too early makes the server log "FATAL: the
             // database system is starting up": that is the client's failure,
             // not the server's, and must not count.
-            let server_fatal = new_log
-                .lines()
-                .any(|line| line.contains("FATAL") && !line.contains("the database system is"));
+            // Nor does a standby's WAL receiver failing to reach a primary
+            // that is down: the standby starts, and keeps retrying.
+            let server_fatal = new_log.lines().any(|line| {
+                line.contains("FATAL")
+                    && !line.contains("the database system is")
+                    && !line.contains("could not connect to the primary server")
+            });
             let exited = postmaster.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
             let timed_out = Instant::now() > deadline;
             if server_fatal || exited || timed_out {

@@ -26,6 +26,27 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Failover tests pair a cluster with a streaming standby
+//! ([`TestPostgres::new_standby_of`]), crash the first and promote the
+//! second:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), pgwake::testing::TestPostgresError> {
+//! use pgwake::testing::TestPostgres;
+//!
+//! let mut primary = TestPostgres::new()?;
+//! let standby = TestPostgres::new_standby_of(&primary)?;
+//! let database = primary.create_database().await?;
+//! standby.wait_until_replayed(&primary).await?; // nothing acknowledged is lost below
+//! let url = format!(
+//!     "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{}?target_session_attrs=read-write",
+//!     primary.port(), standby.port(), database.name(),
+//! );
+//! primary.crash()?;
+//! standby.promote().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! Tests of what a connection pooler changes put a throwaway [`PgBouncer`]
 //! (the machine's `pgbouncer` binary) in front of a server:
 //!
@@ -114,6 +135,29 @@ pub enum TestPostgresError {
     /// Migrating the template database failed.
     #[error(transparent)]
     Migrate(#[from] crate::MigrateError),
+    /// A database was asked of a standby that is still replaying its
+    /// primary: it is read-only, and has every database of the primary.
+    #[error(
+        "the test server on port {port} is a standby of the one on port {primary_port}, \
+         read-only until promoted: create databases on the primary, then wait until \
+         the standby has replayed them (TestPostgres::wait_until_replayed)"
+    )]
+    StandbyIsReadOnly {
+        /// The standby's port.
+        port: u16,
+        /// Its primary's port.
+        primary_port: u16,
+    },
+    /// A standby did not replay its primary's WAL in time.
+    #[error("the standby replayed WAL up to {replayed} only, after {after:?}; its primary was at {primary_at}")]
+    ReplayTimedOut {
+        /// The primary's WAL position waited for.
+        primary_at: String,
+        /// How far the standby had replayed.
+        replayed: String,
+        /// How long was waited.
+        after: std::time::Duration,
+    },
     /// A query against the test server failed.
     #[error("{context}: {}", crate::error::ErrorChain(.source))]
     Database {

@@ -428,8 +428,10 @@ pub enum StoreError {
         /// Which setting, and what is wrong.
         reason: String,
     },
-    /// A query failed.
-    #[error("{context}: {}", ErrorChain(.source))]
+    /// A query failed. When the server says a prepared statement does not
+    /// exist (SQLSTATE 26000), the message adds what causes that: a
+    /// connection pooler in transaction mode.
+    #[error("{context}: {}{}", ErrorChain(.source), pooler_hint(.source.code()))]
     Database {
         /// What we were doing.
         context: &'static str,
@@ -461,6 +463,21 @@ impl StoreError {
             StoreError::Database { source, .. } => is_transient_postgres_error(source),
             _ => false,
         }
+    }
+}
+
+/// What to do about a store error that a connection pooler causes, to
+/// follow the server's message; empty for any other. A statement the
+/// connection prepared is gone when PgBouncer in transaction mode hands the
+/// client another server backend, unless PgBouncer (1.21 or newer) tracks
+/// prepared statements itself.
+fn pooler_hint(code: Option<&tokio_postgres::error::SqlState>) -> &'static str {
+    if code == Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME) {
+        " (a statement this connection prepared is gone: that is what PgBouncer in \
+         transaction mode does before 1.21, or without max_prepared_statements. Use \
+         PgBouncer >= 1.21 with max_prepared_statements > 0, or session mode)"
+    } else {
+        ""
     }
 }
 
@@ -571,6 +588,45 @@ mod tests {
             source: tokio_postgres::Error::__private_api_timeout(),
         };
         assert!(error.is_transient());
+    }
+
+    #[test]
+    fn only_a_missing_prepared_statement_gets_the_pooler_hint() {
+        let hint = pooler_hint(Some(&SqlState::INVALID_SQL_STATEMENT_NAME));
+        assert!(hint.contains("max_prepared_statements > 0"), "{hint}");
+        assert!(hint.contains("session mode"), "{hint}");
+        for code in [
+            None,
+            Some(&SqlState::UNDEFINED_TABLE),
+            Some(&SqlState::DUPLICATE_PSTATEMENT),
+        ] {
+            assert_eq!(pooler_hint(code), "", "{code:?}");
+        }
+    }
+
+    /// tokio-postgres cannot build a server error outside a connection:
+    /// the server makes one.
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn a_missing_prepared_statement_is_shown_with_the_pooler_hint() {
+        let database = crate::testing::fresh_database().await.unwrap();
+        let client = database.config().connect().await.unwrap();
+        let source = client.simple_query("EXECUTE s36").await.unwrap_err();
+        assert_eq!(source.code(), Some(&SqlState::INVALID_SQL_STATEMENT_NAME));
+        let error = StoreError::Database {
+            context: "claiming activity tasks",
+            source,
+        };
+        let text = error.to_string();
+        assert!(
+            text.starts_with("claiming activity tasks: db error: ERROR: prepared statement \"s36\" does not exist"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PgBouncer >= 1.21 with max_prepared_statements > 0, or session mode"),
+            "{text}"
+        );
+        assert!(!error.is_transient());
     }
 
     #[test]

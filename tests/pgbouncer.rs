@@ -6,6 +6,8 @@
 //! CI (`CI` set), where a missing PgBouncer fails them.
 //!
 //! The metrics recorder is global; only one test here runs a runtime.
+//! Workflows run to the end behind PgBouncer in tests/pgbouncer_workflows.rs,
+//! a binary without a recorder.
 #![cfg(feature = "metrics")]
 
 mod support;
@@ -194,5 +196,28 @@ async fn a_foreign_write_on_the_notifiers_shared_backend_wakes_the_worker() {
             "the foreign writer's activity did not start within 10 s; activity \
              notifications dropped, by reason: {dropped:?}; worker counters: {counters:?}"
         ),
+    }
+}
+
+/// A setting the machine's PgBouncer does not know (1.18 refuses
+/// `max_prepared_statements`, for one) fails the start with PgBouncer's own
+/// complaint, not with an error about the files of a retry.
+#[actix_rt::test]
+async fn an_unknown_setting_fails_the_start_with_pgbouncers_log_naming_it() {
+    let database = fresh_database().await.unwrap();
+    let builder = PgBouncer::builder(database.url()).setting("pgwake_no_such_setting", "1");
+    match builder.start() {
+        Err(PgBouncerError::StartFailed { log_tail, .. }) => {
+            assert!(
+                log_tail.contains("pgwake_no_such_setting"),
+                "the log names the setting: {log_tail}"
+            );
+        }
+        Err(err @ PgBouncerError::NotFound { .. }) if !in_ci() => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipped: {err}");
+        }
+        Err(err) => panic!("expected StartFailed, got: {err}"),
+        Ok(bouncer) => panic!("PgBouncer started with an unknown setting: {bouncer:?}"),
     }
 }

@@ -20,11 +20,23 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// end (the owner dropped us, or its process died, however it died): then
 /// stops PgBouncer at once and deletes the directory, so that no PgBouncer
 /// outlives its test process.
+///
+/// Since PgBouncer 1.23 a first SIGTERM waits for every client to
+/// disconnect, and the clients of a test often live on the very thread that
+/// is dropping us (a single-threaded runtime): it would wait forever. A
+/// second SIGTERM means "exit now" there. PgBouncer 1.18 exits on the first,
+/// and the second then reaches a zombie (not yet reaped by `wait`, so its
+/// pid cannot have been reused), which is harmless. SIGQUIT would be
+/// simpler, but 1.18 does not handle it. The pause lets PgBouncer take the
+/// first signal before the second arrives, which it could otherwise merge
+/// into one.
 const WATCHDOG_SCRIPT: &str = r#"
 "$1" "$2" </dev/null >>"$3" 2>&1 &
 pgbouncer=$!
 echo "$pgbouncer"
 IFS= read -r how || true
+kill -TERM "$pgbouncer" 2>/dev/null
+sleep 0.1
 kill -TERM "$pgbouncer" 2>/dev/null
 wait "$pgbouncer"
 rm -rf "$4"
@@ -104,7 +116,8 @@ pub enum PgBouncerError {
     StartFailed {
         /// What went wrong.
         reason: String,
-        /// PgBouncer's log file.
+        /// PgBouncer's log file, deleted with its directory by the time
+        /// this is returned: `log_tail` keeps its end.
         log: PathBuf,
         /// The last lines of that log.
         log_tail: String,
@@ -237,52 +250,73 @@ impl PgBouncerBuilder {
         } else {
             None
         };
+        // A port found free can be taken before PgBouncer binds it: then,
+        // and only then, try again with another. Any other failure (a
+        // setting this PgBouncer does not know ...) is returned at once,
+        // with its log. Each attempt has a directory of its own: a failed
+        // one is deleted with its PgBouncer.
+        let mut attempts_left = 3;
+        loop {
+            attempts_left -= 1;
+            match self.start_once(&binary, owner, &users, &database, &settings) {
+                Err(err) if attempts_left > 0 && lost_its_port(&err) => {
+                    tracing::debug!(%err, "test PgBouncer lost its port; trying another");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt: a new directory with the auth and ini files, and
+    /// PgBouncer on a port that was free a moment ago.
+    fn start_once(
+        &self,
+        binary: &Path,
+        owner: Option<(u32, u32)>,
+        users: &str,
+        database: &str,
+        settings: &str,
+    ) -> Result<PgBouncer, PgBouncerError> {
         let root_dir = super::scratch::private_dir("pgwake-pgbouncer", owner)
             .map_err(|(context, source)| PgBouncerError::Io { context, source })?;
+        // From here on, dropping `bouncer` deletes the directory.
         let mut bouncer = PgBouncer {
-            target_url: self.target_url,
+            target_url: self.target_url.clone(),
             root_dir,
             port: 0,
             pool_mode: self.pool_mode,
             watchdog: None,
         };
+        bouncer.port = super::scratch::free_port().map_err(|source| PgBouncerError::Io {
+            context: "finding a free port".into(),
+            source,
+        })?;
         let auth_file = bouncer.root_dir.join("userlist.txt");
-        bouncer.write_owned(&auth_file, &users, owner)?;
-        // A port found free can be taken before PgBouncer binds it: retry.
-        let mut last_error = None;
-        for _ in 0..3 {
-            bouncer.port = super::scratch::free_port().map_err(|source| PgBouncerError::Io {
-                context: "finding a free port".into(),
-                source,
-            })?;
-            let ini = format!(
-                "[databases]\n\
-                 ; Any database name: the same database on the server.\n\
-                 * = {database}\n\
-                 [pgbouncer]\n\
-                 listen_addr = 127.0.0.1\n\
-                 listen_port = {port}\n\
-                 unix_socket_dir =\n\
-                 auth_type = trust\n\
-                 auth_file = {auth_file}\n\
-                 pool_mode = {pool_mode}\n\
-                 default_pool_size = {pool_size}\n\
-                 max_client_conn = 500\n\
-                 ; A test that restarts the server wants PgBouncer back at once.\n\
-                 server_login_retry = 1\n\
-                 {settings}",
-                port = bouncer.port,
-                auth_file = auth_file.display(),
-                pool_mode = self.pool_mode,
-                pool_size = self.default_pool_size,
-            );
-            bouncer.write_owned(&bouncer.ini_file(), &ini, owner)?;
-            match bouncer.spawn(&binary, owner) {
-                Ok(()) => return Ok(bouncer),
-                Err(err) => last_error = Some(err),
-            }
-        }
-        Err(last_error.expect("three attempts were made"))
+        bouncer.write_owned(&auth_file, users, owner)?;
+        let ini = format!(
+            "[databases]\n\
+             ; Any database name: the same database on the server.\n\
+             * = {database}\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = trust\n\
+             auth_file = {auth_file}\n\
+             pool_mode = {pool_mode}\n\
+             default_pool_size = {pool_size}\n\
+             max_client_conn = 500\n\
+             ; A test that restarts the server wants PgBouncer back at once.\n\
+             server_login_retry = 1\n\
+             {settings}",
+            port = bouncer.port,
+            auth_file = auth_file.display(),
+            pool_mode = self.pool_mode,
+            pool_size = self.default_pool_size,
+        );
+        bouncer.write_owned(&bouncer.ini_file(), &ini, owner)?;
+        bouncer.spawn(binary, owner)?;
+        Ok(bouncer)
     }
 
     fn validated_settings(&self) -> Result<String, PgBouncerError> {
@@ -367,6 +401,8 @@ pub struct PgBouncer {
 struct Watchdog {
     process: Child,
     commands: Option<ChildStdin>,
+    /// PgBouncer's own pid, as the watchdog printed it.
+    pgbouncer: Option<u32>,
 }
 
 impl std::fmt::Debug for PgBouncer {
@@ -525,8 +561,12 @@ impl PgBouncer {
         if let Some(stdout) = process.stdout.take() {
             let _ = BufReader::new(stdout).read_line(&mut first_line);
         }
-        self.watchdog = Some(Watchdog { process, commands });
         let pid: Option<u32> = first_line.trim().parse().ok();
+        self.watchdog = Some(Watchdog {
+            process,
+            commands,
+            pgbouncer: pid,
+        });
         if let Err(err) = self.wait_until_listening(pid, log_len) {
             self.shut_down();
             return Err(err);
@@ -546,7 +586,7 @@ impl PgBouncer {
         let listening = format!("listening on 127.0.0.1:{}", self.port);
         loop {
             let log = read_log_from(&self.log_file(), log_offset);
-            let alive = pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            let alive = pid.is_some_and(is_running);
             if alive && log.contains(&listening) {
                 return Ok(());
             }
@@ -579,9 +619,18 @@ impl PgBouncer {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        tracing::warn!("test PgBouncer did not stop in 10 s; killing its watchdog");
+        // Killed, PgBouncer lets the watchdog's `wait` return. The watchdog
+        // still runs, so it has not reaped PgBouncer: the pid is still its.
+        tracing::warn!("test PgBouncer did not stop in 10 s; killing it and its watchdog");
+        if let Some(pid) = watchdog.pgbouncer {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = watchdog.process.kill();
         let _ = watchdog.process.wait();
+        let _ = std::fs::remove_dir_all(&self.root_dir);
     }
 }
 
@@ -695,6 +744,24 @@ fn id_output(args: &[&str]) -> Result<u32, PgBouncerError> {
                 String::from_utf8_lossy(&output.stderr).trim().to_string(),
             ),
         })
+}
+
+/// Whether the watchdog's start of PgBouncer failed only because another
+/// process bound the port first.
+fn lost_its_port(err: &PgBouncerError) -> bool {
+    matches!(err, PgBouncerError::StartFailed { log_tail, .. }
+        if log_tail.contains("Address already in use"))
+}
+
+/// Whether process `pid` runs: a PgBouncer that exited stays a zombie, its
+/// `/proc` entry kept, until the watchdog's `wait` reaps it, which happens
+/// only at shutdown.
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // "pid (command) state ...": the command may hold spaces and ')'.
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !state.is_some_and(|rest| rest.starts_with(['Z', 'X']))
+    })
 }
 
 fn read_log_from(log: &Path, offset: u64) -> String {

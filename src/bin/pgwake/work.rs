@@ -23,9 +23,21 @@ pub(crate) struct WorkArgs {
     #[arg(long, default_value_t = 8,
           value_parser = whole(1, MAX_CONCURRENCY, "tasks at once (the runtime's limit)"))]
     concurrency: usize,
-    /// Poll only: no LISTEN, no NOTIFY (for PgBouncer in transaction mode).
+    /// Poll only: no LISTEN, no NOTIFY (behind PgBouncer in transaction
+    /// mode, when --listener-url cannot reach PostgreSQL itself).
     #[arg(long)]
     no_notify: bool,
+    /// Where the listeners connect (LISTEN), when not the database URL:
+    /// behind PgBouncer in transaction mode, PostgreSQL itself, since LISTEN
+    /// needs a session of its own; the pool stays on --database-url.
+    /// Ignored with --no-notify.
+    #[arg(
+        long,
+        env = "PGWAKE_LISTENER_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    listener_url: Option<String>,
     /// How long each echo activity sleeps, in milliseconds (at most 1 hour).
     #[arg(long, default_value_t = 0,
           value_parser = whole(0, MAX_ACTIVITY_MS, "milliseconds (1 hour)"))]
@@ -46,8 +58,15 @@ pub(crate) struct WorkArgs {
 }
 
 pub(crate) async fn run(url: &str, args: WorkArgs) -> Result<(), String> {
+    // Checked before anything connects, and named: the runtime would refuse
+    // it only after the history reader's pool connected, as "the database URL".
+    if let Some(listener_url) = &args.listener_url {
+        pgwake::ConnectionConfig::from_url(listener_url)
+            .map_err(|e| format!("--listener-url (or PGWAKE_LISTENER_URL) is refused: {e}"))?;
+    }
     let mut config = RuntimeConfig::new(url);
     config.notifications = !args.no_notify;
+    config.listener_url = args.listener_url;
     // Workflows and activities share the pool: leave room for both kinds.
     config.store.pool_size = (args.concurrency * 2 + 4).min(64);
     // The fanout workflow reads its history; a small pool of its own keeps
@@ -59,6 +78,7 @@ pub(crate) async fn run(url: &str, args: WorkArgs) -> Result<(), String> {
     let store = pgwake::Store::connect(url, history_reader)
         .await
         .map_err(|e| e.to_string())?;
+    let separate_listener_url = config.listener_url.is_some();
     let runtime = Runtime::builder(config)
         .activity_worker(demo::echo_worker(
             &args.queues,
@@ -75,7 +95,13 @@ pub(crate) async fn run(url: &str, args: WorkArgs) -> Result<(), String> {
         .start()
         .await
         .map_err(|e| e.to_string())?;
-    tracing::info!(queues = ?args.queues, concurrency = args.concurrency, notify = !args.no_notify, "working");
+    tracing::info!(
+        queues = ?args.queues,
+        concurrency = args.concurrency,
+        notify = !args.no_notify,
+        separate_listener_url,
+        "working"
+    );
     wait_for_signal().await;
     tracing::info!("signal received: shutting down");
     let report = runtime

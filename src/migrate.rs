@@ -58,6 +58,11 @@ macro_rules! migration {
 
 /// Every migration this binary carries, oldest first.
 ///
+/// Version 7 (`sql_functions`) installs `pgwake_start_workflow`,
+/// `pgwake_signal_workflow`, `pgwake_cancel_workflow` and
+/// `pgwake_enqueue_activity` next to the tables: SQL that writes what the
+/// store writes, inside the caller's transaction (see `docs/sql.md`).
+///
 /// ```
 /// use pgwake::migrate::MIGRATIONS;
 ///
@@ -73,6 +78,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(4, "statement_level_notify", "000004_statement_level_notify"),
     migration!(5, "lease_ids", "000005_lease_ids"),
     migration!(6, "workflow_task_attempts", "000006_workflow_task_attempts"),
+    migration!(7, "sql_functions", "000007_sql_functions"),
 ];
 
 /// The newest version this binary carries: what [`up`] goes to by default

@@ -79,7 +79,7 @@ const EXPECTED_INDEXES_V1: &[&str] = &[
     "pending_events(instance_id,execution_id,visible_at,schedule_event_id)",
 ];
 
-/// The columns at the newest version.
+/// The columns at the newest version (7 adds functions, no columns).
 fn expected_columns() -> String {
     columns_at(6)
 }
@@ -226,11 +226,27 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
     assert_eq!(
         functions(&client).await,
         [
+            "pgwake_cancel_workflow",
+            "pgwake_enqueue_activity",
+            "pgwake_notify_activity_tasks",
+            "pgwake_notify_workflow_tasks",
+            "pgwake_signal_workflow",
+            "pgwake_start_workflow"
+        ]
+    );
+
+    let report = migrate::down(&mut client, DownSteps::Steps(1))
+        .await
+        .unwrap();
+    assert_eq!(report.to, Some(6));
+    assert_eq!(columns(&client).await, columns_at(6));
+    assert_eq!(
+        functions(&client).await,
+        [
             "pgwake_notify_activity_tasks",
             "pgwake_notify_workflow_tasks"
         ]
     );
-
     let report = migrate::down(&mut client, DownSteps::Steps(1))
         .await
         .unwrap();

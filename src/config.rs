@@ -202,7 +202,7 @@ impl RuntimeConfig {
     /// config.schema = Some("billing".to_string());
     /// assert_eq!(config.channel(TaskKind::Activity), "billing.activity_tasks");
     /// ```
-    pub fn channel(&self, kind: crate::runtime::TaskKind) -> String {
+    pub fn channel(&self, kind: crate::kinds::TaskKind) -> String {
         match &self.schema {
             Some(schema) if schema != "public" => format!("{schema}.{}", kind.base_channel()),
             _ => kind.base_channel().to_string(),

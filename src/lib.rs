@@ -1,4 +1,4 @@
-#![doc = include_str!("../README.md")]
+#![doc = include_str!("../docs/crate.md")]
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -10,7 +10,7 @@
 pub mod config;
 pub mod connection;
 pub mod error;
-#[cfg(feature = "metrics")]
+mod kinds;
 pub mod metrics;
 pub mod migrate;
 pub mod runtime;
@@ -28,6 +28,12 @@ pub use runtime::{
 };
 pub use store::{
     queues, ActivityTask, CancelOutcome, Event, EventType, InstanceRef, InstanceSnapshot,
-    InstanceState, Lease, NewInstance, Queue, QueueStats, Store, StoreOptions, WorkerId,
+    InstanceState, Lease, NewInstance, Queue, QueueStats, Store, StoreOptions, WakeToken, WorkerId,
     WorkflowCompletion, WorkflowOutcome, WorkflowTask,
 };
+
+// The README's examples are compiled and run as doctests too; the crate's
+// front page is the short guide above.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,6 +1,10 @@
 //! Runtime metrics through the [`metrics`](https://docs.rs/metrics) facade
 //! (feature `metrics`).
 //!
+//! Without the feature this module still names every metric, and the
+//! runtime's recording calls compile to nothing: the runtime calls this one
+//! facade, never `cfg` at each site.
+//!
 //! pgwake only records; it installs no exporter. Install the recorder of
 //! your choice (Prometheus, StatsD, OpenTelemetry ...) before starting the
 //! runtime, then call [`describe`] once to give every metric its help text
@@ -49,12 +53,50 @@
 //! to the exporter: with Prometheus, configure buckets for the `_seconds`
 //! metrics, or they are exported as summaries.
 
+#![cfg_attr(not(feature = "metrics"), allow(unused_variables, dead_code))]
+
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
+// Without the feature the recording macros below take the place of the
+// `metrics` crate's, and expand to a value whose methods do nothing: their
+// arguments are not even evaluated, so the labels cost nothing either.
+
+#[cfg(feature = "metrics")]
 use ::metrics::{counter, gauge, histogram, Unit};
 
-use crate::runtime::{TaskKind, WakeReason};
+#[cfg(not(feature = "metrics"))]
+mod disabled {
+    /// What a recording macro gives when metrics are compiled out.
+    pub(super) struct Nothing;
+
+    impl Nothing {
+        pub(super) fn increment(&self, _: u64) {}
+        pub(super) fn set(&self, _: f64) {}
+        pub(super) fn record(&self, _: f64) {}
+    }
+
+    macro_rules! counter {
+        ($($ignored:tt)*) => {
+            disabled::Nothing
+        };
+    }
+    macro_rules! gauge {
+        ($($ignored:tt)*) => {
+            disabled::Nothing
+        };
+    }
+    macro_rules! histogram {
+        ($($ignored:tt)*) => {
+            disabled::Nothing
+        };
+    }
+    pub(super) use {counter, gauge, histogram};
+}
+#[cfg(not(feature = "metrics"))]
+use disabled::{counter, gauge, histogram};
+
+use crate::kinds::{TaskKind, WakeReason};
 use crate::store::{ActivityTask, Queue, WorkflowTask};
 
 /// Counter: notifications received by this process's listeners (label `channel`).
@@ -199,6 +241,7 @@ pub const NOTIFICATION_QUEUE_USAGE: &str = "pgwake_notification_queue_usage";
 /// ```
 pub const NOTIFICATION_QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
+#[cfg(feature = "metrics")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Type {
     Counter,
@@ -207,6 +250,7 @@ enum Type {
 }
 
 /// One metric as [`describe`] registers it.
+#[cfg(feature = "metrics")]
 struct Metric {
     name: &'static str,
     kind: Type,
@@ -214,6 +258,7 @@ struct Metric {
     help: &'static str,
 }
 
+#[cfg(feature = "metrics")]
 const fn counter_def(name: &'static str, help: &'static str) -> Metric {
     Metric {
         name,
@@ -223,6 +268,7 @@ const fn counter_def(name: &'static str, help: &'static str) -> Metric {
     }
 }
 
+#[cfg(feature = "metrics")]
 const fn seconds_def(name: &'static str, help: &'static str) -> Metric {
     Metric {
         name,
@@ -232,6 +278,7 @@ const fn seconds_def(name: &'static str, help: &'static str) -> Metric {
     }
 }
 
+#[cfg(feature = "metrics")]
 const fn gauge_def(name: &'static str, help: &'static str) -> Metric {
     Metric {
         name,
@@ -242,6 +289,7 @@ const fn gauge_def(name: &'static str, help: &'static str) -> Metric {
 }
 
 /// Every metric pgwake records, in the order of the table above.
+#[cfg(feature = "metrics")]
 const METRICS: &[Metric] = &[
     counter_def(NOTIFICATIONS_RECEIVED, "Notifications received by this process's listener, including those then dropped."),
     counter_def(NOTIFICATIONS_DROPPED, "Received notifications that woke nobody: invalid_payload, unserved_queue."),
@@ -269,13 +317,14 @@ const METRICS: &[Metric] = &[
 /// Registers the description and unit of every pgwake metric with the
 /// installed recorder. Call it once, after installing the recorder; it is
 /// harmless to call again, and metrics are recorded whether or not it is
-/// called.
+/// called. Without the `metrics` feature it does nothing.
 ///
 /// ```
 /// // After installing a recorder; without one, this does nothing.
 /// pgwake::metrics::describe();
 /// ```
 pub fn describe() {
+    #[cfg(feature = "metrics")]
     for m in METRICS {
         match (m.kind, m.unit) {
             (Type::Counter, Some(unit)) => ::metrics::describe_counter!(m.name, unit, m.help),

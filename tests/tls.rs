@@ -3,7 +3,6 @@
 //! client certificates, refusals that are final, and a runtime whose every
 //! connection (pool, listeners, notifier, migrator, CLI) must be encrypted.
 
-use std::process::Command;
 use std::time::Duration;
 
 use pgwake::testing::{TestPostgres, TestTls, CERT_USER, TLS_ONLY_USER};
@@ -286,7 +285,7 @@ async fn a_runtime_whose_every_connection_must_be_encrypted_runs_a_workflow() {
     // The command line opens its connections the same way.
     #[cfg(feature = "cli")]
     {
-        let output = Command::new(env!("CARGO_BIN_EXE_pgwake"))
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgwake"))
             .args(["migrate", "status"])
             .env("DATABASE_URL", &url)
             .output()

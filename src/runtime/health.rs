@@ -86,6 +86,10 @@ pub struct ListenerHealth {
     pub not_listening_for: Option<Duration>,
     /// Reconnections since the runtime started.
     pub reconnects: u64,
+    /// How long ago its last `LISTEN` succeeded, which is when it sent its
+    /// workers the resync; `None` before the first. It reports `Listening`
+    /// only later, once its delivery probe is back.
+    pub last_listen_ago: Option<Duration>,
 }
 
 /// Counters for one queue since the runtime started.
@@ -190,7 +194,7 @@ impl Health {
     /// # let listener = pgwake::ListenerHealth {
     /// #     channel: "activity_tasks".into(), kind: pgwake::TaskKind::Activity,
     /// #     state: ListenerState::Listening, for_how_long: Duration::ZERO,
-    /// #     not_listening_for: None, reconnects: 0,
+    /// #     not_listening_for: None, reconnects: 0, last_listen_ago: None,
     /// # };
     /// let mut health = Health { listeners: vec![listener], queues: Default::default(), workers: Vec::new() };
     /// assert!(health.all_listening());
@@ -257,6 +261,7 @@ struct ListenerEntry {
     down_since: Option<Instant>,
     reconnects: u64,
     ever_listened: bool,
+    listened_at: Option<Instant>,
 }
 
 /// What a worker last reported; times are turned into durations when read.
@@ -301,6 +306,7 @@ impl HealthBoard {
                 down_since: Some(Instant::now()),
                 reconnects: 0,
                 ever_listened: false,
+                listened_at: None,
             });
         if entry.state != state {
             if state == ListenerState::Listening {
@@ -316,6 +322,17 @@ impl HealthBoard {
             }
             entry.state = state;
             entry.since = Instant::now();
+        }
+    }
+
+    /// Records that `kind`'s listener's `LISTEN` succeeded just now.
+    pub(crate) fn listen_succeeded(&self, kind: TaskKind) {
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(entry) = guard.listeners.get_mut(&kind) {
+            entry.listened_at = Some(Instant::now());
         }
     }
 
@@ -378,6 +395,7 @@ impl HealthBoard {
                     for_how_long: l.since.elapsed(),
                     not_listening_for: l.down_since.map(|at| at.elapsed()),
                     reconnects: l.reconnects,
+                    last_listen_ago: l.listened_at.map(|at| at.elapsed()),
                 })
                 .collect(),
             queues: guard.queues.clone(),

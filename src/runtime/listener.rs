@@ -127,7 +127,6 @@ impl ListenerActor {
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
         self.set_state(ListenerState::Connecting);
-        #[cfg(feature = "metrics")]
         crate::metrics::listener_down(&self.settings.channel);
         tracing::debug!(channel = %self.settings.channel, server = %self.settings.connection, "listener connecting");
         self.probe_channel = probe_channel_name();
@@ -197,10 +196,10 @@ impl ListenerActor {
         }
         self.reconnected = reconnected;
         self.last_traffic = Instant::now();
-        #[cfg(feature = "metrics")]
         if reconnected {
             crate::metrics::listener_reconnected(&self.settings.channel);
         }
+        self.health.listen_succeeded(self.settings.kind);
         tracing::debug!(channel = %self.settings.channel, reconnected, "LISTEN succeeded; checking delivery");
         // At once, whatever the probe finds: what was written while we were
         // away is found by polling, and the workers poll now.
@@ -296,7 +295,6 @@ impl ListenerActor {
                     tracing::info!(channel = %channel, reconnected = self.reconnected, "listening");
                 }
                 self.reconnected = false;
-                #[cfg(feature = "metrics")]
                 crate::metrics::listener_up(channel);
                 self.router.do_send(ListenerStateChanged {
                     kind: self.settings.kind,
@@ -306,7 +304,6 @@ impl ListenerActor {
             }
             Verdict::StartedFailing | Verdict::StillFailing => {
                 self.set_state(ListenerState::NotDelivering);
-                #[cfg(feature = "metrics")]
                 crate::metrics::probe_failed(channel);
                 let timeout = self.settings.probe_timeout;
                 let server = &self.settings.connection;
@@ -400,7 +397,6 @@ impl ListenerActor {
         self.lost = true;
         self.failures = self.failures.saturating_add(1);
         tracing::warn!(channel = %self.settings.channel, attempt = self.failures, error = reason, "listener lost its connection");
-        #[cfg(feature = "metrics")]
         crate::metrics::listener_down(&self.settings.channel);
         self.router.do_send(ListenerStateChanged {
             kind: self.settings.kind,
@@ -466,7 +462,6 @@ impl StreamHandler<Result<AsyncMessage, tokio_postgres::Error>> for ListenerActo
                         }
                     },
                     Incoming::Wake(queue) => {
-                        #[cfg(feature = "metrics")]
                         crate::metrics::notification_received(&self.settings.channel);
                         self.router.do_send(TaskAvailable {
                             kind: self.settings.kind,
@@ -475,7 +470,6 @@ impl StreamHandler<Result<AsyncMessage, tokio_postgres::Error>> for ListenerActo
                         });
                     }
                     Incoming::InvalidPayload => {
-                        #[cfg(feature = "metrics")]
                         {
                             crate::metrics::notification_received(&self.settings.channel);
                             crate::metrics::notification_dropped(
@@ -509,7 +503,6 @@ impl Handler<StopListening> for ListenerActor {
     fn handle(&mut self, _: StopListening, ctx: &mut Context<Self>) {
         self.shut_down = true;
         self.set_state(ListenerState::Disabled);
-        #[cfg(feature = "metrics")]
         crate::metrics::listener_down(&self.settings.channel);
         ctx.stop();
     }

@@ -109,7 +109,7 @@ use self::worker::{Job, WorkerSettings};
 use crate::config::RuntimeConfig;
 use crate::connection::ConnectionConfig;
 use crate::error::{BuildError, RuntimeError};
-use crate::store::{build_pool, Store, WorkerId};
+use crate::store::{build_pool, Store, WakeToken, WorkerId};
 
 /// One step of the shutdown, bounded by [`SHUTDOWN_STEP_TIMEOUT`].
 fn bounded_step<F: std::future::Future>(future: F) -> tokio::time::Timeout<F> {
@@ -159,6 +159,7 @@ impl Runtime {
             config,
             activity_workers: Vec::new(),
             workflow_workers: Vec::new(),
+            store: None,
         }
     }
 }
@@ -180,9 +181,58 @@ pub struct RuntimeBuilder {
     config: RuntimeConfig,
     activity_workers: Vec<ActivityWorker>,
     workflow_workers: Vec<WorkflowWorker>,
+    /// The store [`store`](Self::store) handed out, which the runtime uses.
+    store: Option<Store>,
 }
 
 impl RuntimeBuilder {
+    /// The store the runtime will use, available before it starts: give
+    /// clones to handlers that start workflows or enqueue work. Built from
+    /// the configuration (its pool connects on first use, so nothing
+    /// connects yet) once; later calls return clones of the same store. At
+    /// [`start`](Self::start) it and all its clones, made before or after,
+    /// get the runtime's commit hook: their writes wake this process's
+    /// workers at once and the notifier sends the debounced NOTIFY, as
+    /// [`RuntimeHandle::store`]'s do (it is the same store). Writes made
+    /// through it before the start, or after the shutdown, are announced by
+    /// the database triggers instead.
+    ///
+    /// ```no_run
+    /// use pgwake::workflow::{Activities, ActivityContext, ActivityError, Client, Workflows};
+    /// use pgwake::{Runtime, RuntimeConfig};
+    /// # async fn example(workflows: Workflows) -> Result<(), pgwake::RuntimeError> {
+    /// let mut builder = Runtime::builder(RuntimeConfig::new("postgres://postgres@localhost/app"));
+    /// let client = Client::new(builder.store()?);
+    /// let activities = Activities::new().register("sign_up", move |_: ActivityContext, email: String| {
+    ///     let client = client.clone();
+    ///     async move {
+    ///         // The same pool as the runtime's, and its wake-ups.
+    ///         client.start("welcome", &format!("welcome-{email}"), &email, Default::default()).await
+    ///             .map_err(|err| ActivityError::new("start_failed", err.to_string()))?;
+    ///         Ok::<_, ActivityError>(())
+    ///     }
+    /// });
+    /// let runtime = builder
+    ///     .workflow_worker(workflows.worker(["default"]))
+    ///     .activity_worker(activities.worker(["default"]))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`RuntimeError::Build`] for a configuration that
+    /// [`RuntimeConfig::validate`] refuses.
+    pub fn store(&mut self) -> Result<Store, RuntimeError> {
+        if let Some(store) = &self.store {
+            return Ok(store.clone());
+        }
+        self.config.validate()?;
+        let store = runtime_store(&self.config)?;
+        self.store = Some(store.clone());
+        Ok(store)
+    }
+
     /// Adds activity workers.
     ///
     /// ```
@@ -287,19 +337,10 @@ impl RuntimeBuilder {
         )
         .start();
 
-        let pool = build_pool(
-            &database.with_application_name("pgwake-worker"),
-            &config.store,
-        )?;
-        let hook_target = notifier.clone();
-        let store =
-            Store::new(pool, config.store.clone()).with_commit_hook(Arc::new(move |touched| {
-                hook_target.do_send(QueuesTouched {
-                    workflow: touched.workflow,
-                    activity: touched.activity,
-                    at: Some(Instant::now()),
-                });
-            }));
+        let store = match self.store {
+            Some(store) => store,
+            None => runtime_store(&config)?,
+        };
         match store.check_schema().await {
             Ok(()) => {}
             // Wrong credentials, a missing database, an unusable schema:
@@ -309,6 +350,17 @@ impl RuntimeBuilder {
                 tracing::warn!(error = %err, "database not reachable yet; workers will keep retrying")
             }
         }
+        // Only once the start cannot fail, so that a store handed out by
+        // `store()` never defers to a runtime that did not start. Shared
+        // with every clone, those handed to handlers before included.
+        let hook_target = notifier.clone();
+        store.attach_commit_hook(Arc::new(move |touched| {
+            hook_target.do_send(QueuesTouched {
+                workflow: touched.workflow,
+                activity: touched.activity,
+                at: Some(Instant::now()),
+            });
+        }));
 
         let backoff = Backoff::new(config.reconnect_backoff_min, config.reconnect_backoff_max);
         let mut listeners = Vec::new();
@@ -405,6 +457,17 @@ impl RuntimeBuilder {
     }
 }
 
+/// The runtime's store for `config`, on a pool of its own; no commit hook
+/// yet.
+fn runtime_store(config: &RuntimeConfig) -> Result<Store, RuntimeError> {
+    let database = ConnectionConfig::from_url(&config.database_url).map_err(BuildError::from)?;
+    let pool = build_pool(
+        &database.with_application_name("pgwake-worker"),
+        &config.store,
+    )?;
+    Ok(Store::new(pool, config.store.clone()))
+}
+
 /// A running runtime: its store (writes through it wake this process's
 /// workers at once), its router (for your own actors), health, shutdown.
 ///
@@ -462,6 +525,28 @@ impl RuntimeHandle {
     /// ```
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Wakes the work of a write made in your own transaction
+    /// ([`Store::create_instance_in`] and the other `*_in` methods), once
+    /// that transaction has committed: this process's workers of its
+    /// queues at once, and one debounced NOTIFY for other processes. See
+    /// [`WakeToken`] for a token dropped or used before the commit.
+    ///
+    /// ```no_run
+    /// use pgwake::{NewInstance, Queue};
+    /// # async fn example(runtime: pgwake::RuntimeHandle, pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut client = pool.get().await?;
+    /// let tx = client.transaction().await?;
+    /// tx.execute("INSERT INTO orders (id) VALUES ($1)", &[&7_i64]).await?;
+    /// let new = NewInstance::new("order-7", Queue::new("orders")?);
+    /// let (_, token) = runtime.store().create_instance_in(&tx, new).await?;
+    /// tx.commit().await?;
+    /// runtime.wake(token);
+    /// # Ok(()) }
+    /// ```
+    pub fn wake(&self, token: WakeToken) {
+        self.store.wake(token);
     }
 
     /// The router: register your own actors for queues with [`RegisterWorker`].

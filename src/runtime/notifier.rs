@@ -179,7 +179,6 @@ impl Notifier {
             match result {
                 Ok(()) => {
                     act.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    #[cfg(feature = "metrics")]
                     crate::metrics::notifications_sent(&batch);
                     act.flush(ctx);
                 }

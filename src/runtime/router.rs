@@ -94,7 +94,6 @@ pub struct QueueRouter {
     missed: HashSet<(TaskKind, Queue)>,
     health: HealthBoard,
     /// Channel names by kind, read from the health board when first needed.
-    #[cfg(feature = "metrics")]
     channels: std::collections::HashMap<TaskKind, String>,
 }
 
@@ -135,10 +134,7 @@ impl QueueRouter {
             None => queues.to_vec(),
         };
         self.health.count(kind, &counted, |c| c.wakeups += 1);
-        #[cfg(feature = "metrics")]
         crate::metrics::wakeups(kind, &counted, reason);
-        #[cfg(not(feature = "metrics"))]
-        let _ = reason;
     }
 
     /// Tells a user's actor; false when it is gone (then unregistered).
@@ -332,7 +328,6 @@ impl QueueRouter {
                 self.missed.insert((kind, queue.clone()));
             } else if always.is_empty() {
                 tracing::debug!(?kind, queue = %queue, "wake-up for a queue nobody serves dropped");
-                #[cfg(feature = "metrics")]
                 self.count_unserved(kind, reason);
             }
             return;
@@ -341,7 +336,6 @@ impl QueueRouter {
     }
 }
 
-#[cfg(feature = "metrics")]
 impl QueueRouter {
     /// Counts a notification for a queue nobody here serves as dropped, on
     /// its kind's channel.

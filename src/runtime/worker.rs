@@ -285,7 +285,6 @@ impl WorkerActor {
         self.claiming_since = Some(Instant::now());
         self.report_health();
         self.count(&self.settings.queues, |c| c.polls += 1);
-        #[cfg(feature = "metrics")]
         crate::metrics::poll(self.settings.kind, &self.settings.queues);
         let store = self.store.clone();
         let settings = self.settings.clone();
@@ -358,7 +357,6 @@ impl WorkerActor {
             Err(err) => {
                 self.failed_claims = self.failed_claims.saturating_add(1);
                 self.claims_failing_since.get_or_insert_with(Instant::now);
-                #[cfg(feature = "metrics")]
                 crate::metrics::poll_failed(self.settings.kind, &self.settings.queues);
                 let delay = self.settings.error_backoff.delay(self.failed_claims);
                 tracing::warn!(
@@ -382,7 +380,6 @@ impl WorkerActor {
         };
         if found.claimed.is_empty() {
             self.count(&self.settings.queues, |c| c.empty_polls += 1);
-            #[cfg(feature = "metrics")]
             crate::metrics::empty_poll(self.settings.kind, &self.settings.queues);
         }
         let after = self
@@ -717,7 +714,6 @@ impl WorkerActor {
             Outcome::LeaseLost => c.leases_lost += 1,
             Outcome::NotRecorded => {}
         });
-        #[cfg(feature = "metrics")]
         match outcome {
             Outcome::Completed => crate::metrics::task_completed(self.settings.kind, queue),
             Outcome::LeaseLost => crate::metrics::lease_lost(self.settings.kind),
@@ -826,7 +822,6 @@ async fn run_with_heartbeat<T: LeasedTask, R>(
                 extending = None;
                 match extended {
                     Ok(()) => {
-                        #[cfg(feature = "metrics")]
                         crate::metrics::lease_extended(T::KIND);
                     }
                     Err(StoreError::LeaseLost { .. }) => {
@@ -849,7 +844,6 @@ async fn run_activity(
     task: ActivityTask,
     lease: Duration,
 ) -> ActivityEnd {
-    #[cfg(feature = "metrics")]
     let started = crate::metrics::activity_started(&task);
     let work = handler(task.clone());
     let Some(result) = run_with_heartbeat(&store, &task, lease, work).await else {
@@ -859,7 +853,6 @@ async fn run_activity(
             outcome: Outcome::LeaseLost,
         };
     };
-    #[cfg(feature = "metrics")]
     crate::metrics::handler_ended(TaskKind::Activity, &task.queue, started, &result);
     let (report, outcome) = match result {
         Ok(Ok(value)) => (Ok(value), Outcome::Completed),
@@ -888,7 +881,6 @@ async fn run_workflow(
     task: WorkflowTask,
     lease: Duration,
 ) -> WorkflowEnd {
-    #[cfg(feature = "metrics")]
     let started = crate::metrics::workflow_started(&task);
     let work = handler(task.clone());
     let Some(result) = run_with_heartbeat(&store, &task, lease, work).await else {
@@ -897,7 +889,6 @@ async fn run_workflow(
             decision: None,
         };
     };
-    #[cfg(feature = "metrics")]
     crate::metrics::handler_ended(TaskKind::Workflow, &task.queue, started, &result);
     let decision = match result {
         Ok(Ok(decision)) => Ok(decision),

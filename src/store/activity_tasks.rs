@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
+use deadpool_postgres::GenericClient;
 use serde_json::{json, Value};
 
 use super::events::{insert_pending, NewEvent};
 use super::model::{ActivityPoll, ActivityTask, EventType, InstanceRef, InstanceState, Lease};
 use super::names::{Queue, WorkerId};
-use super::{db, lease_seconds, Store, TouchedQueues};
+use super::{db, lease_seconds, Store, TouchedQueues, WakeToken};
 use crate::error::StoreError;
 
 impl Store {
@@ -130,7 +131,6 @@ impl Store {
         // `NOT IN claimed`. A row that snapshot shows claimable and that the
         // claim did not take was locked by someone else (or changed since
         // the snapshot, and then the next poll sees it as it is).
-        #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
         let rows = client
             .query(
@@ -189,8 +189,7 @@ impl Store {
             )
             .await
             .map_err(db("claiming activity tasks"))?;
-        #[cfg(feature = "metrics")]
-        crate::metrics::claim_duration(crate::runtime::TaskKind::Activity, started);
+        crate::metrics::claim_duration(crate::kinds::TaskKind::Activity, started);
         let due_in = rows
             .first()
             .and_then(|r| r.get::<_, Option<f64>>(0))
@@ -277,7 +276,6 @@ impl Store {
         };
         let data = self.encode(&attributes)?;
         let mut client = self.client().await?;
-        #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
         let tx = self.begin_write(&mut client).await?;
         // Locks the owning instances row (shared) before the activities row,
@@ -336,8 +334,7 @@ impl Store {
         }
         self.commit_write(tx, touched, "committing the activity result")
             .await?;
-        #[cfg(feature = "metrics")]
-        crate::metrics::completion_duration(crate::runtime::TaskKind::Activity, started);
+        crate::metrics::completion_duration(crate::kinds::TaskKind::Activity, started);
         tracing::debug!(activity_id = %task.activity_id, ?event_type, "activity task completed");
         Ok(())
     }
@@ -408,7 +405,6 @@ impl Store {
             .map(|(t, _)| t.instance.execution_id.as_str())
             .collect();
         let mut client = self.client().await?;
-        #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
         let tx = self.begin_write(&mut client).await?;
         // Locks the active owning instances rows (shared) in ascending id
@@ -527,8 +523,7 @@ impl Store {
         let deleted: std::collections::HashSet<i64> = deleted.iter().map(|r| r.get(0)).collect();
         self.commit_write(tx, touched, "committing activity results")
             .await?;
-        #[cfg(feature = "metrics")]
-        crate::metrics::completion_duration(crate::runtime::TaskKind::Activity, started);
+        crate::metrics::completion_duration(crate::kinds::TaskKind::Activity, started);
         let outcomes = completions
             .iter()
             .map(|(task, _)| match owner(task) {
@@ -703,44 +698,56 @@ impl Store {
         name: &str,
         input: Value,
     ) -> Result<String, StoreError> {
-        super::names::check_id("instance id", &instance.instance_id, 128)?;
-        super::names::check_id("execution id", &instance.execution_id, 128)?;
-        let data =
-            self.encode(&json!({ "name": name, "input": input, "queue": queue.as_str() }))?;
-        let activity_id = super::new_id();
+        let activity = StandaloneActivity::new(self, instance, queue, name, input)?;
         let defer = self.defers_notifications();
         let client = self.client().await?;
-        // One autocommit statement. set_config(.., true) lasts until the end
-        // of this statement's transaction, and runs before the statement's
-        // AFTER triggers fire at its end, so the trigger skips it exactly
-        // as it skips a SET LOCAL: a write without the commit-time NOTIFY
-        // lock, in one round trip.
-        // The statement is its own commit: its reply may be lost too.
-        let mut touched = TouchedQueues::default();
-        touched.add_activity(queue);
-        let report = super::CommitReport::new(self, touched);
-        let written = client
-            .execute(
-                &client.prepare_cached("WITH defer AS (SELECT set_config('pgwake.defer_notify', CASE WHEN $6 THEN 'on' ELSE '' END, true) AS v),
-                      attrs AS (INSERT INTO attributes (event_id, instance_id, execution_id, data)
-                                VALUES ($1, $2, $3, $5))
-                 INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue,
-                                         timestamp, schedule_event_id)
-                 SELECT $1, $2, $3, 11, $4, now(), 0 FROM defer WHERE defer.v IS NOT NULL").await.map_err(db("preparing a statement"))?,
-                &[
-                    &activity_id,
-                    &instance.instance_id,
-                    &instance.execution_id,
-                    &queue.as_str(),
-                    &data,
-                    &defer,
-                ],
-            )
-            .await
-            .map_err(db("enqueueing an activity"));
+        // One autocommit statement: its reply may be lost too.
+        let report = super::CommitReport::new(self, activity.touched());
+        let written = activity.insert(&*client, defer).await;
         report.settle(written.is_ok());
         written?;
-        Ok(activity_id)
+        Ok(activity.activity_id)
+    }
+
+    /// [`enqueue_activity`](Self::enqueue_activity) in the caller's
+    /// transaction `tx`: the activity exists if and only if `tx` commits.
+    /// After the commit, [`wake`](Self::wake) the returned token to start
+    /// it at once; dropped, the token costs only the round trip of the
+    /// NOTIFY the insert trigger sends at the commit (see [`WakeToken`]).
+    /// Returns the activity's id.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, pool: deadpool_postgres::Pool, owner: pgwake::InstanceRef) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut client = pool.get().await?;
+    /// let tx = client.transaction().await?;
+    /// tx.execute("INSERT INTO users (email) VALUES ($1)", &[&"a@b.c"]).await?;
+    /// let (id, token) = store
+    ///     .enqueue_activity_in(&tx, &owner, &pgwake::Queue::new("emails")?, "welcome", serde_json::json!({"to": "a@b.c"}))
+    ///     .await?;
+    /// tx.commit().await?;
+    /// store.wake(token);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`enqueue_activity`](Self::enqueue_activity). After a refused id
+    /// or payload nothing was written and `tx` can go on; after a database
+    /// error or a timeout, roll it back.
+    pub async fn enqueue_activity_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        instance: &InstanceRef,
+        queue: &Queue,
+        name: &str,
+        input: Value,
+    ) -> Result<(String, WakeToken), StoreError> {
+        let activity = StandaloneActivity::new(self, instance, queue, name, input)?;
+        // Never deferred: the caller's commit must announce the activity
+        // through the trigger, whether or not the token is used.
+        self.bounded("enqueueing an activity", activity.insert(tx, false))
+            .await?;
+        let token = WakeToken::new(activity.touched());
+        Ok((activity.activity_id, token))
     }
 
     /// Gives an activity task back unprocessed, claimable at once. Returns
@@ -802,4 +809,81 @@ enum Owner {
     Busy,
     /// Finished, continued as new, or removed: drop the result.
     Finished,
+}
+
+/// A standalone activity about to be enqueued: its owner's ids checked, its
+/// attributes encoded and size-checked.
+struct StandaloneActivity<'a> {
+    activity_id: String,
+    instance: &'a InstanceRef,
+    queue: &'a Queue,
+    data: Vec<u8>,
+}
+
+impl<'a> StandaloneActivity<'a> {
+    fn new(
+        store: &Store,
+        instance: &'a InstanceRef,
+        queue: &'a Queue,
+        name: &str,
+        input: Value,
+    ) -> Result<Self, StoreError> {
+        super::names::check_id("instance id", &instance.instance_id, 128)?;
+        super::names::check_id("execution id", &instance.execution_id, 128)?;
+        let data =
+            store.encode(&json!({ "name": name, "input": input, "queue": queue.as_str() }))?;
+        Ok(Self {
+            activity_id: super::new_id(),
+            instance,
+            queue,
+            data,
+        })
+    }
+
+    fn touched(&self) -> TouchedQueues {
+        let mut touched = TouchedQueues::default();
+        touched.add_activity(self.queue);
+        touched
+    }
+
+    /// Inserts it and its attributes in one statement on `client`: alone
+    /// (autocommit) or in the caller's transaction.
+    ///
+    /// With `defer`, it skips the insert trigger's NOTIFY: set_config(..,
+    /// true) lasts until the end of the statement's transaction and runs
+    /// before the statement's AFTER triggers fire at its end, so the trigger
+    /// skips it exactly as it skips a SET LOCAL: a write without the
+    /// commit-time NOTIFY lock, in one round trip. Without `defer` the
+    /// setting is not touched, so a caller's transaction keeps its own.
+    async fn insert(&self, client: &impl GenericClient, defer: bool) -> Result<(), StoreError> {
+        // `FROM defer WHERE v IS NOT NULL` makes the insert read the CTE,
+        // and so evaluate set_config, before inserting.
+        client
+            .execute(
+                &client
+                    .prepare_cached(
+                        "WITH defer AS (SELECT CASE WHEN $6
+                                    THEN set_config('pgwake.defer_notify', 'on', true)
+                                    ELSE '' END AS v),
+                      attrs AS (INSERT INTO attributes (event_id, instance_id, execution_id, data)
+                                VALUES ($1, $2, $3, $5))
+                 INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue,
+                                         timestamp, schedule_event_id)
+                 SELECT $1, $2, $3, 11, $4, now(), 0 FROM defer WHERE defer.v IS NOT NULL",
+                    )
+                    .await
+                    .map_err(db("preparing a statement"))?,
+                &[
+                    &self.activity_id,
+                    &self.instance.instance_id,
+                    &self.instance.execution_id,
+                    &self.queue.as_str(),
+                    &self.data,
+                    &defer,
+                ],
+            )
+            .await
+            .map_err(db("enqueueing an activity"))?;
+        Ok(())
+    }
 }

@@ -10,7 +10,7 @@ use super::model::{
     CancelOutcome, EventType, InstanceRef, InstanceSnapshot, InstanceState, NewInstance,
 };
 use super::names::{check_id, Queue};
-use super::{db, new_id, Store, TouchedQueues};
+use super::{db, new_id, Store, TouchedQueues, WakeToken};
 use crate::error::StoreError;
 
 /// Class id of pgwake's advisory locks on instance ids (the second key is
@@ -89,7 +89,66 @@ impl Store {
     async fn create_instance_unbounded(&self, new: NewInstance) -> Result<InstanceRef, StoreError> {
         let mut client = self.client().await?;
         let tx = self.begin_write(&mut client).await?;
-        let created = self.insert_instance(&tx, &new, None).await?;
+        let queue = new.queue.clone();
+        let (instance, touched) = self.write_new_instance(&tx, new).await?;
+        self.commit_write(tx, touched, "committing the new instance")
+            .await?;
+        tracing::debug!(instance_id = %instance.instance_id, %queue, "instance created");
+        Ok(instance)
+    }
+
+    /// [`create_instance`](Self::create_instance) in the caller's
+    /// transaction `tx`: the instance exists if and only if `tx` commits.
+    /// After the commit, [`wake`](Self::wake) the returned token to start
+    /// it at once; dropped, the token costs only the round trip of the
+    /// NOTIFY the insert triggers send at the commit (see [`WakeToken`]).
+    ///
+    /// The statements run under [`StoreOptions::operation_timeout`](crate::StoreOptions::operation_timeout);
+    /// the transaction, its commit and its other statements are the
+    /// caller's. Until `tx` ends it holds a lock on the instance id, which
+    /// a concurrent create of the same id waits for.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// use pgwake::{NewInstance, Queue};
+    /// let mut client = pool.get().await?;
+    /// let tx = client.transaction().await?;
+    /// tx.execute("UPDATE accounts SET state = 'closing' WHERE id = $1", &[&7_i64]).await?;
+    /// let new = NewInstance::new("close-account-7", Queue::new("accounts")?);
+    /// let (execution, token) = store.create_instance_in(&tx, new).await?;
+    /// tx.commit().await?;
+    /// store.wake(token);
+    /// println!("started execution {}", execution.execution_id);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`create_instance`](Self::create_instance). After
+    /// [`StoreError::AlreadyExists`] or a refused id or payload nothing was
+    /// written and `tx` can go on; after a database error or a timeout,
+    /// roll it back.
+    pub async fn create_instance_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        new: NewInstance,
+    ) -> Result<(InstanceRef, WakeToken), StoreError> {
+        let queue = new.queue.clone();
+        let (instance, touched) = self
+            .bounded("creating an instance", self.write_new_instance(tx, new))
+            .await?;
+        tracing::debug!(instance_id = %instance.instance_id, %queue, "instance written in the caller's transaction");
+        Ok((instance, WakeToken::new(touched)))
+    }
+
+    /// Creates the instance in `client`'s transaction: what
+    /// [`create_instance`](Self::create_instance) and
+    /// [`create_instance_in`](Self::create_instance_in) share.
+    async fn write_new_instance(
+        &self,
+        client: &impl GenericClient,
+        new: NewInstance,
+    ) -> Result<(InstanceRef, TouchedQueues), StoreError> {
+        let created = self.insert_instance(client, &new, None).await?;
         let Some(instance) = created else {
             return Err(StoreError::AlreadyExists {
                 instance_id: new.instance_id,
@@ -97,10 +156,7 @@ impl Store {
         };
         let mut touched = TouchedQueues::default();
         touched.add_workflow(&new.queue);
-        self.commit_write(tx, touched, "committing the new instance")
-            .await?;
-        tracing::debug!(instance_id = %instance.instance_id, queue = %new.queue, "instance created");
-        Ok(instance)
+        Ok((instance, touched))
     }
 
     /// Inserts an instance unless an active execution of its id exists
@@ -220,20 +276,86 @@ impl Store {
         name: &str,
         payload: serde_json::Value,
     ) -> Result<(), StoreError> {
-        check_id("instance id", instance_id, 128)?;
-        let data = self.encode(&json!({ "name": name, "payload": payload }))?;
+        let data = self.signal_data(instance_id, name, payload)?;
         let mut client = self.client().await?;
         let tx = self.begin_write(&mut client).await?;
+        let touched = self.write_signal(&tx, instance_id, data).await?;
+        self.commit_write(tx, touched, "committing the signal")
+            .await?;
+        Ok(())
+    }
+
+    /// [`signal_instance`](Self::signal_instance) in the caller's
+    /// transaction `tx`: the signal is sent if and only if `tx` commits.
+    /// After the commit, [`wake`](Self::wake) the returned token (see
+    /// [`WakeToken`]). Until `tx` ends it holds a share lock on the
+    /// instance's row, which claims of its workflow tasks skip and their
+    /// completions wait for: keep the transaction short.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut client = pool.get().await?;
+    /// let tx = client.transaction().await?;
+    /// tx.execute("UPDATE orders SET paid = true WHERE id = $1", &[&7_i64]).await?;
+    /// let token = store.signal_instance_in(&tx, "order-7", "paid", serde_json::json!({"cents": 500})).await?;
+    /// tx.commit().await?;
+    /// store.wake(token);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`signal_instance`](Self::signal_instance). After
+    /// [`StoreError::NotFound`] or a refused id or payload nothing was
+    /// written and `tx` can go on; after a database error or a timeout,
+    /// roll it back.
+    pub async fn signal_instance_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        instance_id: &str,
+        name: &str,
+        payload: serde_json::Value,
+    ) -> Result<WakeToken, StoreError> {
+        let data = self.signal_data(instance_id, name, payload)?;
+        let touched = self
+            .bounded(
+                "signalling an instance",
+                self.write_signal(tx, instance_id, data),
+            )
+            .await?;
+        Ok(WakeToken::new(touched))
+    }
+
+    /// A signal's attributes, the instance id checked and the size limited.
+    fn signal_data(
+        &self,
+        instance_id: &str,
+        name: &str,
+        payload: serde_json::Value,
+    ) -> Result<Vec<u8>, StoreError> {
+        check_id("instance id", instance_id, 128)?;
+        self.encode(&json!({ "name": name, "payload": payload }))
+    }
+
+    /// Queues the signal `data` in `client`'s transaction: what
+    /// [`signal_instance`](Self::signal_instance) and
+    /// [`signal_instance_in`](Self::signal_instance_in) share.
+    async fn write_signal(
+        &self,
+        client: &impl GenericClient,
+        instance_id: &str,
+        data: Vec<u8>,
+    ) -> Result<TouchedQueues, StoreError> {
         // Locks the one active instance row (shared): a concurrent
         // completion cannot finish it between this check and the insert.
-        let row = tx
+        let row = client
             .query_opt(
-                &tx.prepare_cached(
-                    "SELECT execution_id, queue FROM instances WHERE instance_id = $1 AND state = 0
+                &client
+                    .prepare_cached(
+                        "SELECT execution_id, queue FROM instances WHERE instance_id = $1 AND state = 0
              ORDER BY id DESC LIMIT 1 FOR SHARE",
-                )
-                .await
-                .map_err(db("preparing a statement"))?,
+                    )
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[&instance_id],
             )
             .await
@@ -249,16 +371,14 @@ impl Store {
             execution_id: row.get(0),
         };
         insert_pending(
-            &tx,
+            client,
             &instance,
             &[NewEvent::new(EventType::SignalReceived, 0, data)],
         )
         .await?;
         let mut touched = TouchedQueues::default();
         touched.add_workflow(&Queue::new(row.get::<_, String>(1)).unwrap_or_default());
-        self.commit_write(tx, touched, "committing the signal")
-            .await?;
-        Ok(())
+        Ok(touched)
     }
 
     /// Asks the active execution of `instance_id` to cancel (a
@@ -288,15 +408,69 @@ impl Store {
         check_id("instance id", instance_id, 128)?;
         let mut client = self.client().await?;
         let tx = self.begin_write(&mut client).await?;
+        let (outcome, touched) = self.write_cancel_request(&tx, instance_id).await?;
+        self.commit_write(tx, touched, "committing the cancel request")
+            .await?;
+        Ok(outcome)
+    }
+
+    /// [`cancel_instance`](Self::cancel_instance) in the caller's
+    /// transaction `tx`: the cancel is requested if and only if `tx`
+    /// commits. After the commit, [`wake`](Self::wake) the returned token
+    /// (empty for [`CancelOutcome::AlreadyFinished`]; see [`WakeToken`]).
+    /// Until `tx` ends it holds a share lock on the instance's row, which
+    /// claims of its workflow tasks skip and their completions wait for:
+    /// keep the transaction short.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut client = pool.get().await?;
+    /// let tx = client.transaction().await?;
+    /// tx.execute("DELETE FROM carts WHERE order_id = $1", &[&7_i64]).await?;
+    /// let (outcome, token) = store.cancel_instance_in(&tx, "order-7").await?;
+    /// tx.commit().await?;
+    /// store.wake(token);
+    /// println!("{outcome:?}");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`cancel_instance`](Self::cancel_instance). After
+    /// [`StoreError::NotFound`] or a refused id nothing was written and
+    /// `tx` can go on; after a database error or a timeout, roll it back.
+    pub async fn cancel_instance_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        instance_id: &str,
+    ) -> Result<(CancelOutcome, WakeToken), StoreError> {
+        check_id("instance id", instance_id, 128)?;
+        let (outcome, touched) = self
+            .bounded(
+                "canceling an instance",
+                self.write_cancel_request(tx, instance_id),
+            )
+            .await?;
+        Ok((outcome, WakeToken::new(touched)))
+    }
+
+    /// Requests the cancel in `client`'s transaction: what
+    /// [`cancel_instance`](Self::cancel_instance) and
+    /// [`cancel_instance_in`](Self::cancel_instance_in) share.
+    async fn write_cancel_request(
+        &self,
+        client: &impl GenericClient,
+        instance_id: &str,
+    ) -> Result<(CancelOutcome, TouchedQueues), StoreError> {
         // Locks the newest instance row (shared), preferring the active one.
-        let row = tx
+        let row = client
             .query_opt(
-                &tx.prepare_cached(
-                    "SELECT execution_id, state, queue FROM instances WHERE instance_id = $1
+                &client
+                    .prepare_cached(
+                        "SELECT execution_id, state, queue FROM instances WHERE instance_id = $1
              ORDER BY (state = 0) DESC, id DESC LIMIT 1 FOR SHARE",
-                )
-                .await
-                .map_err(db("preparing a statement"))?,
+                    )
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[&instance_id],
             )
             .await
@@ -308,19 +482,17 @@ impl Store {
             });
         };
         if InstanceState::from_db(row.get(1)) != InstanceState::Active {
-            return Ok(CancelOutcome::AlreadyFinished);
+            return Ok((CancelOutcome::AlreadyFinished, TouchedQueues::default()));
         }
         let instance = InstanceRef {
             instance_id: instance_id.to_string(),
             execution_id: row.get(0),
         };
         let event = NewEvent::new(EventType::WorkflowExecutionCanceled, 0, b"null".to_vec());
-        insert_pending(&tx, &instance, &[event]).await?;
+        insert_pending(client, &instance, &[event]).await?;
         let mut touched = TouchedQueues::default();
         touched.add_workflow(&Queue::new(row.get::<_, String>(2)).unwrap_or_default());
-        self.commit_write(tx, touched, "committing the cancel request")
-            .await?;
-        Ok(CancelOutcome::Requested)
+        Ok((CancelOutcome::Requested, touched))
     }
 
     /// The newest execution of `instance_id` (the active one if any), with

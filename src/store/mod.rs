@@ -6,6 +6,12 @@
 //! one transaction, each timed by the database clock (`now()`), never the
 //! application's.
 //!
+//! Creating an instance, signalling, cancelling and enqueueing a standalone
+//! activity also come in a form that writes in the caller's transaction
+//! (`create_instance_in` ...): the work exists if and only if the caller's
+//! own writes commit, and the [`WakeToken`] it returns, handed to
+//! [`Store::wake`] after the commit, starts it at once.
+//!
 //! ```no_run
 //! use pgwake::{NewInstance, Queue, Store, StoreOptions, WorkerId, WorkflowCompletion};
 //! use serde_json::json;
@@ -49,7 +55,7 @@ mod stats;
 mod workflow_tasks;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -242,6 +248,101 @@ impl TouchedQueues {
 /// ```
 pub type CommitHook = Arc<dyn Fn(TouchedQueues) + Send + Sync>;
 
+/// What a write made in the caller's own transaction touched, returned by
+/// the `*_in` methods ([`Store::create_instance_in`],
+/// [`Store::signal_instance_in`], [`Store::cancel_instance_in`],
+/// [`Store::enqueue_activity_in`], and the workflow client's `start_in`,
+/// `signal_in`, `cancel_in`).
+///
+/// Once the transaction has committed, hand it to [`Store::wake`] (or
+/// [`RuntimeHandle::wake`](crate::RuntimeHandle::wake),
+/// [`Client::wake`](crate::workflow::Client::wake)): this process's workers
+/// of those queues are woken at once, and the runtime's notifier sends its
+/// debounced NOTIFY. `wake` consumes the token, so each write is woken once.
+///
+/// A token that is dropped loses nothing: the `*_in` methods leave the
+/// database's insert triggers on, so the caller's commit itself sends a
+/// NOTIFY and listening workers of every process (this one included) find
+/// the work, only a round trip later. A token used before the commit wakes
+/// workers for nothing (they find no committed row and go back to sleep);
+/// the work is still announced by the trigger when the commit happens.
+/// A token of a transaction that rolled back wakes workers for nothing too.
+///
+/// ```
+/// use pgwake::store::{TouchedQueues, WakeToken};
+/// // Several writes in one transaction: one token for them all.
+/// let token = WakeToken::default().merge(WakeToken::default());
+/// assert!(token.is_empty());
+/// assert_eq!(token.queues(), &TouchedQueues::default());
+/// ```
+#[must_use = "after the transaction commits, pass the token to `wake` to start the work at once \
+              (dropped, the work still starts, when the commit's NOTIFY arrives)"]
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WakeToken {
+    touched: TouchedQueues,
+}
+
+impl WakeToken {
+    pub(crate) fn new(touched: TouchedQueues) -> Self {
+        Self { touched }
+    }
+
+    /// One token for the queues of both: what a transaction holding
+    /// several writes wakes once it commits.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), pgwake::StoreError> {
+    /// use pgwake::{NewInstance, Queue};
+    /// let (_, first) = store.create_instance_in(tx, NewInstance::new("order-1", Queue::new("orders")?)).await?;
+    /// let (_, second) = store.create_instance_in(tx, NewInstance::new("order-2", Queue::new("orders")?)).await?;
+    /// let token = first.merge(second);
+    /// # drop(token);
+    /// # Ok(()) }
+    /// ```
+    pub fn merge(mut self, other: WakeToken) -> WakeToken {
+        for queue in &other.touched.workflow {
+            self.touched.add_workflow(queue);
+        }
+        for queue in &other.touched.activity {
+            self.touched.add_activity(queue);
+        }
+        self
+    }
+
+    /// The queues it wakes.
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), pgwake::StoreError> {
+    /// let token = store.signal_instance_in(tx, "order-7", "paid", serde_json::json!(true)).await?;
+    /// println!("wakes the workflow workers of {:?}", token.queues().workflow);
+    /// # drop(token);
+    /// # Ok(()) }
+    /// ```
+    pub fn queues(&self) -> &TouchedQueues {
+        &self.touched
+    }
+
+    /// Whether it wakes nothing (a cancel of a finished instance, say).
+    ///
+    /// ```
+    /// assert!(pgwake::store::WakeToken::default().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.touched.is_empty()
+    }
+}
+
+/// How a store and its clones announce their committed writes.
+#[derive(Default)]
+struct Announcer {
+    /// Called after each committed write. Settable after the store was
+    /// built: a store made before the runtime starts gets the runtime's.
+    hook: RwLock<Option<CommitHook>>,
+    /// Whether writes skip the insert triggers' NOTIFY because the hook's
+    /// notifier sends it (off once the runtime stopped).
+    defer_notify: AtomicBool,
+}
+
 /// The task backend. Cloning is cheap and shares the pool.
 ///
 /// ```no_run
@@ -255,10 +356,8 @@ pub type CommitHook = Arc<dyn Fn(TouchedQueues) + Send + Sync>;
 pub struct Store {
     pool: Pool,
     options: StoreOptions,
-    commit_hook: Option<CommitHook>,
-    /// Whether writes skip the insert triggers' NOTIFY because the hook's
-    /// notifier sends it (shared by clones; off once the runtime stopped).
-    defer_notify: Arc<AtomicBool>,
+    /// The commit hook and whether writes defer to it (shared by clones).
+    announcer: Arc<Announcer>,
     /// This process's waiters for ends of executions (shared by clones).
     finishes: Arc<finishes::Finishes>,
 }
@@ -268,7 +367,7 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("pool", &self.pool.status())
             .field("options", &self.options)
-            .field("commit_hook", &self.commit_hook.is_some())
+            .field("commit_hook", &self.commit_hook().is_some())
             .finish()
     }
 }
@@ -288,8 +387,7 @@ impl Store {
         Self {
             pool,
             options,
-            commit_hook: None,
-            defer_notify: Arc::new(AtomicBool::new(false)),
+            announcer: Arc::default(),
             finishes: Arc::default(),
         }
     }
@@ -299,7 +397,8 @@ impl Store {
     /// set `pgwake.defer_notify`, which the triggers of migration 4 honour,
     /// so writers never queue on NOTIFY's commit lock. The runtime installs
     /// a hook that wakes this process's workers at once and sends one
-    /// debounced NOTIFY for the other processes.
+    /// debounced NOTIFY for the other processes. Clones made before keep
+    /// what they had; clones made after share the hook.
     ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store) {
@@ -309,9 +408,24 @@ impl Store {
     /// # }
     /// ```
     pub fn with_commit_hook(mut self, hook: CommitHook) -> Self {
-        self.commit_hook = Some(hook);
-        self.defer_notify = Arc::new(AtomicBool::new(true));
+        self.announcer = Arc::new(Announcer {
+            hook: RwLock::new(Some(hook)),
+            defer_notify: AtomicBool::new(true),
+        });
         self
+    }
+
+    /// Gives this store and every clone of it, made before or after, the
+    /// commit hook `hook` (replacing any) and makes their writes defer the
+    /// NOTIFY to it: how a store built before the runtime started, and
+    /// already handed to handlers, gets the runtime's wake-ups.
+    pub(crate) fn attach_commit_hook(&self, hook: CommitHook) {
+        *self
+            .announcer
+            .hook
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(hook);
+        self.announcer.defer_notify.store(true, Ordering::Relaxed);
     }
 
     /// From now on, writes through this store and its clones leave the
@@ -319,7 +433,44 @@ impl Store {
     /// what the runtime's shutdown does once its notifier has stopped, so
     /// no write is left unannounced.
     pub(crate) fn stop_deferring_notifications(&self) {
-        self.defer_notify.store(false, Ordering::Relaxed);
+        self.announcer.defer_notify.store(false, Ordering::Relaxed);
+    }
+
+    /// The commit hook, if any.
+    fn commit_hook(&self) -> Option<CommitHook> {
+        self.announcer
+            .hook
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Wakes the work of a write made in the caller's transaction, once
+    /// that transaction has committed: this process's workers of its queues
+    /// at once, and, through the runtime's notifier, one debounced NOTIFY
+    /// for other processes. Nothing happens inside the caller's
+    /// transaction, so its commit pays nothing for it. A store without a
+    /// commit hook (not a runtime's) has nothing to wake: the insert
+    /// triggers announced the write at its commit.
+    ///
+    /// Call it after the commit. Before, it only wakes workers early: they
+    /// find no committed row and go back to sleep, and the trigger's NOTIFY
+    /// still announces the work at the commit (in poll-only mode, with
+    /// `notifications` off, it is then found at the next fallback poll).
+    ///
+    /// ```no_run
+    /// # async fn f(store: pgwake::Store, pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// use pgwake::{NewInstance, Queue};
+    /// let mut client = pool.get().await?;
+    /// let tx = client.transaction().await?;
+    /// tx.execute("INSERT INTO orders (id) VALUES ($1)", &[&7_i64]).await?;
+    /// let (_, token) = store.create_instance_in(&tx, NewInstance::new("order-7", Queue::new("orders")?)).await?;
+    /// tx.commit().await?;
+    /// store.wake(token);
+    /// # Ok(()) }
+    /// ```
+    pub fn wake(&self, token: WakeToken) {
+        self.report_commit(token.touched);
     }
 
     /// Runs one operation under the store's deadline
@@ -388,12 +539,12 @@ impl Store {
 
     /// Whether writes skip the triggers (a commit hook notifies instead).
     pub(crate) fn defers_notifications(&self) -> bool {
-        self.commit_hook.is_some() && self.defer_notify.load(Ordering::Relaxed)
+        self.announcer.defer_notify.load(Ordering::Relaxed) && self.commit_hook().is_some()
     }
 
     /// Hands a committed write's queues to the hook, if any.
     pub(crate) fn report_commit(&self, touched: TouchedQueues) {
-        if let Some(hook) = &self.commit_hook {
+        if let Some(hook) = self.commit_hook() {
             if !touched.is_empty() {
                 hook(touched);
             }
@@ -584,7 +735,7 @@ impl Store {
     /// [`IN_DOUBT_REPORT_AGAIN`] and after the statement timeout (by then
     /// the server has finished or abandoned it).
     fn report(&self, touched: TouchedQueues, in_doubt: bool) {
-        if self.commit_hook.is_none() || touched.is_empty() {
+        if self.commit_hook().is_none() || touched.is_empty() {
             return;
         }
         if in_doubt {

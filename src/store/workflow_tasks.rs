@@ -128,7 +128,6 @@ impl Store {
         // across instances. When nothing was claimed, the same conditions
         // read without locking (the statement's snapshot) tell whether an
         // instance with work was skipped because someone else holds it.
-        #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
         let claimed = client
             .query_one(
@@ -169,8 +168,7 @@ impl Store {
             )
             .await
             .map_err(db("claiming a workflow task"))?;
-        #[cfg(feature = "metrics")]
-        crate::metrics::claim_duration(crate::runtime::TaskKind::Workflow, started);
+        crate::metrics::claim_duration(crate::kinds::TaskKind::Workflow, started);
         let due_in = claimed.get::<_, Option<f64>>(0).map(super::stats::seconds);
         let skipped_locked: bool = claimed.get(1);
         if skipped_locked {
@@ -344,7 +342,6 @@ impl Store {
         // Everything that can be refused is refused before the transaction.
         let mut plan = self.plan_completion(task, &completion)?;
         let mut client = self.client().await?;
-        #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
         let tx = self.begin_write(&mut client).await?;
         let mut touched = TouchedQueues::default();
@@ -751,8 +748,7 @@ impl Store {
                  reported to the sender as SignalNotDelivered"
             );
         }
-        #[cfg(feature = "metrics")]
-        crate::metrics::completion_duration(crate::runtime::TaskKind::Workflow, started);
+        crate::metrics::completion_duration(crate::kinds::TaskKind::Workflow, started);
         tracing::debug!(
             instance_id = %task.instance.instance_id,
             state = ?plan.state,

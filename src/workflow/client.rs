@@ -11,7 +11,7 @@ use super::error::{stored_text, ClientError, WorkflowError};
 use super::retry::Attempt;
 use crate::store::{
     CancelOutcome, EventType, InstanceRef, InstanceSnapshot, InstanceState, NewInstance, Queue,
-    Store,
+    Store, WakeToken,
 };
 
 /// How to start a workflow ([`Client::start`]).
@@ -225,14 +225,43 @@ impl Client {
         input: &I,
         options: StartOptions,
     ) -> Result<InstanceRef, ClientError> {
-        let input = serde_json::to_value(input).map_err(|source| ClientError::Serde {
-            what: "the workflow's input",
-            source,
-        })?;
-        let new = NewInstance::new(instance_id, options.queue)
-            .with_input(input)
-            .with_metadata(json!({ "workflow": workflow }));
+        let new = new_instance(workflow, instance_id, input, options)?;
         Ok(self.store.create_instance(new).await?)
+    }
+
+    /// [`start`](Self::start) in the caller's transaction `tx`: the
+    /// workflow starts if and only if `tx` commits. After the commit,
+    /// [`wake`](Self::wake) the returned token to run it at once; a token
+    /// dropped instead only costs the round trip of the NOTIFY that the
+    /// commit sends (see [`WakeToken`]).
+    ///
+    /// ```no_run
+    /// # async fn f(client: pgwake::workflow::Client, pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut connection = pool.get().await?;
+    /// let tx = connection.transaction().await?;
+    /// tx.execute("INSERT INTO signups (email) VALUES ($1)", &[&"ada@example.com"]).await?;
+    /// let (started, token) = client
+    ///     .start_in(&tx, "signup", "signup-7", &"ada@example.com", Default::default())
+    ///     .await?;
+    /// tx.commit().await?;
+    /// client.wake(token);
+    /// println!("execution {}", started.execution_id);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`start`](Self::start); see
+    /// [`Store::create_instance_in`] for what is left of `tx` after each.
+    pub async fn start_in<I: Serialize>(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        workflow: &str,
+        instance_id: &str,
+        input: &I,
+        options: StartOptions,
+    ) -> Result<(InstanceRef, WakeToken), ClientError> {
+        let new = new_instance(workflow, instance_id, input, options)?;
+        Ok(self.store.create_instance_in(tx, new).await?)
     }
 
     /// Sends the signal `name` with `value` to the active execution of
@@ -253,13 +282,40 @@ impl Client {
         name: &str,
         value: &T,
     ) -> Result<(), ClientError> {
-        let payload = serde_json::to_value(value).map_err(|source| ClientError::Serde {
-            what: "the signal's value",
-            source,
-        })?;
         Ok(self
             .store
-            .signal_instance(instance_id, name, payload)
+            .signal_instance(instance_id, name, signal_payload(value)?)
+            .await?)
+    }
+
+    /// [`signal`](Self::signal) in the caller's transaction `tx`: the
+    /// signal is sent if and only if `tx` commits. After the commit,
+    /// [`wake`](Self::wake) the returned token (see [`WakeToken`]).
+    ///
+    /// ```no_run
+    /// # async fn f(client: pgwake::workflow::Client, pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut connection = pool.get().await?;
+    /// let tx = connection.transaction().await?;
+    /// tx.execute("UPDATE signups SET confirmed = true WHERE id = $1", &[&7_i64]).await?;
+    /// let token = client.signal_in(&tx, "signup-7", "confirmed", &true).await?;
+    /// tx.commit().await?;
+    /// client.wake(token);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`signal`](Self::signal); see [`Store::signal_instance_in`] for
+    /// what is left of `tx` after each.
+    pub async fn signal_in<T: Serialize>(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        instance_id: &str,
+        name: &str,
+        value: &T,
+    ) -> Result<WakeToken, ClientError> {
+        Ok(self
+            .store
+            .signal_instance_in(tx, instance_id, name, signal_payload(value)?)
             .await?)
     }
 
@@ -276,6 +332,49 @@ impl Client {
     /// An instance that never existed, a store failure.
     pub async fn cancel(&self, instance_id: &str) -> Result<CancelOutcome, ClientError> {
         Ok(self.store.cancel_instance(instance_id).await?)
+    }
+
+    /// [`cancel`](Self::cancel) in the caller's transaction `tx`: the
+    /// cancel is requested if and only if `tx` commits. After the commit,
+    /// [`wake`](Self::wake) the returned token (see [`WakeToken`]).
+    ///
+    /// ```no_run
+    /// # async fn f(client: pgwake::workflow::Client, pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut connection = pool.get().await?;
+    /// let tx = connection.transaction().await?;
+    /// tx.execute("DELETE FROM signups WHERE id = $1", &[&7_i64]).await?;
+    /// let (outcome, token) = client.cancel_in(&tx, "signup-7").await?;
+    /// tx.commit().await?;
+    /// client.wake(token);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`cancel`](Self::cancel); see [`Store::cancel_instance_in`] for
+    /// what is left of `tx` after each.
+    pub async fn cancel_in(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        instance_id: &str,
+    ) -> Result<(CancelOutcome, WakeToken), ClientError> {
+        Ok(self.store.cancel_instance_in(tx, instance_id).await?)
+    }
+
+    /// Wakes the work of a `*_in` write once its transaction has
+    /// committed: [`Store::wake`] on this client's store (a runtime's store
+    /// wakes that runtime's workers at once and sends its debounced NOTIFY;
+    /// any other has nothing to do, the commit's NOTIFY announced it).
+    ///
+    /// ```no_run
+    /// # async fn f(client: pgwake::workflow::Client, mut connection: deadpool_postgres::Object) -> Result<(), Box<dyn std::error::Error>> {
+    /// let tx = connection.transaction().await?;
+    /// let (_, token) = client.start_in(&tx, "greet", "greet-1", &"ada", Default::default()).await?;
+    /// tx.commit().await?;
+    /// client.wake(token); // after the commit: before it, workers would find nothing yet
+    /// # Ok(()) }
+    /// ```
+    pub fn wake(&self, token: WakeToken) {
+        self.store.wake(token);
     }
 
     /// Waits up to `timeout` for `instance_id` to finish, and returns its
@@ -390,6 +489,30 @@ impl Client {
             instance: snapshot.instance,
         }))
     }
+}
+
+/// What [`Client::start`] and [`Client::start_in`] create.
+fn new_instance<I: Serialize>(
+    workflow: &str,
+    instance_id: &str,
+    input: &I,
+    options: StartOptions,
+) -> Result<NewInstance, ClientError> {
+    let input = serde_json::to_value(input).map_err(|source| ClientError::Serde {
+        what: "the workflow's input",
+        source,
+    })?;
+    Ok(NewInstance::new(instance_id, options.queue)
+        .with_input(input)
+        .with_metadata(json!({ "workflow": workflow })))
+}
+
+/// A signal's value as JSON.
+fn signal_payload<T: Serialize>(value: &T) -> Result<Value, ClientError> {
+    serde_json::to_value(value).map_err(|source| ClientError::Serde {
+        what: "the signal's value",
+        source,
+    })
 }
 
 /// The sequence ids of the scheduling events answered by an event of

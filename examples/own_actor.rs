@@ -19,15 +19,14 @@
 //! - poll on a timer too, as a safety net for wake-ups that never come
 //!   (a listener that was reconnecting, another process's writes).
 //!
-//! `tests/own_actor.rs` runs this actor.
+//! `pgwake::runtime::actors` documents the protocol (register, wake-ups,
+//! wake policies, unregister); `tests/own_actor.rs` runs this actor.
 
 use std::time::Duration;
 
 use actix::prelude::*;
-use pgwake::runtime::{RegisterWorker, UnregisterWorker, WakePolicy};
-use pgwake::{
-    ActivityTask, InstanceRef, Queue, RuntimeHandle, StoreError, TaskAvailable, TaskKind, WorkerId,
-};
+use pgwake::runtime::actors::{RegisterWorker, TaskAvailable, UnregisterWorker, WakePolicy};
+use pgwake::{ActivityTask, InstanceRef, Queue, RuntimeHandle, StoreError, TaskKind, WorkerId};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 

@@ -10,6 +10,8 @@
 /// assert_eq!(config.channel(TaskKind::Workflow), "workflow_tasks");
 /// assert_eq!(config.channel(TaskKind::Activity), "activity_tasks");
 /// ```
+// Exhaustive on purpose: go-workflows' schema has exactly these two kinds
+// of task, one table and one channel each; a third would be a new schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TaskKind {
     /// Workflow tasks: announced on `workflow_tasks`.
@@ -38,7 +40,7 @@ impl TaskKind {
 ///
 /// ```
 /// # use actix::prelude::*;
-/// use pgwake::{runtime::WakeReason, TaskAvailable};
+/// use pgwake::runtime::actors::{TaskAvailable, WakeReason};
 /// # struct Mailer;
 /// # impl Actor for Mailer { type Context = Context<Self>; }
 /// impl Handler<TaskAvailable> for Mailer {

@@ -24,7 +24,7 @@ pub use connection::ConnectionConfig;
 pub use error::{BuildError, ConnectError, MigrateError, RuntimeError, StoreError};
 pub use runtime::{
     ActivityWorker, Health, ListenerHealth, ListenerState, QueueCounters, Runtime, RuntimeBuilder,
-    RuntimeHandle, ShutdownReport, TaskAvailable, TaskKind, WorkerHealth, WorkflowWorker,
+    RuntimeHandle, ShutdownReport, TaskKind, WorkerHealth, WorkflowWorker,
 };
 pub use store::{
     queues, ActivityTask, CancelOutcome, Event, EventType, InstanceRef, InstanceSnapshot,

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use pgwake::runtime::QueuesTouched;
+use pgwake::runtime::actors::QueuesTouched;
 use pgwake::testing::fresh_database;
 use pgwake::workflow::{
     Activities, ActivityContext, ActivityError, Client, ClientError, StartOptions, WorkflowContext,

@@ -53,17 +53,9 @@ pub(crate) struct ListenerSettings {
 /// `fallback_while_degraded` as when it is down, it warns once, and it probes
 /// again every `listener_ping_after` until a probe comes back.
 ///
-/// The runtime starts one per channel and owns it; its health reports it:
-///
-/// ```
-/// # fn example(runtime: pgwake::RuntimeHandle) {
-/// for listener in runtime.health().listeners {
-///     println!("{} ({:?}): {:?} for {:?}, {} reconnects", listener.channel,
-///         listener.kind, listener.state, listener.for_how_long, listener.reconnects);
-/// }
-/// # }
-/// ```
-pub struct ListenerActor {
+/// The runtime starts one per channel and owns it; users see it only
+/// through [`Health::listeners`](crate::Health::listeners).
+pub(crate) struct ListenerActor {
     settings: ListenerSettings,
     router: Addr<QueueRouter>,
     health: HealthBoard,

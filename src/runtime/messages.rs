@@ -3,6 +3,11 @@
 //! Data flows one way, listener -> router -> worker -> store; the one way
 //! back is [`QueuesTouched`], which the store's commit hook sends to the
 //! notifier.
+//!
+//! The `pub` messages are those your own actors exchange with the router
+//! (and the notifier's [`QueuesTouched`]); they are public as
+//! `pgwake::runtime::actors`. The `pub(crate)` ones pass only between
+//! pgwake's own actors.
 
 use std::time::Instant;
 
@@ -16,7 +21,8 @@ use crate::store::Queue;
 /// Sent to the router, it wakes the workers registered for its queue:
 ///
 /// ```
-/// use pgwake::{runtime::WakeReason, Queue, TaskAvailable, TaskKind};
+/// use pgwake::runtime::actors::{TaskAvailable, WakeReason};
+/// use pgwake::{Queue, TaskKind};
 /// # fn example(runtime: pgwake::RuntimeHandle) -> Result<(), pgwake::StoreError> {
 /// runtime.router().do_send(TaskAvailable {
 ///     kind: TaskKind::Activity,
@@ -39,13 +45,13 @@ pub struct TaskAvailable {
 /// How the router wakes a registered recipient.
 ///
 /// ```
-/// use pgwake::runtime::{RegisterWorker, WakePolicy, WorkerIdle};
+/// use pgwake::runtime::actors::{RegisterWorker, TaskAvailable, WakePolicy, WorkerIdle};
 /// # use actix::prelude::*;
 /// # struct Mailer;
 /// # impl Actor for Mailer { type Context = Context<Self>; }
-/// # impl Handler<pgwake::TaskAvailable> for Mailer {
+/// # impl Handler<TaskAvailable> for Mailer {
 /// #     type Result = ();
-/// #     fn handle(&mut self, _: pgwake::TaskAvailable, _: &mut Context<Self>) {}
+/// #     fn handle(&mut self, _: TaskAvailable, _: &mut Context<Self>) {}
 /// # }
 /// # async fn example(runtime: pgwake::RuntimeHandle, mailer: Addr<Mailer>) -> Result<(), Box<dyn std::error::Error>> {
 /// let id = runtime.router().send(RegisterWorker {
@@ -71,14 +77,14 @@ pub enum WakePolicy {
 /// registration's id. Registrations whose recipient has stopped are dropped.
 ///
 /// ```
-/// use pgwake::runtime::{RegisterWorker, WakePolicy};
+/// use pgwake::runtime::actors::{RegisterWorker, TaskAvailable, WakePolicy};
 /// use pgwake::{Queue, TaskKind};
 /// # use actix::prelude::*;
 /// # struct Thumbnailer;
 /// # impl Actor for Thumbnailer { type Context = Context<Self>; }
-/// # impl Handler<pgwake::TaskAvailable> for Thumbnailer {
+/// # impl Handler<TaskAvailable> for Thumbnailer {
 /// #     type Result = ();
-/// #     fn handle(&mut self, _: pgwake::TaskAvailable, _: &mut Context<Self>) {}
+/// #     fn handle(&mut self, _: TaskAvailable, _: &mut Context<Self>) {}
 /// # }
 /// # async fn example(runtime: pgwake::RuntimeHandle, thumbnailer: Addr<Thumbnailer>) -> Result<(), Box<dyn std::error::Error>> {
 /// let id = runtime.router().send(RegisterWorker {
@@ -109,7 +115,7 @@ pub struct RegisterWorker {
 /// Removes a registration.
 ///
 /// ```
-/// use pgwake::runtime::UnregisterWorker;
+/// use pgwake::runtime::actors::UnregisterWorker;
 /// # fn example(runtime: pgwake::RuntimeHandle, id: u64) {
 /// // `id` is what RegisterWorker answered; e.g. in your actor's `stopping`:
 /// runtime.router().do_send(UnregisterWorker { id });
@@ -126,7 +132,7 @@ pub struct UnregisterWorker {
 /// to claim: it may be woken again.
 ///
 /// ```
-/// use pgwake::runtime::WorkerIdle;
+/// use pgwake::runtime::actors::WorkerIdle;
 /// # fn example(runtime: pgwake::RuntimeHandle, id: u64) {
 /// // The last poll claimed nothing: wake me on the next notification (at once,
 /// // if one for my queues found every worker busy meanwhile).
@@ -144,7 +150,7 @@ pub struct WorkerIdle {
 /// these queues to keep the chain going.
 ///
 /// ```
-/// use pgwake::{runtime::MoreWorkLikely, TaskKind};
+/// use pgwake::{runtime::actors::MoreWorkLikely, TaskKind};
 /// # fn example(runtime: pgwake::RuntimeHandle, queues: Vec<pgwake::Queue>) {
 /// // A claim filled every free slot: let another idle worker of these queues poll.
 /// runtime.router().do_send(MoreWorkLikely { kind: TaskKind::Activity, queues });
@@ -168,7 +174,7 @@ pub struct MoreWorkLikely {
 ///
 /// ```
 /// # use actix::prelude::*;
-/// use pgwake::runtime::ListenerStateChanged;
+/// use pgwake::runtime::actors::ListenerStateChanged;
 /// use std::time::Duration;
 /// # struct Mailer { poll_every: Duration }
 /// # impl Actor for Mailer { type Context = Context<Self>; }
@@ -195,7 +201,7 @@ pub struct ListenerStateChanged {
 /// once and sends one debounced NOTIFY per queue for the other processes:
 ///
 /// ```
-/// use pgwake::{runtime::QueuesTouched, Queue};
+/// use pgwake::{runtime::actors::QueuesTouched, Queue};
 /// # fn example(runtime: pgwake::RuntimeHandle) -> Result<(), pgwake::StoreError> {
 /// runtime.notifier().do_send(QueuesTouched {
 ///     activity: vec![Queue::new("emails")?],
@@ -215,62 +221,29 @@ pub struct QueuesTouched {
 }
 
 /// Stop claiming new work; in-flight tasks go on.
-///
 /// [`RuntimeHandle::shutdown`](crate::RuntimeHandle::shutdown) sends it to
-/// every worker first:
-///
-/// ```
-/// # async fn example(runtime: pgwake::RuntimeHandle) {
-/// let report = runtime.shutdown(std::time::Duration::from_secs(30)).await;
-/// # }
-/// ```
+/// every worker first.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct StopClaiming;
+pub(crate) struct StopClaiming;
 
 /// Release the leases of unfinished tasks, cancel their handlers, and stop;
-/// answered with how many leases were released.
-///
-/// [`RuntimeHandle::shutdown`](crate::RuntimeHandle::shutdown) sends it to
-/// every worker at its deadline and reports the sum of the answers:
-///
-/// ```
-/// # async fn example(runtime: pgwake::RuntimeHandle) {
-/// let report = runtime.shutdown(std::time::Duration::from_secs(5)).await;
-/// println!("{} tasks given back for other workers", report.released_leases);
-/// # }
-/// ```
+/// answered with how many leases were released. Shutdown sends it to every
+/// worker at its deadline and reports the sum of the answers.
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
-pub struct AbandonInFlight;
+pub(crate) struct AbandonInFlight;
 
-/// Asks a worker how many tasks it is running.
-///
-/// [`RuntimeHandle::shutdown`](crate::RuntimeHandle::shutdown) asks every
-/// worker until all answer 0 or its deadline passes:
-///
-/// ```
-/// # async fn example(runtime: pgwake::RuntimeHandle) {
-/// let report = runtime.shutdown(std::time::Duration::from_secs(5)).await;
-/// if !report.drained { eprintln!("some handlers were still running at the deadline"); }
-/// # }
-/// ```
+/// Asks a worker how many tasks it is running. Shutdown asks every worker
+/// until all answer 0 or its deadline passes.
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
-pub struct InFlightCount;
+pub(crate) struct InFlightCount;
 
 /// Tells a listener to disconnect for good (runtime shutdown).
-///
-/// ```
-/// use pgwake::ListenerState;
-/// # async fn example(runtime: pgwake::RuntimeHandle) {
-/// runtime.shutdown(std::time::Duration::from_secs(5)).await; // sends it to every listener
-/// assert!(runtime.health().listeners.iter().all(|l| l.state == ListenerState::Disabled));
-/// # }
-/// ```
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct StopListening;
+pub(crate) struct StopListening;
 
 /// The router offers a wake-up to one of pgwake's own workers, which answers
 /// whether it takes it (`true`) or cannot (`false`: every slot is taken, or

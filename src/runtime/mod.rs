@@ -16,25 +16,30 @@
 //!                     completions (one transaction each)
 //! ```
 //!
-//! A [`ListenerActor`] per channel owns one dedicated connection, runs
+//! A listener actor per channel owns one dedicated connection, runs
 //! `LISTEN`, turns each notification (its payload is the queue) into a
-//! [`TaskAvailable`] for the [`QueueRouter`], and after every successful
-//! `LISTEN`, first or after a reconnect, publishes a resync: every worker of
-//! its channel polls once, because notifications sent while it was away are
-//! gone. Errors, the end of the stream, or an unanswered ping stop it; its
-//! supervisor restarts it after a jittered exponential backoff. It counts as
-//! listening only once a probe `NOTIFY`, sent from a second connection,
-//! comes back on its own: behind a transaction-mode pooler `LISTEN` succeeds
-//! but notifications are lost, and it then reports
-//! [`ListenerState::NotDelivering`], warns once, and its workers poll as if
-//! it were down (see `listener_probe_timeout`).
+//! [`TaskAvailable`](actors::TaskAvailable) for the [`QueueRouter`], and
+//! after every successful `LISTEN`, first or after a reconnect, publishes a
+//! resync: every worker of its channel polls once, because notifications
+//! sent while it was away are gone. Errors, the end of the stream, or an
+//! unanswered ping stop it; its supervisor restarts it after a jittered
+//! exponential backoff. It counts as listening only once a probe `NOTIFY`,
+//! sent from a second connection, comes back on its own: behind a
+//! transaction-mode pooler `LISTEN` succeeds but notifications are lost,
+//! and it then reports [`ListenerState::NotDelivering`], warns once, and
+//! its workers poll as if it were down (see `listener_probe_timeout`).
 //!
-//! A [`WorkerActor`] polls on start, on every wake-up, after every task it
+//! A worker actor polls on start, on every wake-up, after every task it
 //! finishes, and when its own timer fires: the earlier of the fallback
 //! interval (long while its listener listens, short while it does not) and
 //! the next due time of its queues, so a timer fires on time with no
 //! notification at all. A database outage makes it back off and retry; it
 //! never dies of one.
+//!
+//! The runtime owns these actors; you describe workers
+//! ([`ActivityWorker`], [`WorkflowWorker`], or the workflow layer's
+//! registries) and read [`Health`]. To make an actor of your own a worker,
+//! see [`actors`].
 //!
 //! ```no_run
 //! use pgwake::{ActivityWorker, Runtime, RuntimeConfig};
@@ -80,6 +85,141 @@ mod router;
 mod wake;
 mod worker;
 
+pub mod actors {
+    //! Advanced: your own actix actors as workers.
+    //!
+    //! [`ActivityWorker`](super::ActivityWorker) and
+    //! [`WorkflowWorker`](super::WorkflowWorker) claim, run and complete
+    //! tasks for you. Write an actor of your own when the work must live in
+    //! one you already have (its state, its supervisor, its mailbox): the
+    //! runtime's router wakes it for its queues, and it claims and completes
+    //! through the [`Store`](crate::Store) itself. `examples/own_actor.rs`
+    //! in the repository is a complete one (`cargo run --example
+    //! own_actor`), and `tests/own_actor.rs` runs it.
+    //!
+    //! This module holds what such an actor exchanges with the runtime, and
+    //! nothing else: the runtime's own actors and the messages between them
+    //! are internal.
+    //!
+    //! # The protocol
+    //! 1. **Register**: send [`RegisterWorker`] to the [`QueueRouter`] that
+    //!    [`RuntimeHandle::router`](super::RuntimeHandle::router) returns:
+    //!    the kind, the queues, where wake-ups go, and a [`WakePolicy`]. It
+    //!    answers with the registration's id. Do it in `started`, and poll
+    //!    once then: work written before the registration woke nobody.
+    //! 2. **Receive [`TaskAvailable`]**: work may be waiting on its `queue`
+    //!    (`None`: on every queue of yours, a resync after a listener
+    //!    reconnected; see [`WakeReason`]). Claim through the store in a
+    //!    future spawned on the actor's context, never blocking the mailbox.
+    //!    A wake-up that arrives during a claim means "claim again after it".
+    //! 3. **Choose a [`WakePolicy`]**: [`Always`](WakePolicy::Always) sends
+    //!    you every wake-up for your queues (coalesce them as above).
+    //!    [`WhenIdle`](WakePolicy::WhenIdle) wakes you only while you have
+    //!    reported [`WorkerIdle`] since your last wake-up (you start busy:
+    //!    poll, then report idle when a poll claims nothing and you have
+    //!    room); after a claim that filled every free slot, send
+    //!    [`MoreWorkLikely`] so that another idle worker of those queues
+    //!    polls too.
+    //! 4. **Unregister**: send [`UnregisterWorker`] with your id in
+    //!    `stopping` (a registration whose actor has stopped is dropped
+    //!    anyway).
+    //!
+    //! No wake-up comes while a listener is down or reconnecting, nor when
+    //! delayed work becomes due: poll on a timer too. Register with
+    //! `listener_state: Some(..)` to receive [`ListenerStateChanged`] and
+    //! poll more often while nothing listens.
+    //!
+    //! [`Notifier`] and [`QueuesTouched`] are here only because
+    //! [`RuntimeHandle::notifier`](super::RuntimeHandle::notifier) returns
+    //! the notifier's address; writes through the store already tell it.
+    //!
+    //! ```
+    //! use std::time::Duration;
+    //!
+    //! use actix::prelude::*;
+    //! use pgwake::runtime::actors::{RegisterWorker, TaskAvailable, UnregisterWorker, WakePolicy};
+    //! use pgwake::{Queue, RuntimeHandle, StoreError, TaskKind, WorkerId};
+    //!
+    //! struct Mailer {
+    //!     runtime: RuntimeHandle,
+    //!     queues: Vec<Queue>,
+    //!     worker: WorkerId,
+    //!     registration: Option<u64>,
+    //! }
+    //!
+    //! impl Mailer {
+    //!     /// Claims and completes a batch, off the mailbox.
+    //!     /// (`examples/own_actor.rs` also runs one claim at a time.)
+    //!     fn claim(&mut self, ctx: &mut Context<Self>) {
+    //!         let store = self.runtime.store().clone();
+    //!         let (worker, queues) = (self.worker.clone(), self.queues.clone());
+    //!         let work = async move {
+    //!             let lease = Duration::from_secs(60);
+    //!             for task in store.claim_activity_tasks(&worker, &queues, 16, lease).await? {
+    //!                 let result = Ok(serde_json::json!({ "sent": task.input }));
+    //!                 store.complete_activity_task(&task, result).await?;
+    //!             }
+    //!             Ok::<_, StoreError>(())
+    //!         };
+    //!         ctx.spawn(work.into_actor(self).map(|outcome, _, _| {
+    //!             if let Err(err) = outcome {
+    //!                 eprintln!("claiming failed, the timer retries: {err}");
+    //!             }
+    //!         }));
+    //!     }
+    //! }
+    //!
+    //! impl Actor for Mailer {
+    //!     type Context = Context<Self>;
+    //!
+    //!     fn started(&mut self, ctx: &mut Context<Self>) {
+    //!         let register = RegisterWorker {
+    //!             kind: TaskKind::Activity,
+    //!             queues: self.queues.clone(),
+    //!             recipient: ctx.address().recipient(),
+    //!             policy: WakePolicy::Always,
+    //!             listener_state: None,
+    //!         };
+    //!         // `wait`: no wake-up is handled before the registration is.
+    //!         let registered = self.runtime.router().send(register).into_actor(self);
+    //!         ctx.wait(registered.map(|id, actor, ctx| {
+    //!             actor.registration = id.ok();
+    //!             actor.claim(ctx); // work written before woke nobody
+    //!         }));
+    //!         ctx.run_interval(Duration::from_secs(30), |actor, ctx| actor.claim(ctx));
+    //!     }
+    //!
+    //!     fn stopping(&mut self, _: &mut Context<Self>) -> Running {
+    //!         if let Some(id) = self.registration.take() {
+    //!             self.runtime.router().do_send(UnregisterWorker { id });
+    //!         }
+    //!         Running::Stop
+    //!     }
+    //! }
+    //!
+    //! impl Handler<TaskAvailable> for Mailer {
+    //!     type Result = ();
+    //!
+    //!     fn handle(&mut self, _: TaskAvailable, ctx: &mut Context<Self>) {
+    //!         self.claim(ctx);
+    //!     }
+    //! }
+    //!
+    //! fn start_mailer(runtime: RuntimeHandle) -> Result<Addr<Mailer>, StoreError> {
+    //!     let queues = vec![Queue::new("emails")?];
+    //!     let worker = WorkerId::unique("mailer");
+    //!     Ok(Mailer { runtime, queues, worker, registration: None }.start())
+    //! }
+    //! ```
+
+    pub use super::messages::{
+        ListenerStateChanged, MoreWorkLikely, QueuesTouched, RegisterWorker, TaskAvailable,
+        TaskKind, UnregisterWorker, WakePolicy, WakeReason, WorkerIdle,
+    };
+    pub use super::notifier::Notifier;
+    pub use super::router::QueueRouter;
+}
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -87,20 +227,19 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use self::listener::ListenerActor;
+use self::messages::{
+    AbandonInFlight, FlushNotifications, InFlightCount, QueuesTouched, StopClaiming, StopListening,
+    StopNotifying,
+};
+use self::notifier::Notifier;
+use self::router::QueueRouter;
+use self::worker::WorkerActor;
 pub use handler::{
     ActivityWorker, HandlerError, WorkflowWorker, DEFAULT_ACTIVITY_LEASE, DEFAULT_WORKFLOW_LEASE,
 };
 pub use health::{Health, ListenerHealth, ListenerState, QueueCounters, WorkerHealth};
-pub use listener::ListenerActor;
-pub use messages::{
-    AbandonInFlight, InFlightCount, ListenerStateChanged, MoreWorkLikely, QueuesTouched,
-    RegisterWorker, StopClaiming, StopListening, TaskAvailable, TaskKind, UnregisterWorker,
-    WakePolicy, WakeReason, WorkerIdle,
-};
-use messages::{FlushNotifications, StopNotifying};
-pub use notifier::Notifier;
-pub use router::QueueRouter;
-pub use worker::WorkerActor;
+pub use messages::TaskKind;
 
 use self::backoff::Backoff;
 use self::health::HealthBoard;
@@ -504,6 +643,7 @@ pub struct RuntimeHandle {
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShutdownReport {
     /// Tasks still running at the deadline whose leases were given back.
     pub released_leases: usize,
@@ -549,16 +689,17 @@ impl RuntimeHandle {
         self.store.wake(token);
     }
 
-    /// The router: register your own actors for queues with [`RegisterWorker`].
+    /// The router: register your own actors for queues with
+    /// [`RegisterWorker`](actors::RegisterWorker) (see [`actors`]).
     ///
     /// ```
     /// # use actix::prelude::*;
-    /// use pgwake::runtime::{RegisterWorker, WakePolicy};
+    /// use pgwake::runtime::actors::{RegisterWorker, TaskAvailable, WakePolicy};
     /// # struct Mailer;
     /// # impl Actor for Mailer { type Context = Context<Self>; }
-    /// # impl Handler<pgwake::TaskAvailable> for Mailer {
+    /// # impl Handler<TaskAvailable> for Mailer {
     /// #     type Result = ();
-    /// #     fn handle(&mut self, _: pgwake::TaskAvailable, _: &mut Context<Self>) {}
+    /// #     fn handle(&mut self, _: TaskAvailable, _: &mut Context<Self>) {}
     /// # }
     /// # async fn example(runtime: pgwake::RuntimeHandle, mailer: Addr<Mailer>) -> Result<(), Box<dyn std::error::Error>> {
     /// let id: u64 = runtime.router().send(RegisterWorker {
@@ -571,10 +712,14 @@ impl RuntimeHandle {
         &self.router
     }
 
-    /// The notifier (what the store's commit hook talks to).
+    /// The notifier (what the store's commit hook talks to): a
+    /// [`QueuesTouched`] sent to it wakes this process's workers of those
+    /// queues and sends one debounced NOTIFY per queue for the others.
+    /// Writes through [`store`](Self::store), and [`wake`](Self::wake),
+    /// already send it.
     ///
     /// ```
-    /// use pgwake::{runtime::QueuesTouched, Queue};
+    /// use pgwake::{runtime::actors::QueuesTouched, Queue};
     /// # fn example(runtime: pgwake::RuntimeHandle) -> Result<(), pgwake::StoreError> {
     /// let touched = QueuesTouched { activity: vec![Queue::new("emails")?], ..Default::default() };
     /// runtime.notifier().do_send(touched);

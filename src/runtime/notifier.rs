@@ -38,11 +38,15 @@ struct Debounce {
 /// our commit may have been sent before it, so receiving one proves nothing.
 ///
 /// The runtime starts it; the store's commit hook and you reach it through
-/// the handle:
+/// [`RuntimeHandle::notifier`](crate::RuntimeHandle::notifier), which is why
+/// the type is public. You rarely send it [`QueuesTouched`] yourself:
+/// writes through the store already do, and
+/// [`RuntimeHandle::wake`](crate::RuntimeHandle::wake) does for those made in
+/// your own transactions.
 ///
 /// ```
 /// use actix::prelude::*;
-/// use pgwake::runtime::{Notifier, QueuesTouched};
+/// use pgwake::runtime::actors::{Notifier, QueuesTouched};
 /// # fn example(runtime: pgwake::RuntimeHandle) -> Result<(), pgwake::StoreError> {
 /// let notifier: &Addr<Notifier> = runtime.notifier();
 /// let orders = vec![pgwake::Queue::new("orders")?];

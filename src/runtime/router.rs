@@ -66,16 +66,21 @@ impl Registration {
 /// worker is full or mid-claim is never lost to the fallback timer, and one
 /// offered to a worker that stopped goes to another.
 ///
-/// The runtime starts it; register your own actors through the handle:
+/// The runtime starts it, and
+/// [`RuntimeHandle::router`](crate::RuntimeHandle::router) gives its
+/// address, which is why the type is public: register your own actors with
+/// it (see [`actors`](super::actors)):
 ///
 /// ```
 /// use actix::prelude::*;
-/// use pgwake::runtime::{QueueRouter, RegisterWorker, UnregisterWorker, WakePolicy};
+/// use pgwake::runtime::actors::{
+///     QueueRouter, RegisterWorker, TaskAvailable, UnregisterWorker, WakePolicy,
+/// };
 /// # struct Mailer;
 /// # impl Actor for Mailer { type Context = Context<Self>; }
-/// # impl Handler<pgwake::TaskAvailable> for Mailer {
+/// # impl Handler<TaskAvailable> for Mailer {
 /// #     type Result = ();
-/// #     fn handle(&mut self, _: pgwake::TaskAvailable, _: &mut Context<Self>) {}
+/// #     fn handle(&mut self, _: TaskAvailable, _: &mut Context<Self>) {}
 /// # }
 /// # async fn example(runtime: pgwake::RuntimeHandle, mailer: Addr<Mailer>) -> Result<(), Box<dyn std::error::Error>> {
 /// let router: &Addr<QueueRouter> = runtime.router();

@@ -144,20 +144,10 @@ struct WorkflowEnd {
 /// Runs one kind of handler for a set of queues.
 ///
 /// The runtime starts one for each [`ActivityWorker`](crate::ActivityWorker)
-/// and [`WorkflowWorker`](crate::WorkflowWorker); its counters and state are
-/// in the health:
-///
-/// ```
-/// use pgwake::{ActivityTask, ActivityWorker, Runtime, RuntimeConfig, TaskKind};
-/// # async fn example(config: RuntimeConfig) -> Result<(), pgwake::RuntimeError> {
-/// let handler = |t: ActivityTask| async move { Ok::<_, String>(t.input) };
-/// let emails = ActivityWorker::new(["emails"], handler);
-/// let runtime = Runtime::builder(config).activity_worker(emails).start().await?;
-/// let counters = runtime.health().counters(TaskKind::Activity, "emails");
-/// println!("{} polls, {} claimed", counters.polls, counters.claimed);
-/// # Ok(()) }
-/// ```
-pub struct WorkerActor {
+/// and [`WorkflowWorker`](crate::WorkflowWorker) and owns it; users see it
+/// only through [`Health::workers`](crate::Health::workers) and the
+/// per-queue counters.
+pub(crate) struct WorkerActor {
     settings: WorkerSettings,
     /// Its queues' names, shared with every health report.
     queue_names: Arc<[String]>,

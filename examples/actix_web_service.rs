@@ -479,6 +479,8 @@ async fn cancel_order(
         CancelOutcome::AlreadyFinished => {
             HttpResponse::Ok().json(json!({ "id": *id, "cancel": "already finished" }))
         }
+        // An outcome added by a later pgwake.
+        _ => HttpResponse::Accepted().json(json!({ "id": *id, "cancel": "unknown" })),
     })
 }
 
@@ -598,6 +600,8 @@ fn state_name(state: InstanceState) -> &'static str {
         InstanceState::Active => "active",
         InstanceState::Finished => "finished",
         InstanceState::ContinuedAsNew => "continued_as_new",
+        // A state added by a later pgwake.
+        _ => "unknown",
     }
 }
 

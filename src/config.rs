@@ -8,6 +8,9 @@ use crate::store::StoreOptions;
 
 /// Everything the runtime needs to know besides its workers.
 ///
+/// Non-exhaustive, so that a setting added later breaks no caller: start
+/// from [`RuntimeConfig::new`] and assign the fields to change.
+///
 /// ```
 /// use std::time::Duration;
 /// let mut config = pgwake::RuntimeConfig::new("postgres://postgres@localhost/app");
@@ -16,6 +19,7 @@ use crate::store::StoreOptions;
 /// # Ok::<(), pgwake::BuildError>(())
 /// ```
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct RuntimeConfig {
     /// The database (pool, notifier).
     pub database_url: String,

@@ -10,7 +10,7 @@ use support::{q, setup, setup_with, until_some, wait_until_expired, worker};
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
-use pgwake::store::{SendSignal, StartSubWorkflow, QUEUE_NAME_RULE};
+use pgwake::store::{SendSignal, QUEUE_NAME_RULE};
 use pgwake::{
     queues, Event, EventType, InstanceState, NewInstance, Queue, QueueStats, Store, StoreError,
     StoreOptions, WorkerId, WorkflowCompletion, WorkflowOutcome,
@@ -113,20 +113,12 @@ async fn an_expired_workflow_lease_is_reclaimed_and_the_late_completion_is_refus
     );
     assert_ne!(task2.lease.locked_until(), task1.lease.locked_until());
 
-    let late = WorkflowCompletion {
-        sub_workflows: vec![StartSubWorkflow {
-            instance: NewInstance::new("child", q("default")),
-        }],
-        signals: vec![SendSignal {
-            instance_id: "other".into(),
-            name: "s".into(),
-            payload: json!(1),
-        }],
-        ..WorkflowCompletion::default()
-    }
-    .schedule_activity("a", json!(null), None)
-    .start_timer(Duration::from_secs(5), json!(null))
-    .finish(WorkflowOutcome::Completed(json!("late")));
+    let late = WorkflowCompletion::default()
+        .start_sub_workflow(NewInstance::new("child", q("default")))
+        .signal("other", "s", json!(1))
+        .schedule_activity("a", json!(null), None)
+        .start_timer(Duration::from_secs(5), json!(null))
+        .finish(WorkflowOutcome::Completed(json!("late")));
     let err = store
         .complete_workflow_task(&task1, late)
         .await
@@ -517,13 +509,11 @@ async fn cancelling_a_timer_removes_its_pending_event_and_records_timer_canceled
         .unwrap();
     assert_eq!(types(&task.new_events), [EventType::SignalReceived]);
     store
-        .complete_workflow_task(
-            &task,
-            WorkflowCompletion {
-                canceled_timers: vec![timer_seq],
-                ..WorkflowCompletion::default()
-            },
-        )
+        .complete_workflow_task(&task, {
+            let mut decision = WorkflowCompletion::default();
+            decision.canceled_timers.push(timer_seq);
+            decision
+        })
         .await
         .unwrap();
 
@@ -863,23 +853,21 @@ async fn stats_are_exact_on_a_hand_built_fixture() {
     assert_eq!(
         stats,
         vec![
-            QueueStats {
-                queue: "a".into(),
-                active_instances: 5,         // L, E, T, A1, A2
-                claimable_workflow_tasks: 3, // E, A1 (once), A2
-                ready_activities: 0,
-                running_activities: 0,
-                scheduled_later: 1, // T's timer
-                failing_workflow_tasks: 0,
+            {
+                let mut a = QueueStats::default();
+                a.queue = "a".into();
+                a.active_instances = 5; // L, E, T, A1, A2
+                a.claimable_workflow_tasks = 3; // E, A1 (once), A2
+                a.scheduled_later = 1; // T's timer
+                a
             },
-            QueueStats {
-                queue: "b".into(),
-                active_instances: 0,
-                claimable_workflow_tasks: 0,
-                ready_activities: 3,
-                running_activities: 1,
-                scheduled_later: 1,
-                failing_workflow_tasks: 0,
+            {
+                let mut b = QueueStats::default();
+                b.queue = "b".into();
+                b.ready_activities = 3;
+                b.running_activities = 1;
+                b.scheduled_later = 1;
+                b
             },
         ]
     );
@@ -1003,12 +991,9 @@ async fn a_finished_sub_workflow_reports_its_result_to_its_parent() {
     store
         .complete_workflow_task(
             &task,
-            WorkflowCompletion {
-                sub_workflows: vec![StartSubWorkflow {
-                    instance: NewInstance::new("child", q("default")).with_input(json!({"x": 1})),
-                }],
-                ..WorkflowCompletion::default()
-            },
+            WorkflowCompletion::default().start_sub_workflow(
+                NewInstance::new("child", q("default")).with_input(json!({"x": 1})),
+            ),
         )
         .await
         .unwrap();
@@ -1089,19 +1074,13 @@ async fn signals_between_instances_reach_the_active_execution_and_undelivered_on
         .unwrap()
         .unwrap();
     assert_eq!(task.instance.instance_id, "sender");
-    let signal = |to: &str| SendSignal {
-        instance_id: to.into(),
-        name: "hello".into(),
-        payload: json!({"from": "sender"}),
-    };
+    let signal = |to: &str| SendSignal::new(to, "hello", json!({"from": "sender"}));
     store
-        .complete_workflow_task(
-            &task,
-            WorkflowCompletion {
-                signals: vec![signal("target"), signal("nobody"), signal("finished")],
-                ..WorkflowCompletion::default()
-            },
-        )
+        .complete_workflow_task(&task, {
+            let mut decision = WorkflowCompletion::default();
+            decision.signals = vec![signal("target"), signal("nobody"), signal("finished")];
+            decision
+        })
         .await
         .unwrap();
 
@@ -1149,11 +1128,9 @@ async fn signals_between_instances_reach_the_active_execution_and_undelivered_on
 // 14
 #[actix_rt::test]
 async fn invalid_input_is_refused_at_every_entry_point_with_the_rule() {
-    let (store, sql, _db) = setup_with(StoreOptions {
-        max_payload_bytes: 1024,
-        ..StoreOptions::default()
-    })
-    .await;
+    let mut options = StoreOptions::default();
+    options.max_payload_bytes = 1024;
+    let (store, sql, _db) = setup_with(options).await;
     let w = worker("w");
     let big = json!("x".repeat(2000));
     let long_id = "i".repeat(129);
@@ -1315,37 +1292,16 @@ async fn invalid_input_is_refused_at_every_entry_point_with_the_rule() {
     for bad in [
         WorkflowCompletion::default().schedule_activity("a", big.clone(), None),
         WorkflowCompletion::default().start_timer(Duration::from_secs(1), big.clone()),
-        WorkflowCompletion {
-            signals: vec![SendSignal {
-                instance_id: "i1".into(),
-                name: "s".into(),
-                payload: big.clone(),
-            }],
-            ..WorkflowCompletion::default()
-        },
+        WorkflowCompletion::default().signal("i1", "s", big.clone()),
         WorkflowCompletion::default().finish(WorkflowOutcome::Completed(big.clone())),
     ] {
         check_size_err(store.complete_workflow_task(&task, bad).await.unwrap_err());
     }
     for bad in [
-        WorkflowCompletion {
-            sub_workflows: vec![StartSubWorkflow {
-                instance: NewInstance::new(long_id.clone(), q("default")),
-            }],
-            ..WorkflowCompletion::default()
-        },
-        WorkflowCompletion {
-            signals: vec![SendSignal {
-                instance_id: long_id.clone(),
-                name: "s".into(),
-                payload: json!(null),
-            }],
-            ..WorkflowCompletion::default()
-        },
-        WorkflowCompletion {
-            cancellations: vec![long_id.clone()],
-            ..WorkflowCompletion::default()
-        },
+        WorkflowCompletion::default()
+            .start_sub_workflow(NewInstance::new(long_id.clone(), q("default"))),
+        WorkflowCompletion::default().signal(&long_id, "s", json!(null)),
+        WorkflowCompletion::default().cancel(&long_id),
     ] {
         check_id_err(store.complete_workflow_task(&task, bad).await.unwrap_err());
     }
@@ -1593,11 +1549,9 @@ async fn continue_as_new_ends_the_execution_and_starts_a_new_one_with_the_new_in
 // 15b: the same under go-workflows' stickiness.
 #[actix_rt::test]
 async fn releasing_a_sticky_task_makes_it_claimable_by_another_worker_at_once() {
-    let (store, _sql, _db) = setup_with(StoreOptions {
-        sticky_timeout: Duration::from_secs(30),
-        ..StoreOptions::default()
-    })
-    .await;
+    let mut options = StoreOptions::default();
+    options.sticky_timeout = Duration::from_secs(30);
+    let (store, _sql, _db) = setup_with(options).await;
     let queue = [q("default")];
     let (w1, w2) = (worker("w1"), worker("w2"));
     store

@@ -310,13 +310,8 @@ async fn completion_delivers_events_to_other_instances() {
         .await
         .unwrap();
     let task = claim(&store, "w", "default").await;
-    let start_child = pgwake::store::StartSubWorkflow {
-        instance: NewInstance::new("child", q("default")).with_input(json!("hi")),
-    };
-    let decision = WorkflowCompletion {
-        sub_workflows: vec![start_child],
-        ..Default::default()
-    };
+    let decision = WorkflowCompletion::default()
+        .start_sub_workflow(NewInstance::new("child", q("default")).with_input(json!("hi")));
     store.complete_workflow_task(&task, decision).await.unwrap();
 
     // The parent's next task cancels the child before the child ran at all.
@@ -338,10 +333,7 @@ async fn completion_delivers_events_to_other_instances() {
         other
     };
     assert_eq!(parent_task.instance.instance_id, "parent");
-    let decision = WorkflowCompletion {
-        cancellations: vec!["child".to_string()],
-        ..Default::default()
-    };
+    let decision = WorkflowCompletion::default().cancel("child");
     store
         .complete_workflow_task(&parent_task, decision)
         .await

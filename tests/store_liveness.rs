@@ -390,10 +390,8 @@ async fn a_locked_instance_holds_up_only_its_own_activity_results() {
 
 #[actix_rt::test]
 async fn a_result_too_large_is_recorded_as_a_failure_and_the_rest_of_the_batch_normally() {
-    let options = StoreOptions {
-        max_payload_bytes: 1024,
-        ..StoreOptions::default()
-    };
+    let mut options = StoreOptions::default();
+    options.max_payload_bytes = 1024;
     let (store, _sql, _db) = setup_with(options).await;
     let tasks = claimed_activities(&store, &["big", "small"]).await;
     let huge = json!("x".repeat(4096));
@@ -423,14 +421,11 @@ async fn completions_creating_the_same_sub_workflows_in_opposite_orders_do_not_d
     let (store, sql, _db) = setup().await;
     for round in 0..10 {
         let children: Vec<String> = (0..4).map(|i| format!("child-{round}-{i}")).collect();
-        let decision = |ids: Vec<&String>| WorkflowCompletion {
-            sub_workflows: ids
-                .into_iter()
-                .map(|id| StartSubWorkflow {
-                    instance: NewInstance::new(id.as_str(), q("children")),
+        let decision = |ids: Vec<&String>| {
+            ids.into_iter()
+                .fold(WorkflowCompletion::default(), |d, id| {
+                    d.start_sub_workflow(NewInstance::new(id.as_str(), q("children")))
                 })
-                .collect(),
-            ..WorkflowCompletion::default()
         };
         let forward = decision(children.iter().collect());
         let backward = decision(children.iter().rev().collect());
@@ -607,15 +602,10 @@ async fn a_decision_over_a_bound_is_refused_up_front_and_changes_nothing() {
     assert!(err.to_string().contains("at most 10000"), "{err}");
     too_many(err, "activities");
 
-    let decision = WorkflowCompletion {
-        timers: (0..over)
-            .map(|_| StartTimer {
-                delay: Duration::from_secs(1),
-                payload: json!(null),
-            })
-            .collect(),
-        ..WorkflowCompletion::default()
-    };
+    let mut decision = WorkflowCompletion::default();
+    decision.timers = (0..over)
+        .map(|_| StartTimer::new(Duration::from_secs(1), json!(null)))
+        .collect();
     too_many(
         store
             .complete_workflow_task(&task, decision)
@@ -623,14 +613,10 @@ async fn a_decision_over_a_bound_is_refused_up_front_and_changes_nothing() {
             .unwrap_err(),
         "timers",
     );
-    let decision = WorkflowCompletion {
-        sub_workflows: (0..over)
-            .map(|i| StartSubWorkflow {
-                instance: NewInstance::new(format!("child-{i}"), q("orders")),
-            })
-            .collect(),
-        ..WorkflowCompletion::default()
-    };
+    let mut decision = WorkflowCompletion::default();
+    decision.sub_workflows = (0..over)
+        .map(|i| StartSubWorkflow::new(NewInstance::new(format!("child-{i}"), q("orders"))))
+        .collect();
     too_many(
         store
             .complete_workflow_task(&task, decision)
@@ -638,16 +624,10 @@ async fn a_decision_over_a_bound_is_refused_up_front_and_changes_nothing() {
             .unwrap_err(),
         "sub-workflows",
     );
-    let decision = WorkflowCompletion {
-        signals: (0..over)
-            .map(|_| SendSignal {
-                instance_id: "i1".into(),
-                name: "s".into(),
-                payload: json!(null),
-            })
-            .collect(),
-        ..WorkflowCompletion::default()
-    };
+    let mut decision = WorkflowCompletion::default();
+    decision.signals = (0..over)
+        .map(|_| SendSignal::new("i1", "s", json!(null)))
+        .collect();
     too_many(
         store
             .complete_workflow_task(&task, decision)

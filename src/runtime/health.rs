@@ -70,7 +70,11 @@ pub enum ListenerState {
 ///     .all(|l| l.not_listening_for.is_none_or(|down| down <= grace));
 /// # }
 /// ```
+///
+/// Non-exhaustive: more may be reported. To build one (to test a health
+/// check), use [`ListenerHealth::new`] and assign fields.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ListenerHealth {
     /// Its channel.
     pub channel: String,
@@ -92,6 +96,31 @@ pub struct ListenerHealth {
     pub last_listen_ago: Option<Duration>,
 }
 
+impl ListenerHealth {
+    /// A listener of `kind` on `channel` that just entered `state`, never
+    /// reconnected and never listened (`not_listening_for` and
+    /// `last_listen_ago` `None`); assign fields to say more.
+    ///
+    /// ```
+    /// use pgwake::{ListenerHealth, ListenerState, TaskKind};
+    /// use std::time::Duration;
+    /// let mut down = ListenerHealth::new("activity_tasks", TaskKind::Activity, ListenerState::Connecting);
+    /// down.not_listening_for = Some(Duration::from_secs(30));
+    /// assert_eq!(down.reconnects, 0);
+    /// ```
+    pub fn new(channel: impl Into<String>, kind: TaskKind, state: ListenerState) -> Self {
+        Self {
+            channel: channel.into(),
+            kind,
+            state,
+            for_how_long: Duration::ZERO,
+            not_listening_for: None,
+            reconnects: 0,
+            last_listen_ago: None,
+        }
+    }
+}
+
 /// Counters for one queue since the runtime started.
 ///
 /// ```
@@ -101,7 +130,11 @@ pub struct ListenerHealth {
 /// println!("{} claimed, {} completed, {} failed", emails.claimed, emails.completed, emails.failed);
 /// # }
 /// ```
+///
+/// Non-exhaustive: more counters may be added. To build one, start from
+/// [`QueueCounters::default`] and assign fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueueCounters {
     /// Wake-ups delivered to this queue's workers.
     pub wakeups: u64,
@@ -135,6 +168,9 @@ pub struct QueueCounters {
 /// }
 /// # }
 /// ```
+///
+/// Non-exhaustive: more may be reported. To build one (to test a health
+/// check), use [`WorkerHealth::new`] and assign fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerHealth {
@@ -163,6 +199,35 @@ pub struct WorkerHealth {
     pub stuck: bool,
 }
 
+impl WorkerHealth {
+    /// An idle worker `worker` of `kind` serving nothing yet, with a
+    /// concurrency of 1 and nothing under way; assign fields to say more
+    /// (to test a health check).
+    ///
+    /// ```
+    /// use pgwake::{Health, TaskKind, WorkerHealth};
+    /// let mut worker = WorkerHealth::new("activity-1", TaskKind::Activity);
+    /// worker.stuck = true;
+    /// let mut health = Health::default();
+    /// health.workers.push(worker);
+    /// assert_eq!(health.stuck_workers().count(), 1);
+    /// ```
+    pub fn new(worker: impl Into<String>, kind: TaskKind) -> Self {
+        Self {
+            worker: worker.into(),
+            kind,
+            queues: Vec::new(),
+            slots_used: 0,
+            concurrency: 1,
+            claiming_for: None,
+            recording_for: None,
+            stopped: false,
+            failing_for: None,
+            stuck: false,
+        }
+    }
+}
+
 /// A snapshot of the runtime's health.
 ///
 /// ```
@@ -173,7 +238,12 @@ pub struct WorkerHealth {
 /// }
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+///
+/// Non-exhaustive: more may be reported. To build one (to test a health
+/// check), start from [`Health::default`] (nothing reported) and assign or
+/// push to its fields.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Health {
     /// One entry per listener (each `Disabled` in poll-only mode).
     pub listeners: Vec<ListenerHealth>,
@@ -189,14 +259,10 @@ impl Health {
     /// ([`ListenerState::NotDelivering`]) is not.
     ///
     /// ```
-    /// use pgwake::{Health, ListenerState};
+    /// use pgwake::{Health, ListenerHealth, ListenerState, TaskKind};
     /// use std::time::Duration;
-    /// # let listener = pgwake::ListenerHealth {
-    /// #     channel: "activity_tasks".into(), kind: pgwake::TaskKind::Activity,
-    /// #     state: ListenerState::Listening, for_how_long: Duration::ZERO,
-    /// #     not_listening_for: None, reconnects: 0, last_listen_ago: None,
-    /// # };
-    /// let mut health = Health { listeners: vec![listener], queues: Default::default(), workers: Vec::new() };
+    /// let mut health = Health::default();
+    /// health.listeners.push(ListenerHealth::new("activity_tasks", TaskKind::Activity, ListenerState::Listening));
     /// assert!(health.all_listening());
     /// let retry_in = Duration::from_millis(100);
     /// health.listeners[0].state = ListenerState::Backoff { attempt: 1, retry_in };
@@ -230,8 +296,9 @@ impl Health {
     ///
     /// ```
     /// use pgwake::{Health, QueueCounters, TaskKind};
-    /// let mut health = Health { listeners: Vec::new(), queues: Default::default(), workers: Vec::new() };
-    /// let counters = QueueCounters { claimed: 3, completed: 2, ..Default::default() };
+    /// let mut health = Health::default();
+    /// let mut counters = QueueCounters::default();
+    /// (counters.claimed, counters.completed) = (3, 2);
     /// health.queues.insert("activity:emails".to_string(), counters.clone());
     /// assert_eq!(health.counters(TaskKind::Activity, "emails"), counters);
     /// assert_eq!(health.counters(TaskKind::Workflow, "emails"), QueueCounters::default());

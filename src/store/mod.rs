@@ -74,9 +74,13 @@ use crate::error::StoreError;
 
 /// Settings of a [`Store`].
 ///
+/// Non-exhaustive, so that a setting added later breaks no caller: start
+/// from [`StoreOptions::default`] and assign the fields to change.
+///
 /// ```
 /// use std::time::Duration;
-/// let options = pgwake::StoreOptions { pool_size: 4, ..Default::default() };
+/// let mut options = pgwake::StoreOptions::default();
+/// options.pool_size = 4;
 /// assert_eq!(options.max_payload_bytes, 1024 * 1024);
 /// assert_eq!(options.pool_wait_timeout, Duration::from_secs(10));
 /// // Every operation has a deadline; the server's own timeouts end first.
@@ -84,6 +88,7 @@ use crate::error::StoreError;
 /// assert!(options.statement_timeout < options.operation_timeout);
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StoreOptions {
     /// The largest JSON payload (input, result, metadata, signal) accepted,
     /// in bytes. Default 1 MiB: rows this large already slow every claim.
@@ -141,7 +146,8 @@ impl StoreOptions {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let options = pgwake::StoreOptions { statement_timeout: Duration::from_secs(60), ..Default::default() };
+    /// let mut options = pgwake::StoreOptions::default();
+    /// options.statement_timeout = Duration::from_secs(60);
     /// assert!(options.validate().unwrap_err().contains("operation_timeout"));
     /// assert!(pgwake::StoreOptions::default().validate().is_ok());
     /// ```
@@ -202,14 +208,19 @@ const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 
 /// The queues a committed write put work on: what the commit hook receives.
 ///
+/// Non-exhaustive: to build one (to test a hook), start from
+/// [`TouchedQueues::default`] and push to its fields.
+///
 /// ```
 /// use pgwake::{store::TouchedQueues, Queue};
-/// let touched = TouchedQueues { activity: vec![Queue::new("emails")?], ..Default::default() };
+/// let mut touched = TouchedQueues::default();
+/// touched.activity.push(Queue::new("emails")?);
 /// let woken: Vec<&str> = touched.workflow.iter().chain(&touched.activity).map(Queue::as_str).collect();
 /// assert_eq!(woken, ["emails"]);
 /// # Ok::<(), pgwake::StoreError>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TouchedQueues {
     /// Queues whose instances got pending events (workflow tasks), timers included.
     pub workflow: Vec<Queue>,
@@ -379,7 +390,8 @@ impl Store {
     /// ```no_run
     /// # fn f(store: pgwake::Store) {
     /// // A second store on the same pool, with a smaller payload limit.
-    /// let options = pgwake::StoreOptions { max_payload_bytes: 64 * 1024, ..store.options().clone() };
+    /// let mut options = store.options().clone();
+    /// options.max_payload_bytes = 64 * 1024;
     /// let strict = pgwake::Store::new(store.pool().clone(), options);
     /// # }
     /// ```
@@ -557,7 +569,8 @@ impl Store {
     /// ```no_run
     /// # async fn f() -> Result<(), pgwake::StoreError> {
     /// use pgwake::{Store, StoreOptions};
-    /// let options = StoreOptions { pool_size: 4, ..Default::default() };
+    /// let mut options = StoreOptions::default();
+    /// options.pool_size = 4;
     /// let store = Store::connect("postgres://app@db.internal/app", options).await?;
     /// # Ok(()) }
     /// ```

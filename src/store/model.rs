@@ -16,7 +16,11 @@ use super::names::{Queue, WorkerId};
 /// assert_eq!(InstanceState::ContinuedAsNew as i32, 1);
 /// assert_eq!(InstanceState::Finished as i32, 2);
 /// ```
+///
+/// Non-exhaustive: a state go-workflows adds may be added here, so a
+/// `match` on it needs a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum InstanceState {
     /// Running: may receive events and be claimed.
     Active = 0,
@@ -50,7 +54,11 @@ impl InstanceState {
 /// assert_eq!(EventType::SignalSent.code(), 1001);
 /// assert_eq!(EventType::Patched.code(), 1002);
 /// ```
+///
+/// Non-exhaustive: new types (go-workflows' or pgwake's own) may be added,
+/// so a `match` on it needs a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 #[allow(missing_docs)] // the names are go-workflows' own
 pub enum EventType {
     WorkflowExecutionStarted = 1,
@@ -157,6 +165,10 @@ impl EventType {
 /// println!("execution {}", started.execution_id);
 /// # Ok(()) }
 /// ```
+// Exhaustive on purpose: it is the key of an execution (the schema's
+// `(instance_id, execution_id)`), built by callers as a plain pair (the
+// owner of an enqueued activity, say); anything more about an execution
+// belongs in `InstanceSnapshot`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InstanceRef {
     /// The id the caller chose.
@@ -177,7 +189,11 @@ pub struct InstanceRef {
 /// }
 /// # Ok(()) }
 /// ```
+///
+/// Non-exhaustive: build one (a history for a test) with [`Event::new`]
+/// and set the other fields by assignment.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Event {
     /// Unique id (`event_id`), also the key of its attributes.
     pub event_id: String,
@@ -194,6 +210,40 @@ pub struct Event {
     pub visible_at: Option<SystemTime>,
     /// The event's payload.
     pub attributes: Value,
+}
+
+impl Event {
+    /// An event with these id, position, type and attributes, written at
+    /// the Unix epoch (a fixed time, so that a history built for a test
+    /// replays the same way every time), answering nothing
+    /// (`schedule_event_id` 0) and visible at once. Set the other fields by
+    /// assignment.
+    ///
+    /// ```
+    /// use pgwake::{Event, EventType};
+    /// use std::time::{Duration, SystemTime};
+    /// let mut completed = Event::new("e-3", 3, EventType::ActivityCompleted, serde_json::json!({"result": 7}));
+    /// completed.schedule_event_id = 2; // answers the `ActivityScheduled` at #2
+    /// completed.timestamp = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    /// assert_eq!(completed.sequence_id, 3);
+    /// assert!(completed.visible_at.is_none());
+    /// ```
+    pub fn new(
+        event_id: impl Into<String>,
+        sequence_id: i64,
+        event_type: EventType,
+        attributes: Value,
+    ) -> Self {
+        Self {
+            event_id: event_id.into(),
+            sequence_id,
+            event_type,
+            timestamp: SystemTime::UNIX_EPOCH,
+            schedule_event_id: 0,
+            visible_at: None,
+            attributes,
+        }
+    }
 }
 
 /// A lease on a claimed task: who holds it and until when.
@@ -282,7 +332,10 @@ impl Lease {
 /// }
 /// # Ok(()) }
 /// ```
+///
+/// Non-exhaustive: only claims make one.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WorkflowTask {
     /// `instances.id`.
     pub(crate) row_id: i64,
@@ -317,7 +370,10 @@ pub struct WorkflowTask {
 /// }
 /// # Ok(()) }
 /// ```
+///
+/// Non-exhaustive: only claims make one.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ActivityTask {
     /// `activities.id`.
     pub(crate) row_id: i64,
@@ -444,7 +500,12 @@ pub const MAX_TIMER_DELAY: Duration = Duration::from_secs(3650 * 24 * 3600);
 /// assert_eq!(new.instance_id, "order-42");
 /// # Ok::<(), pgwake::StoreError>(())
 /// ```
+///
+/// Non-exhaustive: build one with [`NewInstance::new`] and its `with_*`
+/// methods (or assign its fields), so that a setting added later breaks no
+/// caller.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct NewInstance {
     /// The id (1 to 128 characters); one active execution per id.
     pub instance_id: String,
@@ -509,7 +570,19 @@ impl NewInstance {
 ///     .start_timer(std::time::Duration::from_secs(30), json!("reminder"));
 /// assert_eq!(decision.activities.len(), 1);
 /// ```
+///
+/// Non-exhaustive: start from [`WorkflowCompletion::default`], then use its
+/// builder methods or assign or push to its fields:
+///
+/// ```
+/// use pgwake::{EventType, WorkflowCompletion};
+/// let mut decision = WorkflowCompletion::default();
+/// decision.canceled_timers.push(4);
+/// decision.history_events.push((EventType::SideEffectResult, serde_json::json!(7)));
+/// assert!(decision.outcome.is_none());
+/// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct WorkflowCompletion {
     /// Activities to schedule.
     pub activities: Vec<ScheduleActivity>,
@@ -547,11 +620,8 @@ impl WorkflowCompletion {
     /// # Ok::<(), pgwake::StoreError>(())
     /// ```
     pub fn schedule_activity(mut self, name: &str, input: Value, queue: Option<Queue>) -> Self {
-        self.activities.push(ScheduleActivity {
-            name: name.to_string(),
-            input,
-            queue,
-        });
+        self.activities
+            .push(ScheduleActivity::new(name, input, queue));
         self
     }
 
@@ -564,7 +634,7 @@ impl WorkflowCompletion {
     /// assert_eq!(decision.timers[0].delay, Duration::from_secs(30));
     /// ```
     pub fn start_timer(mut self, delay: Duration, payload: Value) -> Self {
-        self.timers.push(StartTimer { delay, payload });
+        self.timers.push(StartTimer::new(delay, payload));
         self
     }
 
@@ -582,8 +652,7 @@ impl WorkflowCompletion {
     /// # Ok::<(), pgwake::StoreError>(())
     /// ```
     pub fn start_sub_workflow(mut self, child: NewInstance) -> Self {
-        self.sub_workflows
-            .push(StartSubWorkflow { instance: child });
+        self.sub_workflows.push(StartSubWorkflow::new(child));
         self
     }
 
@@ -627,11 +696,8 @@ impl WorkflowCompletion {
     /// # Ok::<(), pgwake::StoreError>(())
     /// ```
     pub fn signal(mut self, instance_id: &str, name: &str, payload: Value) -> Self {
-        self.signals.push(SendSignal {
-            instance_id: instance_id.to_string(),
-            name: name.to_string(),
-            payload,
-        });
+        self.signals
+            .push(SendSignal::new(instance_id, name, payload));
         self
     }
 
@@ -674,7 +740,10 @@ impl WorkflowCompletion {
 /// assert_eq!(activity.name, "charge");
 /// assert_eq!(activity.input, 500);
 /// ```
+///
+/// Non-exhaustive: build one with [`ScheduleActivity::new`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ScheduleActivity {
     /// The activity's name (handlers dispatch on it).
     pub name: String,
@@ -684,21 +753,56 @@ pub struct ScheduleActivity {
     pub queue: Option<Queue>,
 }
 
+impl ScheduleActivity {
+    /// The activity `name` with `input`, on `queue` (the instance's when
+    /// `None`): what [`WorkflowCompletion::schedule_activity`] pushes.
+    ///
+    /// ```
+    /// use pgwake::store::ScheduleActivity;
+    /// let mut decision = pgwake::WorkflowCompletion::default();
+    /// decision.activities.push(ScheduleActivity::new("charge", serde_json::json!(500), None));
+    /// assert_eq!(decision.activities[0].name, "charge");
+    /// ```
+    pub fn new(name: impl Into<String>, input: Value, queue: Option<Queue>) -> Self {
+        Self {
+            name: name.into(),
+            input,
+            queue,
+        }
+    }
+}
+
 /// A timer to start.
 ///
 /// ```
 /// use pgwake::store::StartTimer;
 /// use std::time::Duration;
 /// let mut decision = pgwake::WorkflowCompletion::default();
-/// decision.timers.push(StartTimer { delay: Duration::from_secs(60), payload: serde_json::json!("retry") });
+/// decision.timers.push(StartTimer::new(Duration::from_secs(60), serde_json::json!("retry")));
 /// assert_eq!(decision.timers[0].payload, "retry");
 /// ```
+///
+/// Non-exhaustive: build one with [`StartTimer::new`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StartTimer {
     /// When it fires, from the completion's commit (database clock).
     pub delay: Duration,
     /// Attributes of its `TimerScheduled` / `TimerFired` events.
     pub payload: Value,
+}
+
+impl StartTimer {
+    /// A timer firing `delay` after the completion's commit, with `payload`:
+    /// what [`WorkflowCompletion::start_timer`] pushes.
+    ///
+    /// ```
+    /// let timer = pgwake::store::StartTimer::new(std::time::Duration::from_secs(60), serde_json::json!("retry"));
+    /// assert_eq!(timer.delay.as_secs(), 60);
+    /// ```
+    pub fn new(delay: Duration, payload: Value) -> Self {
+        Self { delay, payload }
+    }
 }
 
 /// A sub-workflow to start: a child instance whose end is reported back as
@@ -707,16 +811,33 @@ pub struct StartTimer {
 /// ```
 /// use pgwake::{store::StartSubWorkflow, NewInstance, Queue, WorkflowCompletion};
 /// let mut decision = WorkflowCompletion::default();
-/// decision.sub_workflows.push(StartSubWorkflow {
-///     instance: NewInstance::new("order-42-shipping", Queue::new("shipping")?),
-/// });
+/// decision.sub_workflows.push(StartSubWorkflow::new(
+///     NewInstance::new("order-42-shipping", Queue::new("shipping")?),
+/// ));
 /// assert_eq!(decision.sub_workflows[0].instance.instance_id, "order-42-shipping");
 /// # Ok::<(), pgwake::StoreError>(())
 /// ```
+///
+/// Non-exhaustive: build one with [`StartSubWorkflow::new`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StartSubWorkflow {
     /// The child.
     pub instance: NewInstance,
+}
+
+impl StartSubWorkflow {
+    /// Starts `instance` as a child: what
+    /// [`WorkflowCompletion::start_sub_workflow`] pushes.
+    ///
+    /// ```
+    /// use pgwake::{store::StartSubWorkflow, NewInstance, Queue};
+    /// let child = StartSubWorkflow::new(NewInstance::new("order-42-shipping", Queue::default()));
+    /// assert_eq!(child.instance.queue.as_str(), "default");
+    /// ```
+    pub fn new(instance: NewInstance) -> Self {
+        Self { instance }
+    }
 }
 
 /// A signal for another instance's active execution; see
@@ -726,14 +847,13 @@ pub struct StartSubWorkflow {
 /// ```
 /// use pgwake::store::SendSignal;
 /// let mut decision = pgwake::WorkflowCompletion::default();
-/// decision.signals.push(SendSignal {
-///     instance_id: "order-42".to_string(),
-///     name: "approved".to_string(),
-///     payload: serde_json::json!({"by": "alice"}),
-/// });
+/// decision.signals.push(SendSignal::new("order-42", "approved", serde_json::json!({"by": "alice"})));
 /// assert_eq!(decision.signals.len(), 1);
 /// ```
+///
+/// Non-exhaustive: build one with [`SendSignal::new`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SendSignal {
     /// The receiving instance id.
     pub instance_id: String,
@@ -743,6 +863,23 @@ pub struct SendSignal {
     pub payload: Value,
 }
 
+impl SendSignal {
+    /// The signal `name` with `payload` for the instance `instance_id`:
+    /// what [`WorkflowCompletion::signal`] pushes.
+    ///
+    /// ```
+    /// let signal = pgwake::store::SendSignal::new("order-42", "approved", serde_json::json!(true));
+    /// assert_eq!((signal.instance_id.as_str(), signal.name.as_str()), ("order-42", "approved"));
+    /// ```
+    pub fn new(instance_id: impl Into<String>, name: impl Into<String>, payload: Value) -> Self {
+        Self {
+            instance_id: instance_id.into(),
+            name: name.into(),
+            payload,
+        }
+    }
+}
+
 /// How an execution ends.
 ///
 /// ```
@@ -750,7 +887,11 @@ pub struct SendSignal {
 /// let decision = WorkflowCompletion::default().finish(WorkflowOutcome::Failed("card declined".into()));
 /// assert_eq!(decision.outcome, Some(WorkflowOutcome::Failed("card declined".into())));
 /// ```
+///
+/// Non-exhaustive: a way to end may be added (go-workflows also knows
+/// termination), so a `match` on it needs a wildcard arm.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum WorkflowOutcome {
     /// Finished with a result.
     Completed(Value),
@@ -769,10 +910,12 @@ pub enum WorkflowOutcome {
 /// match store.cancel_instance("order-42").await? {
 ///     pgwake::CancelOutcome::Requested => println!("the workflow will see a cancel event"),
 ///     pgwake::CancelOutcome::AlreadyFinished => println!("nothing left to cancel"),
+///     _ => {} // non-exhaustive: more outcomes may be told apart later
 /// }
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CancelOutcome {
     /// A cancel event was queued for the active execution.
     Requested,
@@ -789,7 +932,18 @@ pub enum CancelOutcome {
 /// }
 /// # Ok(()) }
 /// ```
+///
+/// Non-exhaustive: more figures may be added. To build one (an expected
+/// value in a test), start from [`QueueStats::default`] and assign fields:
+///
+/// ```
+/// let mut expected = pgwake::QueueStats::default();
+/// expected.queue = "emails".to_string();
+/// expected.ready_activities = 2;
+/// assert_eq!(expected.running_activities, 0);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueueStats {
     /// The queue.
     pub queue: String,
@@ -832,7 +986,11 @@ pub struct QueueStats {
 /// }
 /// # Ok(()) }
 /// ```
+///
+/// Non-exhaustive: more of what the store knows of an execution may be
+/// added; only [`Store::instance`](super::Store::instance) makes one.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct InstanceSnapshot {
     /// The execution.
     pub instance: InstanceRef,

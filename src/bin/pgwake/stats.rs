@@ -14,10 +14,8 @@ pub(crate) struct StatsArgs {
 }
 
 pub(crate) async fn run(url: &str, args: StatsArgs) -> Result<(), String> {
-    let options = StoreOptions {
-        pool_size: 2,
-        ..StoreOptions::default()
-    };
+    let mut options = StoreOptions::default();
+    options.pool_size = 2;
     let store = Store::connect(url, options)
         .await
         .map_err(|e| e.to_string())?;

@@ -71,10 +71,8 @@ pub(crate) async fn run(url: &str, args: WorkArgs) -> Result<(), String> {
     config.store.pool_size = (args.concurrency * 2 + 4).min(64);
     // The fanout workflow reads its history; a small pool of its own keeps
     // those reads from competing with claims and completions.
-    let history_reader = pgwake::StoreOptions {
-        pool_size: 4,
-        ..pgwake::StoreOptions::default()
-    };
+    let mut history_reader = pgwake::StoreOptions::default();
+    history_reader.pool_size = 4;
     let store = pgwake::Store::connect(url, history_reader)
         .await
         .map_err(|e| e.to_string())?;

@@ -257,14 +257,16 @@ fn with_history(template: &WorkflowTask, completed: u32) -> WorkflowTask {
 /// [`with_history`] of an instance of `total` steps.
 fn with_history_of(template: &WorkflowTask, completed: u32, total: u32) -> WorkflowTask {
     let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let event = |sequence_id: i64, event_type, schedule_event_id, attributes| Event {
-        event_id: format!("replay-{sequence_id}"),
-        sequence_id,
-        event_type,
-        timestamp: at + Duration::from_millis(sequence_id as u64),
-        schedule_event_id,
-        visible_at: None,
-        attributes,
+    let event = |sequence_id: i64, event_type, schedule_event_id, attributes| {
+        let mut event = Event::new(
+            format!("replay-{sequence_id}"),
+            sequence_id,
+            event_type,
+            attributes,
+        );
+        event.timestamp = at + Duration::from_millis(sequence_id as u64);
+        event.schedule_event_id = schedule_event_id;
+        event
     };
     // One more step than completed: the decision schedules the next one.
     let mut events = vec![event(
@@ -333,14 +335,16 @@ fn next_task(task: &WorkflowTask) -> WorkflowTask {
         .history
         .last()
         .map_or(SystemTime::UNIX_EPOCH, |e| e.timestamp);
-    let fresh = |event_type, schedule_event_id, attributes| Event {
-        event_id: format!("replay-next-{}-{event_type:?}", task.last_sequence_id),
-        sequence_id: 0,
-        event_type,
-        timestamp: at,
-        schedule_event_id,
-        visible_at: None,
-        attributes,
+    let fresh = |event_type, schedule_event_id, attributes| {
+        let mut event = Event::new(
+            format!("replay-next-{}-{event_type:?}", task.last_sequence_id),
+            0,
+            event_type,
+            attributes,
+        );
+        event.timestamp = at;
+        event.schedule_event_id = schedule_event_id;
+        event
     };
     push(
         &mut next.history,

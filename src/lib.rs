@@ -19,6 +19,21 @@ pub mod store;
 pub mod testing;
 pub mod workflow;
 
+/// The PostgreSQL driver pgwake is built on, re-exported so that the types
+/// pgwake's signatures use are always of pgwake's version: its `Client`
+/// ([`ConnectionConfig::connect`], the [`migrate`] functions, your own
+/// queries), `Config` ([`ConnectionConfig::postgres_config`]), `Error` (the
+/// source of [`ConnectError`] and [`StoreError`] database errors) and
+/// `AsyncMessage` ([`connection::RawConnection::poll_message`]). Deliberate:
+/// wrapping them would hide what users already know how to use.
+pub use tokio_postgres;
+
+/// The connection pool pgwake's [`Store`] runs on, re-exported for the same
+/// reason: its `Pool` ([`Store::new`], [`Store::pool`]) and `Transaction`,
+/// the caller's transaction of the transactional writes
+/// ([`workflow::Client::start_in`], [`Store::create_instance_in`] ...).
+pub use deadpool_postgres;
+
 pub use config::RuntimeConfig;
 pub use connection::ConnectionConfig;
 pub use error::{BuildError, ConnectError, MigrateError, RuntimeError, StoreError};

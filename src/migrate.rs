@@ -34,6 +34,7 @@ use crate::error::MigrateError;
 /// assert!(first.up_sql.contains("CREATE TABLE"));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Migration {
     /// golang-migrate's version number (the file name's prefix).
     pub version: i64,
@@ -96,12 +97,13 @@ pub fn newest_version() -> i64 {
 /// Where a database stands.
 ///
 /// ```
-/// use pgwake::migrate::{newest_version, MigrationStatus, MIGRATIONS};
+/// use pgwake::migrate::{MigrationStatus, MIGRATIONS};
 ///
-/// let fresh = MigrationStatus { version: None, dirty: false, newest: newest_version() };
+/// let fresh = MigrationStatus::new(None, false);
 /// assert_eq!(fresh.pending().len(), MIGRATIONS.len());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MigrationStatus {
     /// The applied version; `None` when nothing is applied.
     pub version: Option<i64>,
@@ -112,12 +114,29 @@ pub struct MigrationStatus {
 }
 
 impl MigrationStatus {
+    /// A database at `version` (`None`: nothing applied), as this binary
+    /// sees it: `newest` is [`newest_version`].
+    ///
+    /// ```
+    /// use pgwake::migrate::{newest_version, MigrationStatus};
+    ///
+    /// let status = MigrationStatus::new(Some(3), false);
+    /// assert_eq!(status.newest, newest_version());
+    /// ```
+    pub fn new(version: Option<i64>, dirty: bool) -> Self {
+        Self {
+            version,
+            dirty,
+            newest: newest_version(),
+        }
+    }
+
     /// The versions [`up`] would apply.
     ///
     /// ```
     /// use pgwake::migrate::{newest_version, MigrationStatus};
     ///
-    /// let status = MigrationStatus { version: Some(1), dirty: false, newest: newest_version() };
+    /// let status = MigrationStatus::new(Some(1), false);
     /// assert_eq!(status.pending(), (2..=newest_version()).collect::<Vec<_>>());
     /// ```
     pub fn pending(&self) -> Vec<i64> {
@@ -139,6 +158,7 @@ impl MigrationStatus {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MigrationReport {
     /// The version before the run.
     pub from: Option<i64>,
@@ -159,6 +179,7 @@ pub struct MigrationReport {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DownSteps {
     /// Revert this many versions (fewer if fewer are applied).
     Steps(u32),

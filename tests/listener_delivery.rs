@@ -14,32 +14,12 @@ use support::{eventually, insert_by_plain_sql, receive_within, reporting_activit
 
 use std::time::Duration;
 
-use pgwake::testing::{fresh_database, PgBouncer, PgBouncerBuilder, PgBouncerError, PoolMode};
+use pgwake::testing::{fresh_database, PgBouncer, PoolMode};
 use pgwake::{ListenerState, Runtime, RuntimeConfig, RuntimeHandle, TaskKind};
 
 /// The text of the one warning a listener gives when its probe does not
 /// come back.
 const NOT_DELIVERED_WARNING: &str = "notifications are not delivered to this listener";
-
-/// Whether this runs in CI, where every test must run.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// Starts `builder`'s PgBouncer; `None`, with the reason printed, when the
-/// machine has none and this is not CI.
-fn start_or_skip(builder: PgBouncerBuilder) -> Option<PgBouncer> {
-    match builder.start() {
-        Ok(bouncer) => Some(bouncer),
-        Err(err @ PgBouncerError::NotFound { .. }) if !in_ci() => {
-            // Straight to stderr: the test harness captures `eprintln!`.
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped: {err}");
-            None
-        }
-        Err(err) => panic!("starting PgBouncer: {err}"),
-    }
-}
 
 /// Every listener's state, by kind.
 fn listener_states(runtime: &RuntimeHandle) -> Vec<(TaskKind, ListenerState)> {
@@ -168,7 +148,7 @@ async fn a_listener_behind_a_transaction_pooler_is_not_delivering_warns_once_and
 ) {
     let database = fresh_database().await.unwrap();
     let Some(bouncer) =
-        start_or_skip(PgBouncer::builder(database.url()).pool_mode(PoolMode::Transaction))
+        support::start_or_skip(PgBouncer::builder(database.url()).pool_mode(PoolMode::Transaction))
     else {
         return;
     };

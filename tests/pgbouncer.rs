@@ -18,28 +18,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use pgwake::testing::{fresh_database, PgBouncer, PgBouncerBuilder, PgBouncerError, PoolMode};
+use pgwake::testing::{fresh_database, PgBouncer, PgBouncerError, PoolMode};
 use pgwake::{NewInstance, Queue, Runtime, RuntimeConfig, TaskKind};
-
-/// Whether this runs in CI, where every test must run.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// Starts `builder`'s PgBouncer; `None`, with the reason printed, when the
-/// machine has none and this is not CI.
-fn start_or_skip(builder: PgBouncerBuilder) -> Option<PgBouncer> {
-    match builder.start() {
-        Ok(bouncer) => Some(bouncer),
-        Err(err @ PgBouncerError::NotFound { .. }) if !in_ci() => {
-            // Straight to stderr: the test harness captures `eprintln!`.
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped: {err}");
-            None
-        }
-        Err(err) => panic!("starting PgBouncer: {err}"),
-    }
-}
 
 /// The one recorder of this test binary, installed on first use.
 fn snapshotter() -> &'static Snapshotter {
@@ -85,7 +65,7 @@ fn activity_notifications_dropped() -> Vec<(String, u64)> {
 #[actix_rt::test]
 async fn clients_of_a_one_backend_pool_share_its_backend_pid() {
     let database = fresh_database().await.unwrap();
-    let Some(bouncer) = start_or_skip(
+    let Some(bouncer) = support::start_or_skip(
         PgBouncer::builder(database.url())
             .pool_mode(PoolMode::Transaction)
             .default_pool_size(1),
@@ -132,7 +112,7 @@ async fn clients_of_a_one_backend_pool_share_its_backend_pid() {
 #[actix_rt::test]
 async fn a_foreign_write_on_the_notifiers_shared_backend_wakes_the_worker() {
     let database = fresh_database().await.unwrap();
-    let Some(bouncer) = start_or_skip(
+    let Some(bouncer) = support::start_or_skip(
         PgBouncer::builder(database.url())
             .pool_mode(PoolMode::Transaction)
             // The notifier, the pool and the foreign writer: one backend.
@@ -213,7 +193,7 @@ async fn an_unknown_setting_fails_the_start_with_pgbouncers_log_naming_it() {
                 "the log names the setting: {log_tail}"
             );
         }
-        Err(err @ PgBouncerError::NotFound { .. }) if !in_ci() => {
+        Err(err @ PgBouncerError::NotFound { .. }) if !support::in_ci() => {
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "skipped: {err}");
         }

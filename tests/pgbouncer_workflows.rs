@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::future::join_all;
-use pgwake::testing::{fresh_database, PgBouncer, PgBouncerError, PoolMode};
+use pgwake::testing::{fresh_database, PgBouncer, PoolMode};
 use pgwake::workflow::{
     Activities, ActivityContext, ActivityError, Client, StartOptions, WorkflowContext,
     WorkflowError, Workflows,
@@ -48,26 +48,6 @@ const MAX_PREPARED_STATEMENTS: &str = "200";
 /// The durable timer each workflow sleeps on.
 const NAP: Duration = Duration::from_millis(200);
 
-/// Whether this runs in CI, where every test must run.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// The started PgBouncer; `None`, with the reason printed, when the machine
-/// has none and this is not CI.
-fn started(result: Result<PgBouncer, PgBouncerError>) -> Option<PgBouncer> {
-    match result {
-        Ok(bouncer) => Some(bouncer),
-        Err(err @ PgBouncerError::NotFound { .. }) if !in_ci() => {
-            // Straight to stderr: the test harness captures `eprintln!`.
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped: {err}");
-            None
-        }
-        Err(err) => panic!("starting PgBouncer: {err}"),
-    }
-}
-
 /// A transaction-mode PgBouncer in front of `server_url`, whose admin
 /// console its user may read, and its number of server connections.
 ///
@@ -88,7 +68,7 @@ async fn transaction_pooler(server_url: &str) -> Option<(PgBouncer, u32)> {
         .setting("admin_users", &user_of(server_url));
     // Asked of a running PgBouncer rather than found out from a failed
     // start: the one that is used, wherever it was found.
-    let one_backend = started(builder.clone().default_pool_size(1).start())?;
+    let one_backend = support::started_or_skipped(builder.clone().default_pool_size(1).start())?;
     let version = pgbouncer_version(&one_backend).await;
     if version < (1, 21) {
         use std::io::Write;
@@ -103,7 +83,7 @@ async fn transaction_pooler(server_url: &str) -> Option<(PgBouncer, u32)> {
         .default_pool_size(BACKENDS)
         .setting("max_prepared_statements", MAX_PREPARED_STATEMENTS)
         .start();
-    started(tracking).map(|bouncer| (bouncer, BACKENDS))
+    support::started_or_skipped(tracking).map(|bouncer| (bouncer, BACKENDS))
 }
 
 /// The rows `command` answers on `bouncer`'s admin console, its connection

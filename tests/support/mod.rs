@@ -294,3 +294,32 @@ impl std::io::Write for CapturedLogs {
         Ok(())
     }
 }
+
+/// Whether this runs in CI, where every test must run.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The started PgBouncer; `None`, with the reason printed, when the machine
+/// has none and this is not CI (where a missing PgBouncer fails the test).
+pub fn started_or_skipped(
+    result: Result<pgwake::testing::PgBouncer, pgwake::testing::PgBouncerError>,
+) -> Option<pgwake::testing::PgBouncer> {
+    match result {
+        Ok(bouncer) => Some(bouncer),
+        Err(err @ pgwake::testing::PgBouncerError::NotFound { .. }) if !in_ci() => {
+            // Straight to stderr: the test harness captures `eprintln!`.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipped: {err}");
+            None
+        }
+        Err(err) => panic!("starting PgBouncer: {err}"),
+    }
+}
+
+/// Starts `builder`'s PgBouncer, as [`started_or_skipped`].
+pub fn start_or_skip(
+    builder: pgwake::testing::PgBouncerBuilder,
+) -> Option<pgwake::testing::PgBouncer> {
+    started_or_skipped(builder.start())
+}

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use pgwake::testing::fresh_database;
@@ -288,42 +288,6 @@ fn values_at_the_bounds_are_accepted() {
     }
 }
 
-/// `pgwake work` as a child process, killed when dropped.
-struct Worker {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Worker {
-    fn start(url: &str, queue: &str) -> Self {
-        let log = std::env::temp_dir().join(format!(
-            "pgwake-cli-bounds-{}-{queue}.log",
-            std::process::id()
-        ));
-        let child = Command::new(env!("CARGO_BIN_EXE_pgwake"))
-            .args(["work", "--queue", queue])
-            .env("DATABASE_URL", url)
-            .env("RUST_LOG", "pgwake=info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("creating the worker's log"))
-            .spawn()
-            .expect("starting pgwake work");
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
 #[actix_rt::test]
 async fn the_demo_fails_an_instance_whose_input_is_out_of_range_and_keeps_working() {
     let database = fresh_database().await.unwrap();
@@ -331,7 +295,11 @@ async fn the_demo_fails_an_instance_whose_input_is_out_of_range_and_keeps_workin
         .await
         .unwrap();
     let queue = Queue::new("demo-bounds").unwrap();
-    let mut worker = Worker::start(database.url(), queue.as_str());
+    let mut worker = support::WorkProcess::start(
+        env!("CARGO_BIN_EXE_pgwake"),
+        &["work", "--queue", queue.as_str()],
+        &[("DATABASE_URL", database.url())],
+    );
     let bad = [
         (
             "huge",

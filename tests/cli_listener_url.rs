@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use pgwake::testing::fresh_database;
@@ -74,43 +74,6 @@ fn a_malformed_listener_url_is_refused_by_name_without_its_password() {
     }
 }
 
-/// `pgwake work` as a child process, stopped when dropped.
-struct Worker {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Worker {
-    fn start(database_url: &str, listener_url: &str, queue: &str) -> Self {
-        let log = std::env::temp_dir().join(format!(
-            "pgwake-cli-listener-url-{}-{queue}.log",
-            std::process::id()
-        ));
-        let child = Command::new(env!("CARGO_BIN_EXE_pgwake"))
-            .args(["work", "--queue", queue, "--listener-url", listener_url])
-            .env("DATABASE_URL", database_url)
-            .env_remove("PGWAKE_LISTENER_URL")
-            .env("RUST_LOG", "pgwake=info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("creating the worker's log"))
-            .spawn()
-            .expect("starting pgwake work");
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
 /// The listener URL differs from `DATABASE_URL` by its role, so that
 /// `pg_stat_activity` tells which URL each connection came from.
 #[actix_rt::test]
@@ -135,7 +98,17 @@ async fn work_connects_its_listeners_to_the_listener_url_and_its_pool_to_the_dat
         database.name()
     );
 
-    let mut worker = Worker::start(database.url(), &listener_url, "listener-url");
+    let mut worker = support::WorkProcess::start(
+        env!("CARGO_BIN_EXE_pgwake"),
+        &[
+            "work",
+            "--queue",
+            "listener-url",
+            "--listener-url",
+            &listener_url,
+        ],
+        &[("DATABASE_URL", database.url())],
+    );
     let connections_by_role = || {
         let admin = &admin;
         let name = database.name().to_string();

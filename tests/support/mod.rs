@@ -323,3 +323,46 @@ pub fn start_or_skip(
 ) -> Option<pgwake::testing::PgBouncer> {
     started_or_skipped(builder.start())
 }
+
+/// A `pgwake` command (e.g. `pgwake work`) as a child process, its stderr in
+/// a log file; killed, and its log removed, when dropped. `binary` is the
+/// test's `env!("CARGO_BIN_EXE_pgwake")`, which only tests of the `cli`
+/// feature can name. `PGWAKE_LISTENER_URL` is cleared, so only `args` set it.
+pub struct WorkProcess {
+    pub child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl WorkProcess {
+    pub fn start(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let log = std::env::temp_dir().join(format!(
+            "pgwake-work-{}-{}.log",
+            std::process::id(),
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let child = std::process::Command::new(binary)
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("PGWAKE_LISTENER_URL")
+            .env("RUST_LOG", "pgwake=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("creating the process's log"))
+            .spawn()
+            .expect("starting pgwake");
+        Self { child, log }
+    }
+
+    /// What it has written to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -81,6 +81,7 @@ mod health;
 mod listener;
 mod messages;
 mod notifier;
+mod record_batch;
 mod router;
 mod wake;
 mod worker;
@@ -254,6 +255,13 @@ use crate::store::{build_pool, Store, WakeToken, WorkerId};
 fn bounded_step<F: std::future::Future>(future: F) -> tokio::time::Timeout<F> {
     tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, future)
 }
+
+/// How long a finished activity's result waits for the rest of its batch
+/// before it is recorded (and a few freed slots for more before they are
+/// claimed). Short next to a transaction's commit, long next to a no-op
+/// handler: batches stay whole, and a lone task never waits (it is recorded
+/// at once when no other handler runs).
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
 
 /// How long a listener's connection must stay up before its reconnect
 /// backoff starts over (capped by `reconnect_backoff_max`).
@@ -545,6 +553,7 @@ impl RuntimeBuilder {
                 error_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
                 locked_backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
                 stuck_after: config.store.operation_timeout * 2,
+                batch_window: BATCH_WINDOW,
             };
         let mut workers = Vec::new();
         for (index, w) in self.activity_workers.into_iter().enumerate() {

@@ -41,6 +41,10 @@ pub(crate) enum AfterClaim {
     /// Every slot is taken and more work is likely: the router should give
     /// the queues' next wake-ups to other workers.
     Full,
+    /// The batch was full, and the few slots free since are not worth a
+    /// claim of their own yet: claim after a short window (the timer of
+    /// [`Refill::Soon`]), by when more are likely free.
+    RefillSoon,
     /// Nothing more to claim: tell the router it is idle and sleep until the
     /// next wake-up, its fallback or the next due time.
     Idle,
@@ -48,6 +52,22 @@ pub(crate) enum AfterClaim {
     RetryLater,
     /// Stopping: do nothing more.
     Stopped,
+}
+
+/// What a worker does when slots become free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refill {
+    /// Claim now, up to `max`.
+    Now {
+        /// Free slots.
+        max: usize,
+    },
+    /// Few slots are free while others still run: claim when its timer
+    /// fires, a short window later, so that results finishing one by one
+    /// do not split the next batch into claims of one task.
+    Soon,
+    /// Nothing: a claim is under way (its end decides), or stopping.
+    Nothing,
 }
 
 /// How a claim ended.
@@ -68,7 +88,7 @@ pub(crate) enum Phase {
     Claiming {
         /// What the claim asked for.
         requested: usize,
-        /// A wake-up (or a freed slot) came meanwhile: claim again after.
+        /// A wake-up was accepted meanwhile: claim again after.
         again: bool,
     },
     /// Shutting down: claims nothing more.
@@ -152,23 +172,34 @@ impl WakeState {
     }
 
     /// Tasks finished and `count` slots are free: claim again, since the
-    /// queue that filled the slots probably holds more. Freed together (a
-    /// batch of results recorded at once), they are filled by one claim, not
-    /// one claim per slot. `Some(max)` starts one.
-    pub(crate) fn slots_freed(&mut self, count: usize) -> Option<usize> {
+    /// queue that filled the slots probably holds more, but in full
+    /// batches: freed together (results recorded at once), they are filled
+    /// by one claim; a few freed while most slots still run wait a short
+    /// window for company ([`Refill::Soon`]), unless nothing else runs.
+    pub(crate) fn slots_freed(&mut self, count: usize) -> Refill {
         debug_assert!(self.running >= count, "slots freed that were never taken");
         if count == 0 {
-            return None;
+            return Refill::Nothing;
         }
         self.running = self.running.saturating_sub(count);
-        if let Phase::Claiming { requested, .. } = self.phase {
-            self.phase = Phase::Claiming {
-                requested,
-                again: true,
-            };
-            return None;
+        if self.phase != Phase::Idle {
+            // A claim under way decides at its end; a stopped worker does
+            // nothing.
+            return Refill::Nothing;
         }
-        self.try_start()
+        if self.refill_worthwhile() {
+            self.try_start()
+                .map_or(Refill::Nothing, |max| Refill::Now { max })
+        } else {
+            Refill::Soon
+        }
+    }
+
+    /// Whether the free slots make a batch worth claiming now: at least
+    /// half of them, or all of them (nothing else runs, so waiting gains
+    /// nothing).
+    fn refill_worthwhile(&self) -> bool {
+        self.free() > 0 && (self.free() >= self.concurrency.div_ceil(2) || self.running == 0)
     }
 
     /// The claim under way ended.
@@ -186,13 +217,27 @@ impl WakeState {
             ClaimEnd::Claimed(claimed) => claimed,
         };
         self.running += claimed;
-        if claimed < requested && !again {
+        if again {
+            // A wake-up was accepted meanwhile: it is owed a claim, however
+            // few slots are free.
+            return match self.try_start() {
+                Some(max) => AfterClaim::ClaimAgain { max },
+                None => AfterClaim::Full,
+            };
+        }
+        if claimed < requested {
+            // The queues were empty as of the claim: work written since is
+            // announced by a wake-up.
             return AfterClaim::Idle;
         }
-        // A full batch (probably more waiting), or a wake-up came meanwhile.
-        match self.try_start() {
-            Some(max) => AfterClaim::ClaimAgain { max },
-            None => AfterClaim::Full,
+        // A full batch: probably more waiting.
+        if self.free() == 0 {
+            AfterClaim::Full
+        } else if self.refill_worthwhile() {
+            self.try_start()
+                .map_or(AfterClaim::Full, |max| AfterClaim::ClaimAgain { max })
+        } else {
+            AfterClaim::RefillSoon
         }
     }
 
@@ -242,7 +287,6 @@ mod tests {
     fn step(before: &WakeState, event: Event) -> WakeState {
         let mut after = before.clone();
         let free_before = before.free();
-        let claiming_before = matches!(before.phase, Phase::Claiming { .. });
         match event {
             Event::Offer => {
                 let offer = after.offer();
@@ -282,16 +326,28 @@ mod tests {
                 );
             }
             Event::SlotsFreed(count) => {
-                let started = after.slots_freed(count);
+                let refill = after.slots_freed(count);
                 assert_eq!(after.running, before.running - count);
-                if before.phase == Phase::Idle {
-                    // One claim fills every freed slot.
-                    assert_eq!(started, Some(free_before + count), "{before:?}");
-                } else {
-                    assert_eq!(started, None);
+                let free = free_before + count;
+                match refill {
+                    Refill::Now { max } => {
+                        // One claim fills every freed slot, and only a batch
+                        // worth it: half the slots, or all of them.
+                        assert_eq!(before.phase, Phase::Idle, "{before:?}");
+                        assert_eq!(max, free, "{before:?}");
+                        assert!(2 * max >= after.concurrency || after.running == 0);
+                    }
+                    Refill::Soon => {
+                        assert_eq!(before.phase, Phase::Idle, "{before:?}");
+                        assert!(2 * free < after.concurrency && after.running > 0);
+                        // Its timer then claims them: never left unclaimed.
+                        assert_eq!(after.clone().timer_fired(), Some(free));
+                    }
+                    Refill::Nothing => assert_ne!(before.phase, Phase::Idle, "{before:?}"),
                 }
-                if claiming_before {
-                    assert!(matches!(after.phase, Phase::Claiming { again: true, .. }));
+                // A claim under way is not promised another for freed slots.
+                if before.phase != Phase::Idle {
+                    assert_eq!(after.phase, before.phase);
                 }
             }
             Event::ClaimEnded(end) => {
@@ -311,11 +367,22 @@ mod tests {
                         match next {
                             AfterClaim::ClaimAgain { max } => {
                                 assert!(more && max == after.free() && max > 0);
+                                // A wake-up owed, or a batch worth claiming.
+                                assert!(
+                                    again || 2 * max >= after.concurrency || after.running == 0,
+                                    "{before:?} {end:?}"
+                                );
                                 assert!(matches!(after.phase, Phase::Claiming { .. }));
                             }
                             AfterClaim::Full => {
                                 assert!(more && after.free() == 0, "{before:?} {end:?}");
                                 assert_eq!(after.phase, Phase::Idle);
+                            }
+                            AfterClaim::RefillSoon => {
+                                // Never with a wake-up owed; its timer claims.
+                                assert!(!again && n == requested, "{before:?} {end:?}");
+                                assert!(after.free() > 0 && 2 * after.free() < after.concurrency);
+                                assert_eq!(after.clone().timer_fired(), Some(after.free()));
                             }
                             AfterClaim::Idle => {
                                 assert!(!more);
@@ -379,7 +446,7 @@ mod tests {
         assert_eq!(state.timer_fired(), Some(1));
         assert_eq!(state.claim_ended(ClaimEnd::Claimed(1)), AfterClaim::Full);
         assert_eq!(state.offer(), Offer::Declined);
-        assert_eq!(state.slots_freed(1), Some(1));
+        assert_eq!(state.slots_freed(1), Refill::Now { max: 1 });
     }
 
     #[test]
@@ -389,7 +456,7 @@ mod tests {
         assert_eq!(state.offer(), Offer::Started { max: 2 });
         assert_eq!(state.offer(), Offer::Declined);
         // A slot freed meanwhile leaves room after the claim: accept then.
-        assert_eq!(state.slots_freed(1), None);
+        assert_eq!(state.slots_freed(1), Refill::Nothing);
         assert_eq!(state.offer(), Offer::Coalesced);
         assert_eq!(
             state.claim_ended(ClaimEnd::Claimed(0)),
@@ -419,8 +486,49 @@ mod tests {
         assert_eq!(state.claim_ended(ClaimEnd::Claimed(100)), AfterClaim::Full);
         // A batch of 60 results recorded at once: one claim for 60, not 60
         // claims of one task each.
-        assert_eq!(state.slots_freed(60), Some(60));
-        assert_eq!(state.slots_freed(0), None);
+        assert_eq!(state.slots_freed(60), Refill::Now { max: 60 });
+        assert_eq!(state.slots_freed(0), Refill::Nothing);
+    }
+
+    #[test]
+    fn a_few_slots_freed_while_most_run_wait_for_a_fuller_batch() {
+        let mut state = WakeState::new(100);
+        assert_eq!(state.timer_fired(), Some(100));
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(100)), AfterClaim::Full);
+        // The first result alone: not a claim of one task.
+        assert_eq!(state.slots_freed(1), Refill::Soon);
+        assert_eq!(state.slots_freed(48), Refill::Soon);
+        // Half the slots free: claim them all.
+        assert_eq!(state.slots_freed(1), Refill::Now { max: 50 });
+        // A full batch back while ten more finished: ten free, refill soon.
+        state.slots_freed(10);
+        assert_eq!(
+            state.claim_ended(ClaimEnd::Claimed(50)),
+            AfterClaim::RefillSoon
+        );
+        assert_eq!(state.timer_fired(), Some(10));
+    }
+
+    #[test]
+    fn the_last_running_task_frees_its_slot_for_a_claim_at_once() {
+        let mut state = WakeState::new(100);
+        assert_eq!(state.timer_fired(), Some(100));
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(1)), AfterClaim::Idle);
+        // One task was all there was: its end must not wait for company.
+        assert_eq!(state.slots_freed(1), Refill::Now { max: 100 });
+    }
+
+    #[test]
+    fn a_wake_up_during_a_claim_is_owed_a_claim_however_few_slots_are_free() {
+        let mut state = WakeState::new(100);
+        state.running = 98;
+        assert_eq!(state.timer_fired(), Some(2));
+        state.slots_freed(1);
+        assert_eq!(state.offer(), Offer::Coalesced);
+        assert_eq!(
+            state.claim_ended(ClaimEnd::Claimed(2)),
+            AfterClaim::ClaimAgain { max: 1 }
+        );
     }
 
     #[test]
@@ -433,7 +541,7 @@ mod tests {
         assert_eq!(state.claim_ended(ClaimEnd::Claimed(1)), AfterClaim::Stopped);
         assert_eq!(state.running(), 1);
         assert_eq!(state.offer(), Offer::Declined);
-        assert_eq!(state.slots_freed(1), None);
+        assert_eq!(state.slots_freed(1), Refill::Nothing);
         state.released(5);
         assert_eq!(state.running(), 0);
     }

@@ -23,8 +23,9 @@ use super::messages::{
     AbandonInFlight, InFlightCount, ListenerStateChanged, MoreWorkLikely, OfferWake,
     RegisterOwnWorker, StopClaiming, TaskAvailable, TaskKind, UnregisterWorker, WorkerIdle,
 };
+use super::record_batch::{when_to_flush, Buffer, Flush};
 use super::router::QueueRouter;
-use super::wake::{AfterClaim, ClaimEnd, Offer, Phase, WakeState};
+use super::wake::{AfterClaim, ClaimEnd, Offer, Phase, Refill, WakeState};
 use crate::error::StoreError;
 use crate::store::{
     ActivityTask, Queue, Store, WorkerId, WorkflowCompletion, WorkflowOutcome, WorkflowTask,
@@ -54,6 +55,10 @@ pub(crate) struct WorkerSettings {
     pub(crate) locked_backoff: Backoff,
     /// A claim or recording running longer than this is reported stuck.
     pub(crate) stuck_after: Duration,
+    /// How long a finished activity's result waits for the rest of its
+    /// batch before it is recorded, and a few freed slots for more before
+    /// they are claimed.
+    pub(crate) batch_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -162,11 +167,19 @@ pub(crate) struct WorkerActor {
     /// Since when the claim under way runs.
     claiming_since: Option<Instant>,
     timer: Option<SpawnHandle>,
+    /// When `timer` fires.
+    timer_due: Option<Instant>,
+    /// Handlers started and not returned yet.
+    handlers_running: usize,
     failed_claims: u32,
     /// Claims in a row that skipped rows locked by another transaction.
     locked_claims: u32,
     /// Activity results waiting to be recorded in one transaction.
     records: Vec<PendingRecord>,
+    /// Since when the oldest of `records` waits.
+    records_waiting_since: Option<Instant>,
+    /// Records `records` when the batch window closes.
+    flush_timer: Option<SpawnHandle>,
     /// A batch of results is being recorded.
     recording: bool,
     failed_records: u32,
@@ -214,9 +227,13 @@ impl WorkerActor {
             next_task_number: 0,
             claiming_since: None,
             timer: None,
+            timer_due: None,
+            handlers_running: 0,
             failed_claims: 0,
             locked_claims: 0,
             records: Vec::new(),
+            records_waiting_since: None,
+            flush_timer: None,
             recording: false,
             failed_records: 0,
             retry_records: None,
@@ -272,6 +289,7 @@ impl WorkerActor {
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
+        self.timer_due = None;
         self.claiming_since = Some(Instant::now());
         self.report_health();
         self.count(&self.settings.queues, |c| c.polls += 1);
@@ -384,6 +402,7 @@ impl WorkerActor {
                 kind: self.settings.kind,
                 queues: self.settings.queues.clone(),
             }),
+            AfterClaim::RefillSoon => self.arm_timer_by(self.settings.batch_window, ctx),
             AfterClaim::Idle => {
                 if let Some(id) = self.registration {
                     self.router.do_send(WorkerIdle { id });
@@ -422,16 +441,28 @@ impl WorkerActor {
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
+        self.timer_due = Some(Instant::now() + delay);
         self.timer = Some(ctx.run_later(delay, |act, ctx| {
             act.timer = None;
+            act.timer_due = None;
             if let Some(max) = act.wake.timer_fired() {
                 act.claim(max, ctx);
             }
         }));
     }
 
+    /// Makes the timer fire within `delay`, leaving one due sooner alone:
+    /// each freed slot asking again must not push the claim further out.
+    fn arm_timer_by(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        let due = Instant::now() + delay;
+        if self.timer.is_none() || self.timer_due.is_some_and(|armed| armed > due) {
+            self.arm_timer(delay, ctx);
+        }
+    }
+
     fn start_task(&mut self, task: Claimed, ctx: &mut Context<Self>) {
         self.count(std::slice::from_ref(task.queue()), |c| c.claimed += 1);
+        self.handlers_running += 1;
         let number = self.next_task_number;
         self.next_task_number += 1;
         let handle = match (&self.job, task.clone()) {
@@ -479,7 +510,11 @@ impl WorkerActor {
     }
 
     fn activity_ended(&mut self, number: u64, end: ActivityEnd, ctx: &mut Context<Self>) {
+        self.handlers_running = self.handlers_running.saturating_sub(1);
         let Some(report) = end.report else {
+            // Its slot frees now; a result of the others may have waited
+            // for this handler alone.
+            self.maybe_flush_records(ctx);
             self.finished(number, &end.task.queue, end.outcome, ctx);
             return;
         };
@@ -491,19 +526,47 @@ impl WorkerActor {
             outcome: end.outcome,
             refused: false,
         });
-        self.flush_records(ctx);
+        self.records_waiting_since.get_or_insert_with(Instant::now);
+        self.maybe_flush_records(ctx);
+    }
+
+    /// Records the waiting results now or when their batch window closes,
+    /// as [`when_to_flush`] says: alone, a result is recorded at once;
+    /// under load, the results of a batch are recorded together.
+    fn maybe_flush_records(&mut self, ctx: &mut Context<Self>) {
+        let buffer = Buffer {
+            waiting: self.records.len(),
+            oldest_waited: self
+                .records_waiting_since
+                .map_or(Duration::ZERO, |since| since.elapsed()),
+            handlers_running: self.handlers_running,
+            busy: self.recording || self.retry_records.is_some(),
+        };
+        match when_to_flush(buffer, self.settings.batch_window) {
+            Flush::Now => self.flush_records(ctx),
+            Flush::After(delay) if self.flush_timer.is_none() => {
+                self.flush_timer = Some(ctx.run_later(delay, |act, ctx| {
+                    act.flush_timer = None;
+                    act.maybe_flush_records(ctx);
+                }));
+            }
+            Flush::After(_) | Flush::Wait => {}
+        }
     }
 
     /// Records every waiting result in one transaction; results that finish
-    /// meanwhile wait for the next one. Alone, a result is recorded at once;
-    /// under load, results of a batch are recorded together. A result whose
-    /// workflow is locked by another transaction waits (with its slot) and
-    /// is retried; the others are not held up by it.
+    /// meanwhile wait for the next one. A result whose workflow is locked by
+    /// another transaction waits (with its slot) and is retried; the others
+    /// are not held up by it.
     fn flush_records(&mut self, ctx: &mut Context<Self>) {
         if self.recording || self.retry_records.is_some() || self.records.is_empty() {
             return;
         }
+        if let Some(handle) = self.flush_timer.take() {
+            ctx.cancel_future(handle);
+        }
         self.recording = true;
+        self.records_waiting_since = None;
         let batch = std::mem::take(&mut self.records);
         let store = self.store.clone();
         let record = async move {
@@ -531,6 +594,7 @@ impl WorkerActor {
                 // results and try again, rather than run the tasks again.
                 tracing::warn!(error = %err, count = batch.len(), "recording results failed; retrying");
                 self.records.splice(0..0, batch);
+                self.records_waiting_since.get_or_insert_with(Instant::now);
                 self.retry_recording(ctx);
                 return;
             }
@@ -548,6 +612,7 @@ impl WorkerActor {
                         }
                     }
                 }
+                self.records_waiting_since.get_or_insert_with(Instant::now);
                 self.flush_records(ctx);
                 self.free_slots(freed, ctx);
                 return;
@@ -581,11 +646,14 @@ impl WorkerActor {
             };
             freed += usize::from(self.done_with(done.number, &done.task.queue, recorded));
         }
+        if !refused.is_empty() || !busy.is_empty() {
+            self.records_waiting_since.get_or_insert_with(Instant::now);
+        }
         self.records.extend(refused);
         if busy.is_empty() {
             self.failed_records = 0;
             self.records_failing_since = None;
-            self.flush_records(ctx);
+            self.maybe_flush_records(ctx);
         } else {
             self.records.splice(0..0, busy);
             self.retry_recording(ctx);
@@ -605,6 +673,7 @@ impl WorkerActor {
     }
 
     fn workflow_ended(&mut self, number: u64, end: WorkflowEnd, ctx: &mut Context<Self>) {
+        self.handlers_running = self.handlers_running.saturating_sub(1);
         let queue = end.task.queue.clone();
         let decision = match end.decision {
             None => return self.finished(number, &queue, Outcome::LeaseLost, ctx),
@@ -729,10 +798,13 @@ impl WorkerActor {
         true
     }
 
-    /// `count` slots are free: one claim fills them all.
+    /// `count` slots are free: one claim fills them, now or when a few
+    /// more are free (within the batch window).
     fn free_slots(&mut self, count: usize, ctx: &mut Context<Self>) {
-        if let Some(max) = self.wake.slots_freed(count) {
-            self.claim(max, ctx);
+        match self.wake.slots_freed(count) {
+            Refill::Now { max } => self.claim(max, ctx),
+            Refill::Soon => self.arm_timer_by(self.settings.batch_window, ctx),
+            Refill::Nothing => {}
         }
         self.report_health();
     }
@@ -965,6 +1037,7 @@ impl Handler<StopClaiming> for WorkerActor {
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
+        self.timer_due = None;
         if let Some(id) = self.registration.take() {
             self.router.do_send(UnregisterWorker { id });
         }
@@ -994,6 +1067,7 @@ impl Handler<AbandonInFlight> for WorkerActor {
             .map(|(n, _)| *n)
             .collect();
         self.wake.released(running.len());
+        self.handlers_running = 0;
         for number in running {
             let Some(in_flight) = self.in_flight.remove(&number) else {
                 continue;

@@ -80,6 +80,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(5, "lease_ids", "000005_lease_ids"),
     migration!(6, "workflow_task_attempts", "000006_workflow_task_attempts"),
     migration!(7, "sql_functions", "000007_sql_functions"),
+    migration!(8, "claim_indexes", "000008_claim_indexes"),
 ];
 
 /// The newest version this binary carries: what [`up`] goes to by default

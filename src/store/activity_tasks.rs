@@ -124,7 +124,13 @@ impl Store {
         let client = self.client().await?;
         // Locks up to `max` activities rows, FOR UPDATE SKIP LOCKED: it never
         // waits, so it cannot deadlock, and concurrent claimers take
-        // disjoint rows. The due time and the skipped-rows flag ride along
+        // disjoint rows. Oldest first, found without reading the backlog:
+        // each queue's ready rows walk the partial index of migration 8 from
+        // its oldest and stop after `max`; leases that ran out and rows
+        // scheduled for later that came due (few) come from the indexes on
+        // `locked_until` and `visible_at`. Both sets are merged in id order;
+        // rows one of them locked beyond the batch are unlocked when the
+        // statement ends. The due time and the skipped-rows flag ride along
         // in the first columns of a row that exists even when nothing is
         // claimed. The flag's EXISTS reads the statement's snapshot, in
         // which the rows this statement claimed are still unclaimed: hence
@@ -136,13 +142,22 @@ impl Store {
             .query(
                 &client
                     .prepare_cached(&format!(
-                        "WITH candidate AS (
+                        "WITH ready AS (
+                       SELECT r.id FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+                         SELECT id FROM activities
+                          WHERE queue = q.name AND locked_until IS NULL AND visible_at IS NULL
+                          ORDER BY id LIMIT $4
+                          FOR UPDATE SKIP LOCKED) r),
+                     late AS (
                        SELECT id FROM activities
                         WHERE queue = ANY($1)
-                          AND (locked_until IS NULL OR locked_until < now())
-                          AND (visible_at IS NULL OR visible_at <= now())
+                          AND ((locked_until IS NULL AND visible_at <= now())
+                               OR (locked_until < now() AND (visible_at IS NULL OR visible_at <= now())))
                         ORDER BY id LIMIT $4
                         FOR UPDATE SKIP LOCKED),
+                     candidate AS (
+                       SELECT id FROM (SELECT id FROM ready UNION ALL SELECT id FROM late) c
+                        ORDER BY id LIMIT $4),
                      claimed AS (
                        UPDATE activities a
                           SET locked_until = now() + make_interval(secs => $3), worker = $2,
@@ -157,9 +172,13 @@ impl Store {
                        SELECT CASE WHEN short THEN (SELECT due_in FROM ({}) next) END AS due_in,
                               CASE WHEN short THEN EXISTS (
                                 SELECT 1 FROM activities s
+                                 WHERE s.queue = ANY($1) AND s.locked_until IS NULL AND s.visible_at IS NULL
+                                   AND s.id NOT IN (SELECT id FROM claimed))
+                                OR EXISTS (
+                                SELECT 1 FROM activities s
                                  WHERE s.queue = ANY($1)
-                                   AND (s.locked_until IS NULL OR s.locked_until < now())
-                                   AND (s.visible_at IS NULL OR s.visible_at <= now())
+                                   AND ((s.locked_until IS NULL AND s.visible_at <= now())
+                                        OR (s.locked_until < now() AND (s.visible_at IS NULL OR s.visible_at <= now())))
                                    AND s.id NOT IN (SELECT id FROM claimed))
                               ELSE false END AS skipped_locked
                          FROM short),

@@ -191,11 +191,16 @@ impl StoreOptions {
         Ok(())
     }
 
-    /// The `SET` statements that give a new pooled connection its timeouts.
+    /// The `SET` statements that give a new pooled connection its timeouts,
+    /// and generic plans: pgwake's statements take names, ids and limits
+    /// whose best plan does not depend on the values (the claims walk
+    /// partial indexes per queue), and planning each call anew costs more
+    /// than running it (0.23 ms of planning for a 0.08 ms claim).
     fn session_settings(&self) -> String {
         format!(
             "SET statement_timeout = {}; SET lock_timeout = {}; \
-             SET idle_in_transaction_session_timeout = {}",
+             SET idle_in_transaction_session_timeout = {}; \
+             SET plan_cache_mode = force_generic_plan",
             self.statement_timeout.as_millis(),
             self.lock_timeout.as_millis(),
             self.idle_in_transaction_timeout.as_millis()
@@ -611,7 +616,11 @@ impl Store {
         Ok(())
     }
 
-    /// The pool (shared with anything else that needs a connection).
+    /// The pool (shared with anything else that needs a connection). Its
+    /// connections carry the store's timeouts and plan prepared statements
+    /// generically (`plan_cache_mode = force_generic_plan`); a statement of
+    /// your own that needs a plan per value can `SET LOCAL plan_cache_mode`
+    /// in its transaction.
     ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store) -> Result<(), Box<dyn std::error::Error>> {

@@ -155,3 +155,38 @@ fn workflow_writes_the_rate_step_percentiles_and_replay_costs() {
         );
     }
 }
+
+#[test]
+fn scale_writes_the_three_figures_for_the_empty_and_the_populated_database() {
+    let results = bench(&[
+        "scale",
+        "--finished",
+        "200",
+        "--backlog",
+        "300",
+        "--leased",
+        "30",
+        "--timers",
+        "50",
+        "--claims",
+        "20",
+        "--wakes",
+        "20",
+        "--drain",
+        "500",
+    ]);
+    for database in ["empty", "populated"] {
+        let figures = &results[database];
+        assert_numbers(
+            figures,
+            database,
+            &["claim_p50_ms", "wake_p50_ms", "tasks_per_sec"],
+        );
+        for key in ["claim_p50_ms", "wake_p50_ms", "tasks_per_sec"] {
+            assert!(
+                figures[key].as_f64().unwrap() > 0.0,
+                "{database}.{key} is not positive in {results}"
+            );
+        }
+    }
+}

@@ -10,6 +10,7 @@ mod idle;
 mod latency;
 mod notify_cost;
 mod recovery;
+mod scale;
 mod throughput;
 mod workflow;
 
@@ -56,6 +57,20 @@ enum Scenario {
     /// running at a time (`--latency-workflows`), so no step waits behind
     /// another instance's tasks. The drain gives workflows per second.
     Workflow(workflow::WorkflowArgs),
+    /// Whether pgwake's cost grows with its tables: the p50 of one claim,
+    /// the enqueue-to-handler wake-up (one activity every 20 ms) and a
+    /// drain's tasks per second (8 workers of concurrency 100), on the
+    /// empty database and again on a populated one.
+    ///
+    /// The populated database holds `--finished` finished instances on
+    /// queue "done" with `--history-per-instance` history events each (and
+    /// their attributes), a `--backlog` of ready activities on queue
+    /// "backlog", `--leased` activities on the measured queue "busy" leased
+    /// for an hour to a worker that is gone, and `--timers` pending events
+    /// due in an hour on queue "sleepy"; each activity and timer is owned by
+    /// an active instance of its own. It is filled with set-based SQL and
+    /// analysed before the measurements.
+    Scale(scale::ScaleArgs),
 }
 
 pub(crate) async fn run(url: Option<String>, args: BenchArgs) -> Result<(), String> {
@@ -80,6 +95,10 @@ pub(crate) async fn run(url: Option<String>, args: BenchArgs) -> Result<(), Stri
         Scenario::Workflow(a) => (
             "workflow",
             workflow::run(Server::open(url, args.durable).await?, a).await,
+        ),
+        Scenario::Scale(a) => (
+            "scale",
+            scale::run(Server::open(url, args.durable).await?, a).await,
         ),
     };
     let (config, results) = outcome?;

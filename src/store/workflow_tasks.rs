@@ -125,22 +125,39 @@ impl Store {
         // Locks one instances row, FOR UPDATE SKIP LOCKED: it never waits,
         // so it cannot deadlock; the row's conditions are re-checked on its
         // newest version once locked. Oldest pending event first is fair
-        // across instances. When nothing was claimed, the same conditions
+        // across instances. Events visible at once are walked in that
+        // order through the partial index of migration 8, timers that came
+        // due from the index on `visible_at`: timers not due yet, however
+        // many, are never read. (Of the two instances this may lock, the
+        // one not taken is unlocked when the statement ends.) When nothing was claimed, the same conditions
         // read without locking (the statement's snapshot) tell whether an
         // instance with work was skipped because someone else holds it.
         let started = std::time::Instant::now();
         let claimed = client
             .query_one(
-                &client.prepare_cached(&format!("WITH candidate AS (
-                   SELECT i.id FROM pending_events pe
+                &client.prepare_cached(&format!("WITH ready AS (
+                   SELECT i.id, pe.id AS event FROM pending_events pe
                      JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
-                    WHERE (pe.visible_at IS NULL OR pe.visible_at <= now())
+                    WHERE pe.visible_at IS NULL
                       AND i.state = 0 AND i.queue = ANY($1)
                       AND (i.locked_until IS NULL OR i.locked_until < now())
                       AND (i.sticky_until IS NULL OR i.sticky_until < now() OR i.worker = $2)
                     ORDER BY pe.id
                     LIMIT 1
                     FOR UPDATE OF i SKIP LOCKED),
+                 fired AS (
+                   SELECT i.id, pe.id AS event FROM pending_events pe
+                     JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
+                    WHERE pe.visible_at <= now()
+                      AND i.state = 0 AND i.queue = ANY($1)
+                      AND (i.locked_until IS NULL OR i.locked_until < now())
+                      AND (i.sticky_until IS NULL OR i.sticky_until < now() OR i.worker = $2)
+                    ORDER BY pe.id
+                    LIMIT 1
+                    FOR UPDATE OF i SKIP LOCKED),
+                 candidate AS (
+                   SELECT id FROM (SELECT * FROM ready UNION ALL SELECT * FROM fired) c
+                    ORDER BY event LIMIT 1),
                  claimed AS (
                    UPDATE instances i
                       SET locked_until = now() + make_interval(secs => $3), worker = $2, lease_id = $4

@@ -130,7 +130,19 @@ impl Store {
         // scheduled for later that came due (few) come from the indexes on
         // `locked_until` and `visible_at`. Both sets are merged in id order;
         // rows one of them locked beyond the batch are unlocked when the
-        // statement ends. The due time and the skipped-rows flag ride along
+        // statement ends. The shapes are chosen for the planner: the ids
+        // go to the UPDATE as an array (a join with the CTE was once planned
+        // as a walk of the whole primary key), and the look for skipped
+        // rows walks the same index in id order (as a plain EXISTS it was
+        // planned as a scan of the table, which statistics say is full of
+        // ready rows: those of other queues). Both name their queue as a range
+        // of one value and order by (queue, id), the index's own order: the
+        // queue comes from unnest, unknown to the planner, which planned
+        // `queue = q.name ORDER BY id` (and even `ORDER BY queue, id`, which
+        // an equality reduces to id) as a walk of the primary key filtering
+        // on the queue, through every other queue's backlog (130 ms a claim
+        // in `pgwake bench scale`). Only the partial index gives this order
+        // for a range. The due time and the skipped-rows flag ride along
         // in the first columns of a row that exists even when nothing is
         // claimed. The flag's EXISTS reads the statement's snapshot, in
         // which the rows this statement claimed are still unclaimed: hence
@@ -145,8 +157,9 @@ impl Store {
                         "WITH ready AS (
                        SELECT r.id FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
                          SELECT id FROM activities
-                          WHERE queue = q.name AND locked_until IS NULL AND visible_at IS NULL
-                          ORDER BY id LIMIT $4
+                          WHERE queue >= q.name AND queue <= q.name
+                            AND locked_until IS NULL AND visible_at IS NULL
+                          ORDER BY queue, id LIMIT $4
                           FOR UPDATE SKIP LOCKED) r),
                      late AS (
                        SELECT id FROM activities
@@ -162,7 +175,7 @@ impl Store {
                        UPDATE activities a
                           SET locked_until = now() + make_interval(secs => $3), worker = $2,
                               lease_id = $5
-                         FROM candidate c WHERE a.id = c.id
+                        WHERE a.id = ANY(ARRAY(SELECT id FROM candidate))
                        RETURNING a.id, a.activity_id, a.instance_id, a.execution_id, a.queue,
                                  a.schedule_event_id, a.locked_until, a.timestamp),
                      -- A full batch polls again at once: it needs no due time and no
@@ -171,9 +184,12 @@ impl Store {
                      due AS (
                        SELECT CASE WHEN short THEN (SELECT due_in FROM ({}) next) END AS due_in,
                               CASE WHEN short THEN EXISTS (
-                                SELECT 1 FROM activities s
-                                 WHERE s.queue = ANY($1) AND s.locked_until IS NULL AND s.visible_at IS NULL
-                                   AND s.id NOT IN (SELECT id FROM claimed))
+                                SELECT 1 FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+                                  SELECT id FROM activities s
+                                   WHERE s.queue >= q.name AND s.queue <= q.name
+                                     AND s.locked_until IS NULL AND s.visible_at IS NULL
+                                     AND s.id NOT IN (SELECT id FROM claimed)
+                                   ORDER BY s.queue, s.id LIMIT 1) r)
                                 OR EXISTS (
                                 SELECT 1 FROM activities s
                                  WHERE s.queue = ANY($1)

@@ -191,16 +191,11 @@ impl StoreOptions {
         Ok(())
     }
 
-    /// The `SET` statements that give a new pooled connection its timeouts,
-    /// and generic plans: pgwake's statements take names, ids and limits
-    /// whose best plan does not depend on the values (the claims walk
-    /// partial indexes per queue), and planning each call anew costs more
-    /// than running it (0.23 ms of planning for a 0.08 ms claim).
+    /// The `SET` statements that give a new pooled connection its timeouts.
     fn session_settings(&self) -> String {
         format!(
             "SET statement_timeout = {}; SET lock_timeout = {}; \
-             SET idle_in_transaction_session_timeout = {}; \
-             SET plan_cache_mode = force_generic_plan",
+             SET idle_in_transaction_session_timeout = {}",
             self.statement_timeout.as_millis(),
             self.lock_timeout.as_millis(),
             self.idle_in_transaction_timeout.as_millis()
@@ -616,11 +611,7 @@ impl Store {
         Ok(())
     }
 
-    /// The pool (shared with anything else that needs a connection). Its
-    /// connections carry the store's timeouts and plan prepared statements
-    /// generically (`plan_cache_mode = force_generic_plan`); a statement of
-    /// your own that needs a plan per value can `SET LOCAL plan_cache_mode`
-    /// in its transaction.
+    /// The pool (shared with anything else that needs a connection).
     ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store) -> Result<(), Box<dyn std::error::Error>> {

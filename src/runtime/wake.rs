@@ -99,17 +99,31 @@ pub(crate) enum Phase {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct WakeState {
     concurrency: usize,
+    /// The fewest free slots worth a claim while other tasks run.
+    min_refill: usize,
     running: usize,
     phase: Phase,
 }
 
 impl WakeState {
-    /// A worker with `concurrency` slots, none used, idle.
+    /// A worker with `concurrency` slots, none used, idle, whose claims
+    /// take batches: freed slots are claimed once half of them are free.
     pub(crate) fn new(concurrency: usize) -> Self {
         Self {
             concurrency,
+            min_refill: concurrency.div_ceil(2),
             running: 0,
             phase: Phase::Idle,
+        }
+    }
+
+    /// A worker whose claims take one task per statement (workflow tasks):
+    /// a claim for many costs as much as many claims, so a freed slot is
+    /// claimed at once.
+    pub(crate) fn claiming_singly(concurrency: usize) -> Self {
+        Self {
+            min_refill: 1,
+            ..Self::new(concurrency)
         }
     }
 
@@ -196,10 +210,10 @@ impl WakeState {
     }
 
     /// Whether the free slots make a batch worth claiming now: at least
-    /// half of them, or all of them (nothing else runs, so waiting gains
-    /// nothing).
+    /// `min_refill` (half of them for batch claims), or all of them (nothing
+    /// else runs, so waiting gains nothing).
     fn refill_worthwhile(&self) -> bool {
-        self.free() > 0 && (self.free() >= self.concurrency.div_ceil(2) || self.running == 0)
+        self.free() > 0 && (self.free() >= self.min_refill || self.running == 0)
     }
 
     /// The claim under way ended.
@@ -335,11 +349,11 @@ mod tests {
                         // worth it: half the slots, or all of them.
                         assert_eq!(before.phase, Phase::Idle, "{before:?}");
                         assert_eq!(max, free, "{before:?}");
-                        assert!(2 * max >= after.concurrency || after.running == 0);
+                        assert!(max >= after.min_refill || after.running == 0);
                     }
                     Refill::Soon => {
                         assert_eq!(before.phase, Phase::Idle, "{before:?}");
-                        assert!(2 * free < after.concurrency && after.running > 0);
+                        assert!(free < after.min_refill && after.running > 0);
                         // Its timer then claims them: never left unclaimed.
                         assert_eq!(after.clone().timer_fired(), Some(free));
                     }
@@ -369,7 +383,7 @@ mod tests {
                                 assert!(more && max == after.free() && max > 0);
                                 // A wake-up owed, or a batch worth claiming.
                                 assert!(
-                                    again || 2 * max >= after.concurrency || after.running == 0,
+                                    again || max >= after.min_refill || after.running == 0,
                                     "{before:?} {end:?}"
                                 );
                                 assert!(matches!(after.phase, Phase::Claiming { .. }));
@@ -381,7 +395,7 @@ mod tests {
                             AfterClaim::RefillSoon => {
                                 // Never with a wake-up owed; its timer claims.
                                 assert!(!again && n == requested, "{before:?} {end:?}");
-                                assert!(after.free() > 0 && 2 * after.free() < after.concurrency);
+                                assert!(after.free() > 0 && after.free() < after.min_refill);
                                 assert_eq!(after.clone().timer_fired(), Some(after.free()));
                             }
                             AfterClaim::Idle => {
@@ -410,9 +424,11 @@ mod tests {
 
     #[test]
     fn every_reachable_state_and_event_keeps_the_invariants() {
-        for concurrency in 1..=4 {
+        for (concurrency, start) in
+            (1..=4).flat_map(|c| [(c, WakeState::new(c)), (c, WakeState::claiming_singly(c))])
+        {
             let mut seen = HashSet::new();
-            let mut queue = VecDeque::from([WakeState::new(concurrency)]);
+            let mut queue = VecDeque::from([start]);
             while let Some(state) = queue.pop_front() {
                 if !seen.insert(state.clone()) {
                     continue;
@@ -507,6 +523,14 @@ mod tests {
             AfterClaim::RefillSoon
         );
         assert_eq!(state.timer_fired(), Some(10));
+    }
+
+    #[test]
+    fn a_worker_claiming_singly_claims_each_freed_slot_at_once() {
+        let mut state = WakeState::claiming_singly(8);
+        assert_eq!(state.timer_fired(), Some(8));
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(8)), AfterClaim::Full);
+        assert_eq!(state.slots_freed(1), Refill::Now { max: 1 });
     }
 
     #[test]

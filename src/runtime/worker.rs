@@ -208,7 +208,12 @@ impl WorkerActor {
         router: Addr<QueueRouter>,
         health: HealthBoard,
     ) -> Self {
-        let wake = WakeState::new(settings.concurrency);
+        // Activities are claimed in batches by one statement, workflow
+        // tasks one per statement.
+        let wake = match job {
+            Job::Activity(_) => WakeState::new(settings.concurrency),
+            Job::Workflow(_) => WakeState::claiming_singly(settings.concurrency),
+        };
         let queue_names = settings
             .queues
             .iter()

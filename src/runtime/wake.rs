@@ -90,6 +90,9 @@ pub(crate) enum Phase {
         requested: usize,
         /// A wake-up was accepted meanwhile: claim again after.
         again: bool,
+        /// Slots were freed meanwhile: their tasks' queues may hold more
+        /// than the claim saw, so look once more after it, in a batch.
+        freed: bool,
     },
     /// Shutting down: claims nothing more.
     Stopped,
@@ -148,6 +151,7 @@ impl WakeState {
                 self.phase = Phase::Claiming {
                     requested: max,
                     again: false,
+                    freed: false,
                 };
                 Some(max)
             }
@@ -159,13 +163,16 @@ impl WakeState {
     pub(crate) fn offer(&mut self) -> Offer {
         match self.phase {
             Phase::Stopped => Offer::Declined,
-            Phase::Claiming { requested, .. } => {
+            Phase::Claiming {
+                requested, freed, ..
+            } => {
                 // The claim under way may fill every slot; accepting is right
                 // only if room is left after it, else another worker must.
                 if self.free() > requested {
                     self.phase = Phase::Claiming {
                         requested,
                         again: true,
+                        freed,
                     };
                     Offer::Coalesced
                 } else {
@@ -196,10 +203,20 @@ impl WakeState {
             return Refill::Nothing;
         }
         self.running = self.running.saturating_sub(count);
-        if self.phase != Phase::Idle {
-            // A claim under way decides at its end; a stopped worker does
-            // nothing.
-            return Refill::Nothing;
+        match self.phase {
+            Phase::Claiming {
+                requested, again, ..
+            } => {
+                // The claim under way decides at its end, knowing this.
+                self.phase = Phase::Claiming {
+                    requested,
+                    again,
+                    freed: true,
+                };
+                return Refill::Nothing;
+            }
+            Phase::Stopped => return Refill::Nothing,
+            Phase::Idle => {}
         }
         if self.refill_worthwhile() {
             self.try_start()
@@ -218,7 +235,12 @@ impl WakeState {
 
     /// The claim under way ended.
     pub(crate) fn claim_ended(&mut self, end: ClaimEnd) -> AfterClaim {
-        let Phase::Claiming { requested, again } = self.phase else {
+        let Phase::Claiming {
+            requested,
+            again,
+            freed,
+        } = self.phase
+        else {
             // Stopped meanwhile (or a stray end): only count what was claimed.
             if let ClaimEnd::Claimed(claimed) = end {
                 self.running += claimed;
@@ -239,12 +261,14 @@ impl WakeState {
                 None => AfterClaim::Full,
             };
         }
-        if claimed < requested {
+        if claimed < requested && !freed {
             // The queues were empty as of the claim: work written since is
             // announced by a wake-up.
             return AfterClaim::Idle;
         }
-        // A full batch: probably more waiting.
+        // A full batch (probably more waiting), or slots freed meanwhile
+        // (their queues may have more than the claim saw: when unsure, look
+        // once more), in a batch.
         if self.free() == 0 {
             AfterClaim::Full
         } else if self.refill_worthwhile() {
@@ -359,13 +383,28 @@ mod tests {
                     }
                     Refill::Nothing => assert_ne!(before.phase, Phase::Idle, "{before:?}"),
                 }
-                // A claim under way is not promised another for freed slots.
-                if before.phase != Phase::Idle {
-                    assert_eq!(after.phase, before.phase);
+                // A claim under way is told, to look once more after it.
+                if let Phase::Claiming {
+                    requested, again, ..
+                } = before.phase
+                {
+                    assert_eq!(
+                        after.phase,
+                        Phase::Claiming {
+                            requested,
+                            again,
+                            freed: true
+                        }
+                    );
                 }
             }
             Event::ClaimEnded(end) => {
-                let Phase::Claiming { requested, again } = before.phase else {
+                let Phase::Claiming {
+                    requested,
+                    again,
+                    freed,
+                } = before.phase
+                else {
                     unreachable!("only offered while claiming");
                 };
                 let next = after.claim_ended(end);
@@ -377,7 +416,7 @@ mod tests {
                     (ClaimEnd::Claimed(n), next) => {
                         assert_eq!(after.running, before.running + n);
                         assert!(after.running <= after.concurrency, "over capacity");
-                        let more = n == requested || again;
+                        let more = n == requested || again || freed;
                         match next {
                             AfterClaim::ClaimAgain { max } => {
                                 assert!(more && max == after.free() && max > 0);
@@ -394,7 +433,7 @@ mod tests {
                             }
                             AfterClaim::RefillSoon => {
                                 // Never with a wake-up owed; its timer claims.
-                                assert!(!again && n == requested, "{before:?} {end:?}");
+                                assert!(!again && (n == requested || freed), "{before:?} {end:?}");
                                 assert!(after.free() > 0 && after.free() < after.min_refill);
                                 assert_eq!(after.clone().timer_fired(), Some(after.free()));
                             }

@@ -128,9 +128,18 @@ impl Store {
         // each queue's ready rows walk the partial index of migration 8 from
         // its oldest and stop after `max`; leases that ran out and rows
         // scheduled for later that came due (few) come from the indexes on
-        // `locked_until` and `visible_at`. Both sets are merged in id order;
+        // `locked_until` and `visible_at`, each walked in its own order: as
+        // one OR they were read by a bitmap scan, which cannot mark index
+        // entries of deleted rows dead, so every claim re-read every
+        // completed task's lease entry once its time had passed (latency
+        // doubled within minutes). The sets are merged in id order;
         // rows one of them locked beyond the batch are unlocked when the
-        // statement ends. The shapes are chosen for the planner: the ids
+        // statement ends. The shapes are chosen for the planner: each
+        // claimed row's input is looked up by its key (the LIMIT keeps the
+        // planner from turning the lookup back into a join; as a join, it was
+        // planned as a hash of the whole attributes table whenever its
+        // statistics were older than its rows: a cost that grew with every
+        // task run); the ids
         // go to the UPDATE as an array (a join with the CTE was once planned
         // as a walk of the whole primary key), and the look for skipped
         // rows walks the same index in id order (as a plain EXISTS it was
@@ -161,15 +170,20 @@ impl Store {
                             AND locked_until IS NULL AND visible_at IS NULL
                           ORDER BY queue, id LIMIT $4
                           FOR UPDATE SKIP LOCKED) r),
-                     late AS (
+                     expired AS (
                        SELECT id FROM activities
-                        WHERE queue = ANY($1)
-                          AND ((locked_until IS NULL AND visible_at <= now())
-                               OR (locked_until < now() AND (visible_at IS NULL OR visible_at <= now())))
-                        ORDER BY id LIMIT $4
+                        WHERE locked_until < now() AND queue = ANY($1)
+                          AND (visible_at IS NULL OR visible_at <= now())
+                        ORDER BY locked_until LIMIT $4
+                        FOR UPDATE SKIP LOCKED),
+                     came_due AS (
+                       SELECT id FROM activities
+                        WHERE queue = ANY($1) AND visible_at <= now() AND locked_until IS NULL
+                        ORDER BY visible_at LIMIT $4
                         FOR UPDATE SKIP LOCKED),
                      candidate AS (
-                       SELECT id FROM (SELECT id FROM ready UNION ALL SELECT id FROM late) c
+                       SELECT id FROM (SELECT id FROM ready UNION ALL SELECT id FROM expired
+                                       UNION ALL SELECT id FROM came_due) c
                         ORDER BY id LIMIT $4),
                      claimed AS (
                        UPDATE activities a
@@ -192,10 +206,15 @@ impl Store {
                                    ORDER BY s.queue, s.id LIMIT 1) r)
                                 OR EXISTS (
                                 SELECT 1 FROM activities s
-                                 WHERE s.queue = ANY($1)
-                                   AND ((s.locked_until IS NULL AND s.visible_at <= now())
-                                        OR (s.locked_until < now() AND (s.visible_at IS NULL OR s.visible_at <= now())))
-                                   AND s.id NOT IN (SELECT id FROM claimed))
+                                 WHERE s.locked_until < now() AND s.queue = ANY($1)
+                                   AND (s.visible_at IS NULL OR s.visible_at <= now())
+                                   AND s.id NOT IN (SELECT id FROM claimed)
+                                 ORDER BY s.locked_until LIMIT 1)
+                                OR EXISTS (
+                                SELECT 1 FROM activities s
+                                 WHERE s.queue = ANY($1) AND s.visible_at <= now() AND s.locked_until IS NULL
+                                   AND s.id NOT IN (SELECT id FROM claimed)
+                                 ORDER BY s.visible_at LIMIT 1)
                               ELSE false END AS skipped_locked
                          FROM short),
                      -- A claim is a lease: if its commit is lost in a crash, the task
@@ -206,8 +225,10 @@ impl Store {
                             c.execution_id, c.queue, c.schedule_event_id, c.locked_until, at.data,
                             c.timestamp
                        FROM due CROSS JOIN lazy_commit LEFT JOIN (claimed c
-                         LEFT JOIN attributes at ON at.instance_id = c.instance_id
-                              AND at.execution_id = c.execution_id AND at.event_id = c.activity_id)
+                         LEFT JOIN LATERAL (
+                           SELECT data FROM attributes
+                            WHERE instance_id = c.instance_id AND execution_id = c.execution_id
+                              AND event_id = c.activity_id LIMIT 1) at ON true)
                          ON true
                       ORDER BY c.id",
                         super::stats::ACTIVITY_DUE_SQL

@@ -49,7 +49,8 @@ const QUEUE: &str = "latency";
 /// go-workflows' default polling interval.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-type Started = mpsc::UnboundedReceiver<(u64, Instant)>;
+/// The index (`input["i"]`) and first instant of each handler run.
+pub(crate) type Started = mpsc::UnboundedReceiver<(u64, Instant)>;
 
 fn owner() -> InstanceRef {
     // No such instance: results are dropped instead of piling up as events.
@@ -59,9 +60,17 @@ fn owner() -> InstanceRef {
     }
 }
 
-async fn start_runtime(url: &str, notifications: bool) -> Result<(RuntimeHandle, Started), String> {
+/// A runtime with one activity worker on `queue` whose handler reports its
+/// index and first instant, started and, with notifications on, listening
+/// and idle: what every wake-up measurement starts from (`bench scale`'s
+/// too).
+pub(crate) async fn start_runtime(
+    url: &str,
+    queue: &str,
+    notifications: bool,
+) -> Result<(RuntimeHandle, Started), String> {
     let (sender, started) = mpsc::unbounded_channel();
-    let worker = ActivityWorker::new([QUEUE], move |task: ActivityTask| {
+    let worker = ActivityWorker::new([queue], move |task: ActivityTask| {
         // The handler's first line: the end of the measured interval.
         let at = Instant::now();
         let sender = sender.clone();
@@ -183,7 +192,7 @@ pub(crate) async fn run(server: Server, args: LatencyArgs) -> Result<(Value, Val
         }
     };
 
-    let (runtime, mut started) = start_runtime(&server.url, true).await?;
+    let (runtime, mut started) = start_runtime(&server.url, QUEUE, true).await?;
     let store = runtime.store().clone();
     let local = measure(
         "local",
@@ -222,7 +231,7 @@ pub(crate) async fn run(server: Server, args: LatencyArgs) -> Result<(Value, Val
     };
     runtime.shutdown(Duration::from_secs(5)).await;
 
-    let (polling, mut poll_started) = start_runtime(&server.url, false).await?;
+    let (polling, mut poll_started) = start_runtime(&server.url, QUEUE, false).await?;
     let poll = measure(
         "poll",
         &polling,

@@ -12,13 +12,11 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use pgwake::{
-    ActivityTask, ActivityWorker, InstanceRef, Queue, Runtime, RuntimeConfig, RuntimeHandle, Store,
-    StoreOptions, TaskKind, WorkerId,
-};
+use pgwake::{InstanceRef, Queue, Store, StoreOptions, WorkerId};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
+use super::latency;
+use super::throughput::{time_drain, Drain};
 use super::{connect, Latencies, Progress, Server};
 use crate::bounds::whole;
 
@@ -273,8 +271,6 @@ async fn claims(label: &str, url: &str, claims: u64) -> Result<Latencies, String
     Ok(latencies)
 }
 
-type Started = mpsc::UnboundedReceiver<(u64, Instant)>;
-
 /// Records the latency of wake-up `i`, which started at `at`, unless it is
 /// part of the warm-up.
 fn record(latencies: &mut Latencies, enqueued_at: &[Instant], (i, at): (u64, Instant)) {
@@ -285,43 +281,12 @@ fn record(latencies: &mut Latencies, enqueued_at: &[Instant], (i, at): (u64, Ins
     }
 }
 
-/// A runtime with one activity worker on the busy queue, whose handler
-/// reports its first instant, listening and idle.
-async fn start_wake_runtime(url: &str) -> Result<(RuntimeHandle, Started), String> {
-    let (sender, started) = mpsc::unbounded_channel();
-    let worker = ActivityWorker::new([BUSY_QUEUE], move |task: ActivityTask| {
-        // The handler's first line: the end of the measured interval.
-        let at = Instant::now();
-        let sender = sender.clone();
-        async move {
-            let _ = sender.send((task.input["i"].as_u64().unwrap_or(u64::MAX), at));
-            Ok::<_, String>(Value::Null)
-        }
-    })
-    .concurrency(16);
-    let runtime = Runtime::builder(RuntimeConfig::new(url))
-        .activity_worker(worker)
-        .start()
-        .await
-        .map_err(text)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !runtime.health().all_listening() {
-        if Instant::now() > deadline {
-            return Err("listeners did not start listening within 30 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Let the worker's first poll finish, so that it is idle and waiting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    Ok((runtime, started))
-}
-
 /// Enqueues one activity every 20 ms through the runtime's store (as
 /// `bench latency`'s local mode does: its commit wakes the worker in
 /// process) and records each one's enqueue-to-handler time, the warm-up's
 /// excepted.
 async fn wakes(label: &str, url: &str, wakes: u64) -> Result<Latencies, String> {
-    let (runtime, mut started) = start_wake_runtime(url).await?;
+    let (runtime, mut started) = latency::start_runtime(url, BUSY_QUEUE, true).await?;
     let queue = Queue::new(BUSY_QUEUE).map_err(text)?;
     let total = WARMUP + wakes;
     let mut enqueued_at = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
@@ -376,41 +341,13 @@ async fn drain(
         .execute(DRAIN_INSERT_SQL, &[&count])
         .await
         .map_err(text)?;
-    let started = Instant::now();
-    let mut config = RuntimeConfig::new(url);
-    config.store.pool_size = (DRAIN_WORKERS * 2).clamp(4, 32);
-    let mut builder = Runtime::builder(config);
-    for _ in 0..DRAIN_WORKERS {
-        builder = builder.activity_worker(
-            ActivityWorker::new([DRAIN_QUEUE], |_: ActivityTask| async {
-                Ok::<_, String>(Value::Null)
-            })
-            .concurrency(DRAIN_CONCURRENCY),
-        );
-    }
-    let runtime = builder.start().await.map_err(text)?;
-    let mut progress = Progress::new(&format!("{label}: drain"), tasks);
-    loop {
-        let done = runtime
-            .health()
-            .counters(TaskKind::Activity, DRAIN_QUEUE)
-            .completed;
-        progress.tick(done);
-        if done >= tasks {
-            break;
-        }
-        if started.elapsed() > DRAIN_LIMIT {
-            runtime.shutdown(Duration::from_secs(5)).await;
-            return Err(format!(
-                "{label}: only {done} of {tasks} drained in {} s",
-                DRAIN_LIMIT.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let elapsed = started.elapsed();
-    runtime.shutdown(Duration::from_secs(5)).await;
-    Ok(tasks as f64 / elapsed.as_secs_f64())
+    let drain = Drain {
+        queue: DRAIN_QUEUE,
+        workers: DRAIN_WORKERS,
+        concurrency: DRAIN_CONCURRENCY,
+        limit: DRAIN_LIMIT,
+    };
+    time_drain(&format!("{label}: drain"), url, &drain, tasks).await
 }
 
 /// Empties the database (the empty run's leftovers included), then fills

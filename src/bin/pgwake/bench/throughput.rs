@@ -44,6 +44,7 @@ const QUEUE: &str = "throughput";
 
 async fn start_workers(
     url: &str,
+    queue: &str,
     workers: usize,
     concurrency: usize,
 ) -> Result<RuntimeHandle, String> {
@@ -52,7 +53,7 @@ async fn start_workers(
     let mut builder = Runtime::builder(config);
     for _ in 0..workers {
         builder = builder.activity_worker(
-            ActivityWorker::new([QUEUE], |_: ActivityTask| async {
+            ActivityWorker::new([queue], |_: ActivityTask| async {
                 Ok::<_, String>(Value::Null)
             })
             .concurrency(concurrency),
@@ -61,10 +62,10 @@ async fn start_workers(
     builder.start().await.map_err(|e| e.to_string())
 }
 
-fn completed(runtime: &RuntimeHandle) -> u64 {
+fn completed(runtime: &RuntimeHandle, queue: &str) -> u64 {
     runtime
         .health()
-        .counters(TaskKind::Activity, QUEUE)
+        .counters(TaskKind::Activity, queue)
         .completed
 }
 
@@ -103,17 +104,48 @@ async fn drain(
     let client = connect(url).await?;
     prepare(&client).await?;
     bulk_insert(&client, tasks).await?;
+    let drain = Drain {
+        queue: QUEUE,
+        workers,
+        concurrency,
+        limit: Duration::from_secs(300),
+    };
+    time_drain(label, url, &drain, tasks).await
+}
+
+/// How a backlog already written is drained: by `workers` workers of
+/// `concurrency` on `queue`, given up after `limit`.
+pub(crate) struct Drain<'a> {
+    pub(crate) queue: &'a str,
+    pub(crate) workers: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) limit: Duration,
+}
+
+/// Starts a runtime that drains the `tasks` activities waiting on
+/// `drain.queue`: tasks per second from its start to the last completion
+/// (`bench scale`'s drain too).
+pub(crate) async fn time_drain(
+    label: &str,
+    url: &str,
+    drain: &Drain<'_>,
+    tasks: u64,
+) -> Result<f64, String> {
     let started = Instant::now();
-    let runtime = start_workers(url, workers, concurrency).await?;
+    let runtime = start_workers(url, drain.queue, drain.workers, drain.concurrency).await?;
     let mut progress = Progress::new(label, tasks);
     loop {
-        let done = completed(&runtime);
+        let done = completed(&runtime, drain.queue);
         progress.tick(done);
         if done >= tasks {
             break;
         }
-        if started.elapsed() > Duration::from_secs(300) {
-            return Err(format!("{label}: only {done} of {tasks} drained in 300 s"));
+        if started.elapsed() > drain.limit {
+            runtime.shutdown(Duration::from_secs(5)).await;
+            return Err(format!(
+                "{label}: only {done} of {tasks} drained in {} s",
+                drain.limit.as_secs()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -125,7 +157,7 @@ async fn drain(
 async fn mixed(url: &str, args: &ThroughputArgs) -> Result<f64, String> {
     let client = connect(url).await?;
     prepare(&client).await?;
-    let runtime = start_workers(url, args.workers, args.batch).await?;
+    let runtime = start_workers(url, QUEUE, args.workers, args.batch).await?;
     let window = Duration::from_secs(args.mixed_seconds);
     let stop_at = Instant::now() + window;
     let mut producers = Vec::new();
@@ -150,13 +182,13 @@ async fn mixed(url: &str, args: &ThroughputArgs) -> Result<f64, String> {
             Ok::<_, String>(batch * 10)
         });
     }
-    let before = completed(&runtime);
+    let before = completed(&runtime, QUEUE);
     let started = Instant::now();
     let produced: u64 = futures::future::try_join_all(producers)
         .await?
         .into_iter()
         .sum();
-    let done = completed(&runtime) - before;
+    let done = completed(&runtime, QUEUE) - before;
     let elapsed = started.elapsed();
     runtime.shutdown(Duration::from_secs(5)).await;
     eprintln!(

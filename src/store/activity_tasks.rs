@@ -128,36 +128,40 @@ impl Store {
         // each queue's ready rows walk the partial index of migration 8 from
         // its oldest and stop after `max`; leases that ran out and rows
         // scheduled for later that came due (few) come from the indexes on
-        // `locked_until` and `visible_at`, each walked in its own order: as
-        // one OR they were read by a bitmap scan, which cannot mark index
-        // entries of deleted rows dead, so every claim re-read every
-        // completed task's lease entry once its time had passed (latency
-        // doubled within minutes). The sets are merged in id order;
+        // `locked_until` and `visible_at`. The sets are merged in id order;
         // rows one of them locked beyond the batch are unlocked when the
-        // statement ends. The shapes are chosen for the planner: each
-        // claimed row's input is looked up by its key (the LIMIT keeps the
-        // planner from turning the lookup back into a join; as a join, it was
-        // planned as a hash of the whole attributes table whenever its
-        // statistics were older than its rows: a cost that grew with every
-        // task run); the ids
-        // go to the UPDATE as an array (a join with the CTE was once planned
-        // as a walk of the whole primary key), and the look for skipped
-        // rows walks the same index in id order (as a plain EXISTS it was
-        // planned as a scan of the table, which statistics say is full of
-        // ready rows: those of other queues). Both name their queue as a range
-        // of one value and order by (queue, id), the index's own order: the
-        // queue comes from unnest, unknown to the planner, which planned
-        // `queue = q.name ORDER BY id` (and even `ORDER BY queue, id`, which
-        // an equality reduces to id) as a walk of the primary key filtering
-        // on the queue, through every other queue's backlog (130 ms a claim
-        // in `pgwake bench scale`). Only the partial index gives this order
-        // for a range. The due time and the skipped-rows flag ride along
-        // in the first columns of a row that exists even when nothing is
-        // claimed. The flag's EXISTS reads the statement's snapshot, in
-        // which the rows this statement claimed are still unclaimed: hence
-        // `NOT IN claimed`. A row that snapshot shows claimable and that the
-        // claim did not take was locked by someone else (or changed since
-        // the snapshot, and then the next poll sees it as it is).
+        // statement ends.
+        //
+        // Each shape below is chosen so the planner cannot pick the plans
+        // it once did, each found with auto_explain on `pgwake bench scale`
+        // or `bench latency`:
+        // - the queue is a range of one value ordered by (queue, id), which
+        //   only the partial index serves: it comes from unnest, unknown to
+        //   the planner, and `queue = q.name ORDER BY id` (even `ORDER BY
+        //   queue, id`, which an equality reduces to id) was planned as a
+        //   walk of the primary key through every other queue's backlog
+        //   (130 ms a claim);
+        // - expired leases and rows come due are two ordered index scans:
+        //   as one OR they were a bitmap scan, which cannot mark the index
+        //   entries of deleted rows dead, so every claim re-read every
+        //   finished task's lease entry once its time had passed;
+        // - the ids go to the UPDATE as an array: joined to the CTE, they
+        //   were once planned as a walk of the whole primary key;
+        // - each claimed row's input is looked up by its key, the LIMIT
+        //   keeping the planner from making it a join again: as a join it
+        //   hashed the whole attributes table whenever its statistics
+        //   lagged its rows, a cost that grew with every task run;
+        // - the look for skipped rows has the claim's own shape (as a plain
+        //   EXISTS it was a scan of the table, which statistics say is full
+        //   of ready rows: those of other queues).
+        //
+        // The due time and the skipped-rows flag ride along in the first
+        // columns of a row that exists even when nothing is claimed. The
+        // flag's EXISTS reads the statement's snapshot, in which the rows
+        // this statement claimed are still unclaimed: hence `NOT IN
+        // claimed`. A row that snapshot shows claimable and that the claim
+        // did not take was locked by someone else (or changed since the
+        // snapshot, and then the next poll sees it as it is).
         let started = std::time::Instant::now();
         let rows = client
             .query(

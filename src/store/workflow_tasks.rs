@@ -16,6 +16,14 @@ use super::model::{
 };
 use super::names::{check_id, Queue, WorkerId};
 use super::stats::WORKFLOW_DUE_SQL;
+
+/// An instance `i` that worker `$2` may claim on the queues `$1`: active,
+/// not leased (or its lease ran out), and not sticky to another worker.
+/// One definition for the claim's two candidate sets and its look for
+/// skipped instances, which must agree.
+const CLAIMABLE_INSTANCE: &str = "i.state = 0 AND i.queue = ANY($1)
+    AND (i.locked_until IS NULL OR i.locked_until < now())
+    AND (i.sticky_until IS NULL OR i.sticky_until < now() OR i.worker = $2)";
 use super::{db, lease_seconds, Store, TouchedQueues};
 use crate::error::StoreError;
 
@@ -129,9 +137,10 @@ impl Store {
         // order through the partial index of migration 8, timers that came
         // due from the index on `visible_at`: timers not due yet, however
         // many, are never read. (Of the two instances this may lock, the
-        // one not taken is unlocked when the statement ends.) When nothing was claimed, the same conditions
-        // read without locking (the statement's snapshot) tell whether an
-        // instance with work was skipped because someone else holds it.
+        // one not taken is unlocked when the statement ends.) When nothing
+        // was claimed, the same conditions read without locking (the
+        // statement's snapshot) tell whether an instance with work was
+        // skipped because someone else holds it.
         let started = std::time::Instant::now();
         let claimed = client
             .query_one(
@@ -139,9 +148,7 @@ impl Store {
                    SELECT i.id, pe.id AS event FROM pending_events pe
                      JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
                     WHERE pe.visible_at IS NULL
-                      AND i.state = 0 AND i.queue = ANY($1)
-                      AND (i.locked_until IS NULL OR i.locked_until < now())
-                      AND (i.sticky_until IS NULL OR i.sticky_until < now() OR i.worker = $2)
+                      AND {CLAIMABLE_INSTANCE}
                     ORDER BY pe.id
                     LIMIT 1
                     FOR UPDATE OF i SKIP LOCKED),
@@ -149,9 +156,7 @@ impl Store {
                    SELECT i.id, pe.id AS event FROM pending_events pe
                      JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
                     WHERE pe.visible_at <= now()
-                      AND i.state = 0 AND i.queue = ANY($1)
-                      AND (i.locked_until IS NULL OR i.locked_until < now())
-                      AND (i.sticky_until IS NULL OR i.sticky_until < now() OR i.worker = $2)
+                      AND {CLAIMABLE_INSTANCE}
                     ORDER BY pe.id
                     LIMIT 1
                     FOR UPDATE OF i SKIP LOCKED),
@@ -173,9 +178,7 @@ impl Store {
                               JOIN instances i ON i.instance_id = pe.instance_id
                                               AND i.execution_id = pe.execution_id
                              WHERE (pe.visible_at IS NULL OR pe.visible_at <= now())
-                               AND i.state = 0 AND i.queue = ANY($1)
-                               AND (i.locked_until IS NULL OR i.locked_until < now())
-                               AND (i.sticky_until IS NULL OR i.sticky_until < now() OR i.worker = $2))
+                               AND {CLAIMABLE_INSTANCE})
                           ELSE false END AS skipped_locked
                      FROM idle),
                  lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true))

@@ -61,6 +61,9 @@ pub struct Thumbnailer {
     claiming: bool,
     /// A wake-up arrived while a claim was running: claim again after it.
     claim_again: bool,
+    /// Asked to stop: claims nothing more, and stops once the claim under
+    /// way (if any) has handled what it claimed.
+    stopping: bool,
 }
 
 impl Thumbnailer {
@@ -80,11 +83,15 @@ impl Thumbnailer {
             registration: None,
             claiming: false,
             claim_again: false,
+            stopping: false,
         }
     }
 
     /// Claims a batch and handles it, off the mailbox. One claim at a time.
     fn claim(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
         if self.claiming {
             self.claim_again = true;
             return;
@@ -113,6 +120,10 @@ impl Thumbnailer {
         };
         ctx.spawn(work.into_actor(self).map(|outcome, actor, ctx| {
             actor.claiming = false;
+            if actor.stopping {
+                ctx.stop();
+                return;
+            }
             match outcome {
                 // A full batch: there is probably more.
                 Ok(claimed) if claimed == BATCH => actor.claim(ctx),
@@ -180,7 +191,8 @@ impl Handler<TaskAvailable> for Thumbnailer {
     }
 }
 
-/// Stops the actor (it unregisters on its way out).
+/// Stops the actor once its claim under way, if any, is handled (it
+/// unregisters on its way out).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Stop;
@@ -189,7 +201,14 @@ impl Handler<Stop> for Thumbnailer {
     type Result = ();
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        ctx.stop();
+        // Stopping drops the actor's futures, and a claim dropped in flight
+        // still runs on the server: its tasks would stay leased, handled by
+        // nobody, until the lease expires. So a claim under way finishes
+        // (and handles its batch) first.
+        self.stopping = true;
+        if !self.claiming {
+            ctx.stop();
+        }
     }
 }
 

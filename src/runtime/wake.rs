@@ -104,6 +104,8 @@ pub(crate) struct WakeState {
     concurrency: usize,
     /// The fewest free slots worth a claim while other tasks run.
     min_refill: usize,
+    /// The most tasks one claim asks for.
+    claim_limit: usize,
     running: usize,
     phase: Phase,
 }
@@ -115,17 +117,22 @@ impl WakeState {
         Self {
             concurrency,
             min_refill: concurrency.div_ceil(2),
+            claim_limit: usize::MAX,
             running: 0,
             phase: Phase::Idle,
         }
     }
 
     /// A worker whose claims take one task per statement (workflow tasks):
-    /// a claim for many costs as much as many claims, so a freed slot is
-    /// claimed at once.
+    /// a claim for many costs as much as many claims, so each claim asks
+    /// for one task, which starts as soon as it is claimed, and the next
+    /// claim follows at once while slots are free; a freed slot is claimed
+    /// at once; a wake-up during a claim with other slots free is owed the
+    /// next claim, not declined.
     pub(crate) fn claiming_singly(concurrency: usize) -> Self {
         Self {
             min_refill: 1,
+            claim_limit: 1,
             ..Self::new(concurrency)
         }
     }
@@ -147,7 +154,7 @@ impl WakeState {
     fn try_start(&mut self) -> Option<usize> {
         match self.phase {
             Phase::Idle if self.free() > 0 => {
-                let max = self.free();
+                let max = self.free().min(self.claim_limit);
                 self.phase = Phase::Claiming {
                     requested: max,
                     again: false,
@@ -331,7 +338,10 @@ mod tests {
                 match offer {
                     Offer::Started { max } => {
                         assert_eq!(before.phase, Phase::Idle, "{before:?}");
-                        assert!(max > 0 && max == free_before, "{before:?} -> {offer:?}");
+                        assert!(
+                            max > 0 && max == free_before.min(before.claim_limit),
+                            "{before:?} -> {offer:?}"
+                        );
                     }
                     Offer::Coalesced => {
                         // Accepted while claiming only if room is left after
@@ -372,14 +382,17 @@ mod tests {
                         // One claim fills every freed slot, and only a batch
                         // worth it: half the slots, or all of them.
                         assert_eq!(before.phase, Phase::Idle, "{before:?}");
-                        assert_eq!(max, free, "{before:?}");
+                        assert_eq!(max, free.min(after.claim_limit), "{before:?}");
                         assert!(max >= after.min_refill || after.running == 0);
                     }
                     Refill::Soon => {
                         assert_eq!(before.phase, Phase::Idle, "{before:?}");
                         assert!(free < after.min_refill && after.running > 0);
                         // Its timer then claims them: never left unclaimed.
-                        assert_eq!(after.clone().timer_fired(), Some(free));
+                        assert_eq!(
+                            after.clone().timer_fired(),
+                            Some(free.min(after.claim_limit))
+                        );
                     }
                     Refill::Nothing => assert_ne!(before.phase, Phase::Idle, "{before:?}"),
                 }
@@ -419,7 +432,9 @@ mod tests {
                         let more = n == requested || again || freed;
                         match next {
                             AfterClaim::ClaimAgain { max } => {
-                                assert!(more && max == after.free() && max > 0);
+                                assert!(
+                                    more && max == after.free().min(after.claim_limit) && max > 0
+                                );
                                 // A wake-up owed, or a batch worth claiming.
                                 assert!(
                                     again || max >= after.min_refill || after.running == 0,
@@ -435,7 +450,10 @@ mod tests {
                                 // Never with a wake-up owed; its timer claims.
                                 assert!(!again && (n == requested || freed), "{before:?} {end:?}");
                                 assert!(after.free() > 0 && after.free() < after.min_refill);
-                                assert_eq!(after.clone().timer_fired(), Some(after.free()));
+                                assert_eq!(
+                                    after.clone().timer_fired(),
+                                    Some(after.free().min(after.claim_limit))
+                                );
                             }
                             AfterClaim::Idle => {
                                 assert!(!more);
@@ -566,10 +584,27 @@ mod tests {
 
     #[test]
     fn a_worker_claiming_singly_claims_each_freed_slot_at_once() {
-        let mut state = WakeState::claiming_singly(8);
-        assert_eq!(state.timer_fired(), Some(8));
-        assert_eq!(state.claim_ended(ClaimEnd::Claimed(8)), AfterClaim::Full);
+        let mut state = WakeState::claiming_singly(2);
+        assert_eq!(state.timer_fired(), Some(1));
+        // One task found: probably more, so the next claim follows at once.
+        assert_eq!(
+            state.claim_ended(ClaimEnd::Claimed(1)),
+            AfterClaim::ClaimAgain { max: 1 }
+        );
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(1)), AfterClaim::Full);
         assert_eq!(state.slots_freed(1), Refill::Now { max: 1 });
+    }
+
+    #[test]
+    fn a_worker_claiming_singly_owes_a_wake_up_during_a_claim_the_next_claim() {
+        let mut state = WakeState::claiming_singly(8);
+        assert_eq!(state.offer(), Offer::Started { max: 1 });
+        // Seven slots stay free whatever the claim finds: not declined.
+        assert_eq!(state.offer(), Offer::Coalesced);
+        assert_eq!(
+            state.claim_ended(ClaimEnd::Claimed(0)),
+            AfterClaim::ClaimAgain { max: 1 }
+        );
     }
 
     #[test]

@@ -316,43 +316,17 @@ impl WorkerActor {
                     skipped_locked: poll.skipped_locked,
                 });
             }
-            let mut claimed = Vec::new();
-            loop {
-                match store
-                    .poll_workflow_task_detailed(worker, queues, lease)
-                    .await
-                {
-                    Ok(poll) => match poll.task {
-                        Some(task) => {
-                            claimed.push(Claimed::Workflow(task));
-                            if claimed.len() == max {
-                                return Ok(ClaimResult {
-                                    claimed,
-                                    due_in: None,
-                                    skipped_locked: false,
-                                });
-                            }
-                        }
-                        None => {
-                            return Ok(ClaimResult {
-                                claimed,
-                                due_in: poll.due_in,
-                                skipped_locked: poll.skipped_locked,
-                            })
-                        }
-                    },
-                    // Keep what was claimed; look again soon for the rest.
-                    Err(err) if !claimed.is_empty() => {
-                        tracing::debug!(error = %err, "claim failed after some succeeded");
-                        return Ok(ClaimResult {
-                            claimed,
-                            due_in: Some(Duration::ZERO),
-                            skipped_locked: false,
-                        });
-                    }
-                    Err(err) => return Err(err),
-                }
-            }
+            // One task per claim (the wake-up state asks for one): it
+            // starts as soon as it is claimed, and the next claim follows.
+            debug_assert_eq!(max, 1, "a workflow claim takes one task");
+            let poll = store
+                .poll_workflow_task_detailed(worker, queues, lease)
+                .await?;
+            Ok(ClaimResult {
+                claimed: poll.task.into_iter().map(Claimed::Workflow).collect(),
+                due_in: poll.due_in,
+                skipped_locked: poll.skipped_locked,
+            })
         };
         ctx.spawn(claim.into_actor(self).map(|result, act, ctx| {
             act.claiming_since = None;

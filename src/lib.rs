@@ -9,6 +9,10 @@
 
 pub mod config;
 pub mod connection;
+/// A web dashboard of queues, instances and their histories, with operator
+/// actions, mountable in an actix-web app (the `dashboard` feature).
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 pub mod error;
 mod kinds;
 pub mod metrics;

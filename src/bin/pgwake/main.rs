@@ -3,6 +3,7 @@
 
 mod bench;
 mod bounds;
+mod dashboard;
 mod demo;
 mod migrate;
 mod start;
@@ -43,6 +44,8 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Measure latency, throughput, idle load, notification cost, recovery or workflows.
     Bench(bench::BenchArgs),
+    /// Serve the web dashboard (queues, instances, histories, actions).
+    Dashboard(dashboard::DashboardArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,5 +85,6 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Start(args) => start::run(&require_url(cli.database_url)?, args).await,
         Command::Stats(args) => stats::run(&require_url(cli.database_url)?, args).await,
         Command::Bench(args) => bench::run(cli.database_url, args).await,
+        Command::Dashboard(args) => dashboard::run(&require_url(cli.database_url)?, args).await,
     }
 }

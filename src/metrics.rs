@@ -42,6 +42,7 @@
 //! | `pgwake_listener_reconnects_total` | counter | `channel` | Successful `LISTEN`s after one or more failed attempts or a lost connection. |
 //! | `pgwake_listener_probe_failures_total` | counter | `channel` | Delivery probes of the listener of `channel` that did not come back within `listener_probe_timeout`, or could not be sent: its notifications are not delivered (typically a transaction pooler between it and PostgreSQL), and its workers poll every `fallback_while_degraded`. While they fail, it probes again every `listener_ping_after`. |
 //! | `pgwake_notifications_sent_total` | counter | `channel` | NOTIFYs this process's notifier sent for its own writes (one per queue per send). |
+//! | `pgwake_retention_removed_total` | counter | | Finished executions (with their history, events, activities and attributes) removed by the retention of this process while it was the maintainer. |
 //! | `pgwake_notification_queue_usage` | gauge | | The fraction (0 to 1) of PostgreSQL's notification queue in use, from `pg_notification_queue_usage()`: server-wide, not per process. Sampled every 10 s by the notifier while it has a connection (it connects at the first write through the runtime's store; never in poll-only mode). When full, `NOTIFY` fails: a listening session is not consuming (typically one left idle in a transaction). |
 //!
 //! Label values: `kind` is `workflow` or `activity`; `channel` is the
@@ -226,6 +227,13 @@ pub const LISTENER_PROBE_FAILURES: &str = "pgwake_listener_probe_failures_total"
 /// assert_eq!(pgwake::metrics::NOTIFICATIONS_SENT, "pgwake_notifications_sent_total");
 /// ```
 pub const NOTIFICATIONS_SENT: &str = "pgwake_notifications_sent_total";
+/// Counter: finished executions removed by this process's retention, while
+/// it was the maintainer (no labels).
+///
+/// ```
+/// assert_eq!(pgwake::metrics::RETENTION_REMOVED, "pgwake_retention_removed_total");
+/// ```
+pub const RETENTION_REMOVED: &str = "pgwake_retention_removed_total";
 /// Gauge: the fraction (0 to 1) of PostgreSQL's notification queue in use.
 ///
 /// ```
@@ -311,6 +319,7 @@ const METRICS: &[Metric] = &[
     counter_def(LISTENER_RECONNECTS, "Successful LISTENs after one or more failed attempts or a lost connection."),
     counter_def(LISTENER_PROBE_FAILURES, "Delivery probes that did not come back within listener_probe_timeout or could not be sent: notifications are not delivered to the listener."),
     counter_def(NOTIFICATIONS_SENT, "NOTIFYs sent by this process's notifier for its own writes (one per queue per send)."),
+    counter_def(RETENTION_REMOVED, "Finished executions removed by this process's retention while it was the maintainer."),
     gauge_def(NOTIFICATION_QUEUE_USAGE, "Fraction (0 to 1) of PostgreSQL's notification queue in use, server-wide, from pg_notification_queue_usage()."),
 ];
 
@@ -494,6 +503,15 @@ pub(crate) fn claim_duration(kind: TaskKind, started: Instant) {
 
 pub(crate) fn completion_duration(kind: TaskKind, started: Instant) {
     histogram!(COMPLETION_DURATION, "kind" => kind_label(kind)).record(seconds_since(started));
+}
+
+// Maintainer.
+
+/// Counts `executions` removed by one retention batch.
+pub(crate) fn retention_removed(executions: u64) {
+    if executions > 0 {
+        counter!(RETENTION_REMOVED).increment(executions);
+    }
 }
 
 // Notifier.

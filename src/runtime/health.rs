@@ -251,6 +251,13 @@ pub struct Health {
     pub queues: BTreeMap<String, QueueCounters>,
     /// Every worker of the runtime, by id.
     pub workers: Vec<WorkerHealth>,
+    /// Whether this process is the database's maintainer: it holds the
+    /// advisory lock [`MAINTAINER_LOCK_KEY`](crate::runtime::MAINTAINER_LOCK_KEY)
+    /// (see [`MaintainerConfig`](crate::runtime::MaintainerConfig)).
+    /// Always false for a runtime started without
+    /// [`RuntimeBuilder::maintainer`](crate::RuntimeBuilder::maintainer) or
+    /// [`RuntimeBuilder::retention`](crate::RuntimeBuilder::retention).
+    pub maintainer: bool,
 }
 
 impl Health {
@@ -351,6 +358,7 @@ struct State {
     listeners: BTreeMap<TaskKind, ListenerEntry>,
     queues: BTreeMap<String, QueueCounters>,
     workers: BTreeMap<String, WorkerEntry>,
+    maintainer: bool,
 }
 
 /// The shared, updatable health (cheap to clone).
@@ -446,6 +454,15 @@ impl HealthBoard {
         guard.workers.insert(worker.to_string(), entry);
     }
 
+    /// Records whether this process is the maintainer now.
+    pub(crate) fn set_maintainer(&self, maintainer: bool) {
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.maintainer = maintainer;
+    }
+
     pub(crate) fn snapshot(&self) -> Health {
         let guard = self
             .0
@@ -466,6 +483,7 @@ impl HealthBoard {
                 })
                 .collect(),
             queues: guard.queues.clone(),
+            maintainer: guard.maintainer,
             workers: guard
                 .workers
                 .iter()

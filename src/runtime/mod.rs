@@ -59,6 +59,12 @@
 //! }
 //! ```
 //!
+//! Built with [`RuntimeBuilder::retention`] (or
+//! [`RuntimeBuilder::maintainer`]), the runtime also takes part in the
+//! election of the database's one maintainer, on a connection of its own,
+//! and while elected removes old finished instances: see
+//! [`MaintainerConfig`] and [`RetentionPolicy`].
+//!
 //! ## Guarantees
 //! - At-least-once execution: a task whose worker dies is claimed again when
 //!   its lease expires; one whose runtime shuts down is released at once.
@@ -79,6 +85,7 @@ mod backoff;
 mod handler;
 mod health;
 mod listener;
+mod maintainer;
 mod messages;
 mod notifier;
 mod record_batch;
@@ -229,6 +236,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use self::listener::ListenerActor;
+use self::maintainer::{MaintainerActor, MaintainerSettings, StopMaintaining};
 use self::messages::{
     AbandonInFlight, FlushNotifications, InFlightCount, QueuesTouched, StopClaiming, StopListening,
     StopNotifying,
@@ -240,6 +248,9 @@ pub use handler::{
     ActivityWorker, HandlerError, WorkflowWorker, DEFAULT_ACTIVITY_LEASE, DEFAULT_WORKFLOW_LEASE,
 };
 pub use health::{Health, ListenerHealth, ListenerState, QueueCounters, WorkerHealth};
+pub use maintainer::{
+    MaintainerConfig, RetentionPolicy, MAINTAINER_APPLICATION_NAME, MAINTAINER_LOCK_KEY,
+};
 pub use messages::TaskKind;
 
 use self::backoff::Backoff;
@@ -307,6 +318,8 @@ impl Runtime {
             activity_workers: Vec::new(),
             workflow_workers: Vec::new(),
             store: None,
+            maintainer: None,
+            retention: None,
         }
     }
 }
@@ -330,6 +343,10 @@ pub struct RuntimeBuilder {
     workflow_workers: Vec<WorkflowWorker>,
     /// The store [`store`](Self::store) handed out, which the runtime uses.
     store: Option<Store>,
+    /// The election's settings, when this runtime takes part in it.
+    maintainer: Option<MaintainerConfig>,
+    /// What the maintainer removes, when this runtime is elected.
+    retention: Option<RetentionPolicy>,
 }
 
 impl RuntimeBuilder {
@@ -411,6 +428,45 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Takes part in the election of the database's maintainer (one
+    /// process per database, on a connection of its own; see
+    /// [`MaintainerConfig`]): [`Health::maintainer`] then says whether this
+    /// process is it. [`retention`](Self::retention) implies it, with
+    /// [`MaintainerConfig::default`] unless this sets another.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pgwake::runtime::MaintainerConfig;
+    /// use pgwake::{Runtime, RuntimeConfig};
+    /// let mut election = MaintainerConfig::default();
+    /// election.retry_interval = Duration::from_secs(5);
+    /// let builder = Runtime::builder(RuntimeConfig::new("postgres://postgres@localhost/app"))
+    ///     .maintainer(election);
+    /// assert!(builder.validate().is_ok());
+    /// ```
+    pub fn maintainer(mut self, config: MaintainerConfig) -> Self {
+        self.maintainer = Some(config);
+        self
+    }
+
+    /// Removes old finished instances while this process is the
+    /// maintainer, as `policy` says; takes part in the election (see
+    /// [`maintainer`](Self::maintainer)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pgwake::runtime::RetentionPolicy;
+    /// use pgwake::{Runtime, RuntimeConfig};
+    /// let week = Duration::from_secs(7 * 86_400);
+    /// let builder = Runtime::builder(RuntimeConfig::new("postgres://postgres@localhost/app"))
+    ///     .retention(RetentionPolicy::new().remove_finished_after(week));
+    /// assert!(builder.validate().is_ok());
+    /// ```
+    pub fn retention(mut self, policy: RetentionPolicy) -> Self {
+        self.retention = Some(policy);
+        self
+    }
+
     /// Checks the whole configuration without connecting.
     ///
     /// # Errors
@@ -430,6 +486,12 @@ impl RuntimeBuilder {
         }
         for (index, w) in self.workflow_workers.iter().enumerate() {
             handler::validate_worker(index, "workflow", &w.queues, w.concurrency, w.lease)?;
+        }
+        if let Some(maintainer) = &self.maintainer {
+            maintainer.validate()?;
+        }
+        if let Some(retention) = &self.retention {
+            retention.validate()?;
         }
         Ok(())
     }
@@ -588,9 +650,23 @@ impl RuntimeBuilder {
                 .start(),
             );
         }
+        let maintainer = (self.maintainer.is_some() || self.retention.is_some()).then(|| {
+            let settings = MaintainerSettings {
+                // The listeners' server: PostgreSQL itself, where a
+                // session-level lock lives as long as the session.
+                connection: listener_connection.with_application_name(&format!(
+                    "{MAINTAINER_APPLICATION_NAME}:{}",
+                    std::process::id()
+                )),
+                config: self.maintainer.unwrap_or_default(),
+                retention: self.retention,
+            };
+            MaintainerActor::new(settings, store.clone(), health.clone()).start()
+        });
         tracing::info!(
             workers = workers.len(),
             notifications = config.notifications,
+            maintainer = maintainer.is_some(),
             "pgwake runtime started"
         );
         Ok(RuntimeHandle {
@@ -599,6 +675,7 @@ impl RuntimeBuilder {
             notifier,
             listeners,
             workers,
+            maintainer,
             health,
             notifications_sent,
         })
@@ -637,6 +714,7 @@ pub struct RuntimeHandle {
     notifier: Addr<Notifier>,
     listeners: Vec<Addr<ListenerActor>>,
     workers: Vec<Addr<WorkerActor>>,
+    maintainer: Option<Addr<MaintainerActor>>,
     health: HealthBoard,
     notifications_sent: Arc<AtomicU64>,
 }
@@ -781,6 +859,11 @@ impl RuntimeHandle {
         // stuck in a CPU-bound handler) must not hold the shutdown.
         for worker in &self.workers {
             let _ = bounded_step(worker.send(StopClaiming)).await;
+        }
+        // First of all: ending its session releases the maintainer lock, so
+        // another process can take over while this one drains.
+        if let Some(maintainer) = &self.maintainer {
+            let _ = bounded_step(maintainer.send(StopMaintaining)).await;
         }
         let drained = loop {
             let mut running = 0;

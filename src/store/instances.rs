@@ -51,7 +51,7 @@ pub(crate) async fn lock_instance_ids(
 
 /// Deletes the instances selected by `doomed` (a query yielding `id,
 /// instance_id, execution_id`) with every row that belongs to them.
-fn delete_instances_sql(doomed: &str) -> String {
+pub(super) fn delete_instances_sql(doomed: &str) -> String {
     format!(
         "WITH doomed AS ({doomed}),
          h AS (DELETE FROM history x USING doomed d

@@ -51,6 +51,7 @@ mod finishes;
 mod instances;
 mod model;
 mod names;
+pub(crate) mod retention;
 mod stats;
 mod workflow_tasks;
 

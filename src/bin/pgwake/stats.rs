@@ -1,5 +1,6 @@
 //! `pgwake stats`: per-queue figures from the store, the listener
-//! connections PostgreSQL sees, and how full its notification queue is.
+//! connections PostgreSQL sees, which process is the maintainer, and how
+//! full its notification queue is.
 
 use std::time::Duration;
 
@@ -74,6 +75,7 @@ async fn render(store: &Store) -> Result<String, String> {
             row.get::<_, String>(2)
         ));
     }
+    out.push_str(&maintainer_line(&client).await?);
     let usage: f64 = client
         .query_one("SELECT pg_notification_queue_usage()", &[])
         .await
@@ -84,4 +86,40 @@ async fn render(store: &Store) -> Result<String, String> {
         usage * 100.0
     ));
     Ok(out)
+}
+
+/// Which session holds the maintainer lock: its `application_name`
+/// (`pgwake-maintainer:<pid of the process>`), its client address and how
+/// long it has been connected (NULL, shown as `?`, for another role's
+/// session without `pg_read_all_stats`).
+async fn maintainer_line(client: &deadpool_postgres::Client) -> Result<String, String> {
+    // In pg_locks a one-bigint advisory key is split into classid (high 32
+    // bits) and objid (low 32 bits), with objsubid = 1.
+    let key = pgwake::runtime::MAINTAINER_LOCK_KEY;
+    let (high, low) = (i64::from((key >> 32) as u32), i64::from(key as u32));
+    let holder = client
+        .query_opt(
+            "SELECT a.application_name, l.pid, host(a.client_addr),
+                    date_trunc('second', now() - a.backend_start)::text
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                AND l.classid::bigint = $1 AND l.objid::bigint = $2
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[&high, &low],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(match holder {
+        None => "maintainer: none (no running process holds the maintainer lock)\n".to_string(),
+        Some(row) => format!(
+            "maintainer: {} (backend pid {}, from {}, connected for {})\n",
+            row.get::<_, Option<String>>(0)
+                .unwrap_or_else(|| "?".into()),
+            row.get::<_, i32>(1),
+            row.get::<_, Option<String>>(2)
+                .unwrap_or_else(|| "a local socket (or not visible to this role)".into()),
+            row.get::<_, Option<String>>(3)
+                .unwrap_or_else(|| "?".into()),
+        ),
+    })
 }

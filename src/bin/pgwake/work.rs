@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use pgwake::runtime::RetentionPolicy;
 use pgwake::{Runtime, RuntimeConfig};
 
 use crate::bounds::{whole, MAX_CONCURRENCY, MAX_LEASE_SECS, MIN_LEASE_SECS};
@@ -13,6 +14,9 @@ use crate::demo;
 const MAX_SHUTDOWN_TIMEOUT_SECS: u64 = 3600;
 /// The longest an echo activity sleeps, in milliseconds: 1 hour.
 const MAX_ACTIVITY_MS: u64 = 3600 * 1000;
+/// The longest retention age accepted: 100 years, far beyond any policy
+/// and far from overflowing PostgreSQL's interval arithmetic.
+const MAX_RETENTION_SECS: u64 = 100 * 365 * 86_400;
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkArgs {
@@ -55,6 +59,72 @@ pub(crate) struct WorkArgs {
     #[arg(long, default_value_t = 30,
           value_parser = whole(0, MAX_SHUTDOWN_TIMEOUT_SECS, "seconds (1 hour)"))]
     shutdown_timeout: u64,
+    /// Remove finished instances older than this (e.g. `7d`, `12h`, `30m`,
+    /// `90s`), on every queue without a --retain-queue of its own. Done by
+    /// the one process per database elected maintainer; giving this (or
+    /// --retain-queue) makes this process take part in the election.
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    retain_finished: Option<Duration>,
+    /// Retention of one queue, overriding --retain-finished: `QUEUE=AGE`
+    /// (e.g. `audit=365d`) or `QUEUE=forever` (repeat for several).
+    #[arg(long = "retain-queue", value_name = "QUEUE=AGE|forever", value_parser = parse_queue_age)]
+    retain_queues: Vec<(String, Option<Duration>)>,
+}
+
+/// An age such as `7d`, `12h`, `30m` or `90s` (a bare number is seconds).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let per_unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err("must be a whole number followed by s, m, h or d (e.g. 7d)".into()),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| "must be a whole number followed by s, m, h or d (e.g. 7d)".to_string())?;
+    match value.checked_mul(per_unit) {
+        Some(secs) if secs <= MAX_RETENTION_SECS => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "must be at most {MAX_RETENTION_SECS} seconds (100 years)"
+        )),
+    }
+}
+
+/// `QUEUE=AGE` or `QUEUE=forever`; the queue name is checked when the
+/// policy is built.
+fn parse_queue_age(text: &str) -> Result<(String, Option<Duration>), String> {
+    let (queue, age) = text
+        .split_once('=')
+        .ok_or_else(|| "must be QUEUE=AGE or QUEUE=forever (e.g. audit=365d)".to_string())?;
+    let age = match age {
+        "forever" => None,
+        age => Some(parse_age(age)?),
+    };
+    Ok((queue.to_string(), age))
+}
+
+/// The retention policy the flags ask for, if any.
+fn retention_policy(args: &WorkArgs) -> Result<Option<RetentionPolicy>, String> {
+    if args.retain_finished.is_none() && args.retain_queues.is_empty() {
+        return Ok(None);
+    }
+    let mut policy = RetentionPolicy::new();
+    if let Some(age) = args.retain_finished {
+        policy = policy.remove_finished_after(age);
+    }
+    for (queue, age) in &args.retain_queues {
+        policy = match age {
+            Some(age) => policy.remove_queue_after(queue, *age),
+            None => policy.keep_queue_forever(queue),
+        }
+        .map_err(|e| format!("--retain-queue {queue}: {e}"))?;
+    }
+    Ok(Some(policy))
 }
 
 pub(crate) async fn run(url: &str, args: WorkArgs) -> Result<(), String> {
@@ -64,6 +134,7 @@ pub(crate) async fn run(url: &str, args: WorkArgs) -> Result<(), String> {
         pgwake::ConnectionConfig::from_url(listener_url)
             .map_err(|e| format!("--listener-url (or PGWAKE_LISTENER_URL) is refused: {e}"))?;
     }
+    let retention = retention_policy(&args)?;
     let mut config = RuntimeConfig::new(url);
     config.notifications = !args.no_notify;
     config.listener_url = args.listener_url;
@@ -77,7 +148,11 @@ pub(crate) async fn run(url: &str, args: WorkArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let separate_listener_url = config.listener_url.is_some();
-    let runtime = Runtime::builder(config)
+    let mut builder = Runtime::builder(config);
+    if let Some(policy) = retention {
+        builder = builder.retention(policy);
+    }
+    let runtime = builder
         .activity_worker(demo::echo_worker(
             &args.queues,
             args.concurrency,
@@ -125,5 +200,30 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_take_a_unit_and_refuse_what_is_not_one() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
+        for bad in ["", "d", "7w", "-1d", "1.5h", "99999999999999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_queue_age("audit=forever"),
+            Ok(("audit".to_string(), None))
+        );
+        assert_eq!(
+            parse_queue_age("short=1m"),
+            Ok(("short".to_string(), Some(Duration::from_secs(60))))
+        );
+        assert!(parse_queue_age("audit").is_err());
     }
 }

@@ -81,6 +81,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(6, "workflow_task_attempts", "000006_workflow_task_attempts"),
     migration!(7, "sql_functions", "000007_sql_functions"),
     migration!(8, "claim_indexes", "000008_claim_indexes"),
+    migration!(9, "dashboard_indexes", "000009_dashboard_indexes"),
 ];
 
 /// The newest version this binary carries: what [`up`] goes to by default

@@ -211,7 +211,8 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
     );
     assert_eq!(columns(&client).await, expected_columns());
     // go-workflows' indexes but the one migration 8 drops (a prefix of
-    // another), and the claim's partial indexes of migrations 3 and 8.
+    // another), the claim's partial indexes of migrations 3 and 8, and the
+    // dashboard's of migration 9.
     let newest_indexes = indexes(&client).await;
     for index in EXPECTED_INDEXES_V1 {
         let dropped = *index == "pending_events(instance_id,execution_id)";
@@ -226,6 +227,8 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
         "activities(queue,visible_at)",
         "pending_events(id)",
         "pending_events(visible_at)",
+        "instances(instance_id)",
+        "instances(created_at,id)",
     ] {
         assert!(
             newest_indexes.contains(&index.to_string()),
@@ -251,6 +254,16 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
         ]
     );
 
+    // Down to 8: migration 9's dashboard indexes go, migration 8's stay.
+    let steps_to_8 = u32::try_from(migrate::newest_version() - 8).unwrap();
+    let report = migrate::down(&mut client, DownSteps::Steps(steps_to_8))
+        .await
+        .unwrap();
+    assert_eq!(report.to, Some(8));
+    let indexes_at_8 = indexes(&client).await;
+    assert!(!indexes_at_8.contains(&"instances(instance_id)".to_string()));
+    assert!(!indexes_at_8.contains(&"instances(created_at,id)".to_string()));
+    assert!(indexes_at_8.contains(&"activities(queue,id)".to_string()));
     let report = migrate::down(&mut client, DownSteps::Steps(1))
         .await
         .unwrap();

@@ -349,15 +349,28 @@ pub(crate) async fn instances(
             // the (completed_at, ...) index: in primary key order the
             // planner, taking finish times as spread evenly over the key,
             // walked past most of a million rows to reach a day long ago.
-            let by_finish = filter.finished_after.is_some() || filter.finished_before.is_some();
-            match (&filter.before_row, by_finish) {
-                (Some(before_row), false) => conditions.add("id < $v", before_row),
-                // The page's last row gives the finish time to go on from;
-                // the first condition is the row comparison's index-friendly
+            // Likewise in creation order, from migration 9's (created_at,
+            // id) index, with a creation-time filter.
+            let order = if filter.finished_after.is_some() || filter.finished_before.is_some() {
+                ListOrder::Finished
+            } else if filter.created_after.is_some() || filter.created_before.is_some() {
+                ListOrder::Created
+            } else {
+                ListOrder::Id
+            };
+            match (&filter.before_row, order) {
+                (Some(before_row), ListOrder::Id) => conditions.add("id < $v", before_row),
+                // The page's last row gives the time to go on from; the
+                // first condition is the row comparison's index-friendly
                 // half.
-                (Some(before_row), true) => conditions.add(
+                (Some(before_row), ListOrder::Finished) => conditions.add(
                     "completed_at <= (SELECT completed_at FROM instances WHERE id = $v)
                      AND (completed_at, id) < (SELECT completed_at, id FROM instances WHERE id = $v)",
+                    before_row,
+                ),
+                (Some(before_row), ListOrder::Created) => conditions.add(
+                    "created_at <= (SELECT created_at FROM instances WHERE id = $v)
+                     AND (created_at, id) < (SELECT created_at, id FROM instances WHERE id = $v)",
                     before_row,
                 ),
                 (None, _) => {}
@@ -380,8 +393,16 @@ pub(crate) async fn instances(
             if let Some(queue) = &filter.queue {
                 conditions.add("queue = $v", queue);
             }
+            // The ids with a prefix are one range of migration 9's
+            // byte-order index: from the prefix to the prefix with its last
+            // character's successor. starts_with stays the exact test.
+            let prefix_end = filter.id_prefix.as_deref().and_then(prefix_upper_bound);
             if let Some(prefix) = &filter.id_prefix {
                 conditions.add("starts_with(instance_id, $v)", prefix);
+                conditions.add("instance_id ~>=~ $v", prefix);
+            }
+            if let Some(end) = &prefix_end {
+                conditions.add("instance_id ~<~ $v", end);
             }
             if let Some(needle) = &workflow_needle {
                 conditions.add("position($v::bytea IN metadata) > 0", needle);
@@ -411,10 +432,10 @@ pub(crate) async fn instances(
                     "WHERE"
                 },
                 conditions.sql.join(" AND "),
-                if by_finish {
-                    "completed_at DESC, id DESC"
-                } else {
-                    "id DESC"
+                match order {
+                    ListOrder::Finished => "completed_at DESC, id DESC",
+                    ListOrder::Created => "created_at DESC, id DESC",
+                    ListOrder::Id => "id DESC",
                 },
                 conditions.params.len()
             );
@@ -440,6 +461,30 @@ pub(crate) async fn instances(
             })
         })
         .await
+}
+
+/// The order of the instances list, newest first.
+#[derive(Debug, Clone, Copy)]
+enum ListOrder {
+    /// By row id: creation order, the primary key.
+    Id,
+    /// By creation time, when the list is filtered on it.
+    Created,
+    /// By finish time, when the list is filtered on it.
+    Finished,
+}
+
+/// The least string greater than every string that starts with `prefix`,
+/// in byte (and so code point) order: the prefix with its last character
+/// replaced by the next one. None when there is no such character (the
+/// prefix ends with U+10FFFF) or the prefix is empty: the range is then
+/// open-ended.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    let last = chars.pop()?;
+    let next = (u32::from(last) + 1..=0x10FFFF).find_map(char::from_u32)?;
+    chars.push(next);
+    Some(chars.into_iter().collect())
 }
 
 /// The conditions of a statement and their parameters, numbered in the
@@ -669,4 +714,48 @@ pub(crate) async fn retry_now(store: &Store, instance_id: &str) -> Result<bool, 
         store.wake(WakeToken::new(touched));
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_upper_bound;
+
+    #[test]
+    fn a_prefix_range_holds_exactly_the_strings_with_that_prefix() {
+        assert_eq!(prefix_upper_bound("order-4"), Some("order-5".to_string()));
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}"), None);
+        // Surrogates are not characters: the successor skips them.
+        assert_eq!(
+            prefix_upper_bound("a\u{D7FF}"),
+            Some("a\u{E000}".to_string())
+        );
+        let candidates = [
+            "",
+            "o",
+            "order",
+            "order-4",
+            "order-40",
+            "order-4\u{10FFFF}x",
+            "order-5",
+            "order-3z",
+            "order-4é",
+            "ordes",
+            "p",
+            "\u{10FFFF}",
+        ];
+        for prefix in ["order-4", "o", "é", "a\u{D7FF}"] {
+            let end = prefix_upper_bound(prefix).expect("a successor exists");
+            for candidate in candidates {
+                // Byte order, as text_pattern_ops compares.
+                let in_range = candidate.as_bytes() >= prefix.as_bytes()
+                    && candidate.as_bytes() < end.as_bytes();
+                assert_eq!(
+                    in_range,
+                    candidate.starts_with(prefix),
+                    "{candidate:?} against the prefix {prefix:?}"
+                );
+            }
+        }
+    }
 }

@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS idx_instances_created_at;
+DROP INDEX IF EXISTS idx_instances_instance_id_pattern;

@@ -311,14 +311,34 @@ impl ListQuery {
     }
 }
 
-/// A state's name as the list and the instance page show it.
-fn state_name(state: i32, task_attempts: i32) -> &'static str {
+/// A state's name as the list and the instance page show it: `failed`
+/// for an execution whose finish event holds an error.
+fn state_name(state: i32, task_attempts: i32, failed: bool) -> &'static str {
     match (state, task_attempts) {
         (0, attempts) if attempts > 0 => "active, failing",
         (0, _) => "active",
         (1, _) => "continued as new",
+        _ if failed => "failed",
         _ => "finished",
     }
+}
+
+/// "1 attempt", "2 attempts".
+fn attempts_text(attempts: impl Into<i64>) -> String {
+    match attempts.into() {
+        1 => "1 attempt".to_string(),
+        n => format!("{n} attempts"),
+    }
+}
+
+/// The event that ended the execution, if it ended.
+fn end_event(snapshot: &InstanceSnapshot) -> Option<&Event> {
+    snapshot.history.iter().rev().find(|event| {
+        matches!(
+            event.event_type,
+            EventType::WorkflowExecutionFinished | EventType::WorkflowExecutionContinuedAsNew
+        )
+    })
 }
 
 /// `GET /instances`: the filter form and one page of executions.
@@ -385,13 +405,13 @@ pub(crate) async fn instances(
             escape(&row.instance_id),
             escape(row.workflow.as_deref().unwrap_or("")),
             escape(&row.queue),
-            state_name(row.state, row.task_attempts),
+            state_name(row.state, row.task_attempts, row.failed),
             html::time(row.created_at),
             row.completed_at.map(html::time).unwrap_or_default(),
             if stuck {
                 format!(
-                    "{} attempts: <span class=\"error\">{}</span>",
-                    row.task_attempts,
+                    "{}: <span class=\"error\">{}</span>",
+                    attempts_text(row.task_attempts),
                     escape(&first_line(row.last_task_error.as_deref().unwrap_or("")))
                 )
             } else {
@@ -509,7 +529,11 @@ fn summary(
         escape(workflow),
         html::query_string(&[("queue", snapshot.queue.as_str())]),
         escape(snapshot.queue.as_str()),
-        state_name(state, attempts),
+        state_name(
+            state,
+            attempts,
+            end_event(snapshot).is_some_and(|end| end.attributes.get("error").is_some())
+        ),
         html::time(snapshot.created_at),
         snapshot.completed_at.map(html::time).unwrap_or_default(),
     );
@@ -534,9 +558,9 @@ fn summary(
     if snapshot.task_attempts > 0 {
         let _ = write!(
             body,
-            "<tr class=\"stuck\"><th>failing</th><td>{} attempts in a row; last error:\
+            "<tr class=\"stuck\"><th>failing</th><td>{} in a row; last error:\
              <pre class=\"error\">{}</pre></td></tr>",
-            snapshot.task_attempts,
+            attempts_text(snapshot.task_attempts),
             escape(snapshot.last_task_error.as_deref().unwrap_or(""))
         );
     }
@@ -545,12 +569,7 @@ fn summary(
 
 /// The result or error, from the event that ended the execution.
 fn outcome(body: &mut String, snapshot: &InstanceSnapshot) {
-    let Some(end) = snapshot.history.iter().rev().find(|event| {
-        matches!(
-            event.event_type,
-            EventType::WorkflowExecutionFinished | EventType::WorkflowExecutionContinuedAsNew
-        )
-    }) else {
+    let Some(end) = end_event(snapshot) else {
         return;
     };
     let attributes = &end.attributes;
@@ -677,7 +696,7 @@ fn children(body: &mut String, base: &str, details: &queries::InstanceDetails) {
             "<tr><td><a href=\"{base}/instances/{}\">{}</a></td><td>{}</td><td>{}</td></tr>",
             url_encode(&child.instance_id),
             escape(&child.instance_id),
-            state_name(child.state, 0),
+            state_name(child.state, 0, child.failed),
             html::time(child.created_at),
         );
     }

@@ -118,22 +118,14 @@ pub(crate) async fn overview(store: &Store) -> Result<Overview, StoreError> {
                 .await
                 .map_err(db("counting activities"))?;
             // Walks the (completed_at, ...) index over the last hour only.
-            // pgwake writes a failure's finish event as serde_json's
-            // `{"error":...}`, so a prefix test on the bytes finds it without
-            // parsing attributes another writer may have stored differently.
             let finished = client
                 .query(
-                    "SELECT i.queue, count(*),
-                            count(*) FILTER (WHERE EXISTS (
-                              SELECT 1 FROM history h JOIN attributes a
-                                  ON a.instance_id = h.instance_id AND a.execution_id = h.execution_id
-                                 AND a.event_id = h.event_id
-                               WHERE h.instance_id = i.instance_id AND h.execution_id = i.execution_id
-                                 AND h.event_type = 2
-                                 AND substring(a.data FROM 1 FOR 9) = convert_to('{\"error\":', 'UTF8')))
-                       FROM instances i
-                      WHERE i.completed_at > now() - interval '1 hour' AND i.state <> 0
-                      GROUP BY i.queue",
+                    &format!(
+                        "SELECT i.queue, count(*), count(*) FILTER (WHERE EXISTS ({FAILED_FINISH}))
+                           FROM instances i
+                          WHERE i.completed_at > now() - interval '1 hour' AND i.state <> 0
+                          GROUP BY i.queue"
+                    ),
                     &[],
                 )
                 .await
@@ -296,6 +288,8 @@ pub(crate) struct InstanceListRow {
     pub(crate) completed_at: Option<SystemTime>,
     pub(crate) task_attempts: i32,
     pub(crate) last_task_error: Option<String>,
+    /// Finished with an error.
+    pub(crate) failed: bool,
 }
 
 /// One page of the instances list, newest first.
@@ -422,8 +416,9 @@ pub(crate) async fn instances(
             conditions.params.push(&limit);
             let sql = format!(
                 "SELECT id, instance_id, queue, state, metadata, created_at, completed_at,
-                        task_attempts, last_task_error
-                   FROM instances {} {}
+                        task_attempts, last_task_error,
+                        state <> 0 AND EXISTS ({FAILED_FINISH}) AS failed
+                   FROM instances i {} {}
                   ORDER BY {}
                   LIMIT ${}",
                 if conditions.sql.is_empty() {
@@ -462,6 +457,17 @@ pub(crate) async fn instances(
         })
         .await
 }
+
+/// The finish event of execution `i` when it holds an error. pgwake writes
+/// a failure's finish event as serde_json's `{"error":...}`, so a prefix
+/// test on the bytes finds it without parsing attributes another writer may
+/// have stored differently.
+const FAILED_FINISH: &str = "SELECT 1 FROM history h JOIN attributes a
+        ON a.instance_id = h.instance_id AND a.execution_id = h.execution_id
+       AND a.event_id = h.event_id
+     WHERE h.instance_id = i.instance_id AND h.execution_id = i.execution_id
+       AND h.event_type = 2
+       AND substring(a.data FROM 1 FOR 9) = convert_to('{\"error\":', 'UTF8')";
 
 /// The order of the instances list, newest first.
 #[derive(Debug, Clone, Copy)]
@@ -521,6 +527,7 @@ fn list_row(row: &Row) -> InstanceListRow {
         completed_at: row.get(6),
         task_attempts: row.get(7),
         last_task_error: row.get(8),
+        failed: row.get(9),
     }
 }
 
@@ -569,6 +576,8 @@ pub(crate) struct Child {
     pub(crate) instance_id: String,
     pub(crate) state: i32,
     pub(crate) created_at: SystemTime,
+    /// Finished with an error.
+    pub(crate) failed: bool,
 }
 
 /// What an instance's page shows beyond [`Store::instance`]'s snapshot.
@@ -604,9 +613,13 @@ pub(crate) async fn instance_details(
                 .map_err(db("reading the instance's lease"))?;
             let children = client
                 .query(
-                    "SELECT instance_id, state, created_at FROM instances
-                      WHERE parent_instance_id = $1 AND parent_execution_id = $2
-                      ORDER BY id LIMIT $3",
+                    &format!(
+                        "SELECT instance_id, state, created_at,
+                                state <> 0 AND EXISTS ({FAILED_FINISH})
+                           FROM instances i
+                          WHERE parent_instance_id = $1 AND parent_execution_id = $2
+                          ORDER BY id LIMIT $3"
+                    ),
                     &[&instance_id, &execution_id, &(MAX_CHILDREN + 1)],
                 )
                 .await
@@ -639,6 +652,7 @@ pub(crate) async fn instance_details(
                     instance_id: row.get(0),
                     state: row.get(1),
                     created_at: row.get(2),
+                    failed: row.get(3),
                 })
                 .collect();
             details.activities = activities

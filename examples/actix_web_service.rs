@@ -35,7 +35,7 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::http::header::LOCATION;
 use actix_web::http::StatusCode;
 use actix_web::{error::JsonPayloadError, middleware, web, App, HttpResponse, HttpServer};
@@ -50,6 +50,7 @@ use pgwake::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 /// Where order workflows run.
 pub const ORDER_QUEUE: &str = "orders";
@@ -171,6 +172,7 @@ pub async fn serve(config: Config) -> Result<Service, Box<dyn std::error::Error>
             .app_data(state.clone())
             .app_data(web::JsonConfig::default().error_handler(json_error))
             .wrap(middleware::Logger::default())
+            .wrap_fn(trace_request)
             .route("/orders", web::post().to(create_order))
             .route("/orders/{id}", web::get().to(get_order))
             .route("/orders/{id}/expedite", web::post().to(expedite_order))
@@ -192,6 +194,30 @@ pub async fn serve(config: Config) -> Result<Service, Box<dyn std::error::Error>
         running: actix_web::rt::spawn(server),
         shutdown_timeout: config.shutdown_timeout,
     })
+}
+
+/// Runs each request in a `request` span. A workflow started while it is
+/// current remembers its trace context (with pgwake's `opentelemetry`
+/// feature and a tracing-opentelemetry layer installed), so the workflow's
+/// task and activity spans, wherever they run, join the request's trace.
+/// Without such a layer the span only labels the request's log lines.
+fn trace_request<S, B>(
+    request: ServiceRequest,
+    service: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<B>, actix_web::Error>>
+where
+    S: actix_web::dev::Service<
+        ServiceRequest,
+        Response = ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+{
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.path(),
+    );
+    service.call(request).instrument(span)
 }
 
 /// One Prometheus recorder per process (the `metrics` facade has one global

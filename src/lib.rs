@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod trace_context;
 pub mod workflow;
 
 /// The PostgreSQL driver pgwake is built on, re-exported so that the types

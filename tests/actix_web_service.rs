@@ -517,3 +517,84 @@ async fn health_says_503_while_a_worker_cannot_reach_the_database() {
     service.stop().await;
     drop(server);
 }
+
+/// The finished spans of the binary's global subscriber: a
+/// tracing-opentelemetry layer over an in-memory exporter, installed by the
+/// first call (the runtime's actors run on threads of their own, out of
+/// reach of a thread's default subscriber).
+fn exported_spans() -> Vec<opentelemetry_sdk::trace::SpanData> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use tracing_subscriber::layer::SubscriberExt;
+    static EXPORTER: std::sync::OnceLock<(SdkTracerProvider, InMemorySpanExporter)> =
+        std::sync::OnceLock::new();
+    let (provider, exporter) = EXPORTER.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("service-tests"));
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
+            .expect("the only global subscriber of this test binary");
+        (provider, exporter)
+    });
+    provider.force_flush().unwrap();
+    exporter.get_finished_spans().unwrap()
+}
+
+fn attribute(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
+}
+
+#[actix_rt::test]
+async fn a_trace_around_the_http_request_holds_the_orders_workflow_and_activity_spans() {
+    exported_spans();
+    let database = fresh_database().await.unwrap();
+    let mut config = service::Config::new(database.url());
+    config.ship_delay = Duration::from_millis(50);
+    let (service, http) = start(config).await;
+
+    let (status, created) = http
+        .post_json("/orders", &json!({"item": "atlas", "cents": 700}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    http.get_until(&format!("/orders/{id}"), "the order to finish", finished)
+        .await;
+
+    let spans = exported_spans();
+    let of_order = |name: &str| -> Vec<&opentelemetry_sdk::trace::SpanData> {
+        spans
+            .iter()
+            .filter(|s| s.name == name && attribute(s, "instance_id").as_deref() == Some(&id))
+            .collect()
+    };
+    let (tasks, activities) = (of_order("workflow_task"), of_order("activity"));
+    assert!(!tasks.is_empty(), "no workflow_task span for {id}");
+    let trace_id = tasks[0].span_context.trace_id();
+    // The POST that started the order is the parent of all of them.
+    let request = spans
+        .iter()
+        .find(|s| s.name == "request" && s.span_context.trace_id() == trace_id)
+        .unwrap_or_else(|| panic!("no request span in the order's trace: {tasks:#?}"));
+    assert_eq!(attribute(request, "method").as_deref(), Some("POST"));
+    assert_eq!(attribute(request, "path").as_deref(), Some("/orders"));
+    let mut names: Vec<String> = activities
+        .iter()
+        .map(|s| attribute(s, "name").unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["charge", "ship", "validate"]);
+    for span in tasks.iter().chain(&activities) {
+        assert_eq!(span.span_context.trace_id(), trace_id, "{span:#?}");
+        assert_eq!(
+            span.parent_span_id,
+            request.span_context.span_id(),
+            "{span:#?}"
+        );
+    }
+    service.stop().await;
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::FutureExt;
+use tracing::Instrument;
 
 use super::backoff::{jittered, Backoff};
 use super::handler::{ActivityFn, WorkflowFn};
@@ -886,7 +887,19 @@ async fn run_activity(
     lease: Duration,
 ) -> ActivityEnd {
     let started = crate::metrics::activity_started(&task);
-    let work = handler(task.clone());
+    // Parented to the trace the instance was started in, if any
+    // (crate::trace_context); `attempt` is recorded by the registry's
+    // handler, which alone knows it.
+    let span = tracing::info_span!(
+        "activity",
+        name = %task.name,
+        activity_id = %task.activity_id,
+        instance_id = %task.instance.instance_id,
+        queue = %task.queue,
+        attempt = tracing::field::Empty,
+    );
+    crate::trace_context::set_parent(&span, &task.trace);
+    let work = span.in_scope(|| handler(task.clone())).instrument(span);
     let Some(result) = run_with_heartbeat(&store, &task, lease, work).await else {
         return ActivityEnd {
             task,
@@ -923,7 +936,26 @@ async fn run_workflow(
     lease: Duration,
 ) -> WorkflowEnd {
     let started = crate::metrics::workflow_started(&task);
-    let work = handler(task.clone());
+    // Parented to the trace the instance was started in, if any
+    // (crate::trace_context); sub-workflows started by this task carry
+    // this span's context.
+    let workflow = task
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("workflow"))
+        .and_then(serde_json::Value::as_str);
+    let span = tracing::info_span!(
+        "workflow_task",
+        workflow,
+        instance_id = %task.instance.instance_id,
+        execution_id = %task.instance.execution_id,
+        queue = %task.queue,
+    );
+    crate::trace_context::set_parent(
+        &span,
+        &crate::trace_context::TraceCarrier::from_metadata(task.metadata.as_ref()),
+    );
+    let work = span.in_scope(|| handler(task.clone())).instrument(span);
     let Some(result) = run_with_heartbeat(&store, &task, lease, work).await else {
         return WorkflowEnd {
             task,
@@ -1093,6 +1125,7 @@ mod tests {
                 input: serde_json::Value::Null,
                 enqueued_at: SystemTime::now(),
                 lease: Lease::new(WorkerId::unique("test"), SystemTime::now(), 42),
+                trace: Default::default(),
             },
             report: Ok(serde_json::json!("done")),
             outcome: Outcome::Completed,

@@ -396,6 +396,10 @@ pub struct ActivityTask {
     pub enqueued_at: SystemTime,
     /// The lease.
     pub lease: Lease,
+    /// The trace context of the owning instance's metadata, read with the
+    /// claim so that the activity's span joins the instance's trace
+    /// (empty without the `opentelemetry` feature).
+    pub(crate) trace: crate::trace_context::TraceCarrier,
 }
 
 /// What one poll for activity tasks found, from

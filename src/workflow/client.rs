@@ -502,9 +502,13 @@ fn new_instance<I: Serialize>(
         what: "the workflow's input",
         source,
     })?;
+    // The caller's trace context rides in the metadata so that the
+    // workflow's spans join the caller's trace (crate::trace_context).
+    let mut metadata = json!({ "workflow": workflow });
+    crate::trace_context::inject_current(&mut metadata);
     Ok(NewInstance::new(instance_id, options.queue)
         .with_input(input)
-        .with_metadata(json!({ "workflow": workflow })))
+        .with_metadata(metadata))
 }
 
 /// A signal's value as JSON.

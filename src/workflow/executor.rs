@@ -309,9 +309,13 @@ fn completion(state: &ReplayState, task: &WorkflowTask, ends: bool) -> WorkflowC
         .collect();
     for sub in state.unrecorded_sub_workflows() {
         let queue = sub.queue.clone().unwrap_or_else(|| task.queue.clone());
+        // Runs inside the parent's `workflow_task` span (the worker's), so
+        // the child's spans join the parent's trace.
+        let mut metadata = json!({ "workflow": sub.workflow });
+        crate::trace_context::inject_current(&mut metadata);
         let child = NewInstance::new(sub.instance_id.clone(), queue)
             .with_input(sub.input.clone())
-            .with_metadata(json!({ "workflow": sub.workflow }));
+            .with_metadata(metadata);
         decision = decision.start_sub_workflow(child);
     }
     decision.history_events = state

@@ -584,6 +584,9 @@ impl Activities {
         let activities = self.clone();
         ActivityWorker::new(queues, move |task: ActivityTask| {
             let (ctx, input) = ActivityContext::of_task(&task);
+            // The worker's `activity` span is current here; only the
+            // registry knows the attempt's number.
+            tracing::Span::current().record("attempt", ctx.attempt);
             let timeout = ctx.timeout;
             let run = match activities.registered.get(&task.name) {
                 Some(activity) => activity(ctx, input),
@@ -640,6 +643,7 @@ mod tests {
             input,
             enqueued_at: SystemTime::UNIX_EPOCH,
             lease: Lease::new(WorkerId::unique("test"), SystemTime::now(), 1),
+            trace: Default::default(),
         }
     }
 

@@ -18,6 +18,7 @@ mod kinds;
 pub mod metrics;
 pub mod migrate;
 pub mod runtime;
+pub mod schedule;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

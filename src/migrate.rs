@@ -82,6 +82,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(7, "sql_functions", "000007_sql_functions"),
     migration!(8, "claim_indexes", "000008_claim_indexes"),
     migration!(9, "dashboard_indexes", "000009_dashboard_indexes"),
+    migration!(10, "schedules", "000010_schedules"),
 ];
 
 /// The newest version this binary carries: what [`up`] goes to by default

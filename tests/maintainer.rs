@@ -418,6 +418,94 @@ async fn a_queue_override_keeps_or_removes_on_its_own_age() {
     runtime.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A finished execution of workflow `workflow` (its metadata as
+/// `workflow::Client::start` writes it, with a trace context beside it).
+async fn insert_finished_workflow(
+    sql: &tokio_postgres::Client,
+    instance: &str,
+    queue: &str,
+    metadata: &[u8],
+    age_secs: f64,
+) {
+    sql.execute(
+        "INSERT INTO instances (instance_id, execution_id, state, queue, metadata, completed_at)
+         VALUES ($1, 'e', 2, $2, $3, now() - make_interval(secs => $4))",
+        &[&instance, &queue, &metadata, &age_secs],
+    )
+    .await
+    .unwrap();
+    insert_history(sql, instance, "e").await;
+}
+
+#[actix_rt::test]
+async fn a_workflow_override_comes_before_its_queues_age() {
+    let database = fresh_database().await.unwrap();
+    let sql = connect(database.url()).await;
+    let of = |workflow: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "workflow": workflow,
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        }))
+        .unwrap()
+    };
+    let minute = 60.0;
+    // The queue keeps it forever; its workflow's override removes it.
+    insert_finished_workflow(&sql, "news-old", "audit", &of("newsletter"), 5.0 * minute).await;
+    insert_finished_workflow(&sql, "news-young", "audit", &of("newsletter"), 30.0).await;
+    // The default age would remove it; its workflow is kept forever.
+    insert_finished_workflow(&sql, "invoice-old", "other", &of("invoice"), 2.0 * 86_400.0).await;
+    // Neither overridden: the queues decide.
+    insert_finished_workflow(&sql, "reminder-old", "other", &of("reminder"), 2.0 * 3600.0).await;
+    insert_finished_workflow(
+        &sql,
+        "reminder-audit",
+        "audit",
+        &of("reminder"),
+        2.0 * 86_400.0,
+    )
+    .await;
+    // Metadata written spaced out by another writer is no workflow's.
+    insert_finished_workflow(
+        &sql,
+        "spaced-old",
+        "other",
+        br#"{"workflow": "invoice"}"#,
+        2.0 * 3600.0,
+    )
+    .await;
+
+    let retention = RetentionPolicy::new()
+        .remove_finished_after(hour())
+        .keep_queue_forever("audit")
+        .unwrap()
+        .remove_workflow_after("newsletter", Duration::from_secs(120))
+        .keep_workflow_forever("invoice")
+        .run_every(Duration::from_millis(200));
+    let runtime = Runtime::builder(RuntimeConfig::new(database.url()))
+        .maintainer(quick_election())
+        .retention(retention)
+        .start()
+        .await
+        .unwrap();
+    eventually(
+        takeover_deadline(),
+        "the expired executions to go",
+        || async {
+            let left = executions(&sql).await;
+            !left.contains(&"news-old/e".to_string())
+                && !left.contains(&"reminder-old/e".to_string())
+                && !left.contains(&"spaced-old/e".to_string())
+        },
+    )
+    .await;
+    wait_for_a_full_run(&sql, "other").await;
+    assert_eq!(
+        executions(&sql).await,
+        vec!["invoice-old/e", "news-young/e", "reminder-audit/e"]
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
 /// `pgwake work --retain-finished` elects itself and removes what expired;
 /// `pgwake stats` names the session holding the lock.
 #[cfg(feature = "cli")]

@@ -1,6 +1,7 @@
 //! The maintainer: one process per database, elected with a PostgreSQL
 //! advisory lock, that does the housekeeping nobody should do twice
-//! (today: retention, the removal of old finished instances).
+//! (retention, the removal of old finished instances, and the firing of
+//! [schedules](crate::schedule)).
 //!
 //! The public side is [`MaintainerConfig`] (the election, its takeover
 //! bound) and [`RetentionPolicy`] (what the maintainer removes), both
@@ -41,7 +42,7 @@ use super::backoff::jittered;
 use super::health::HealthBoard;
 use crate::connection::ConnectionConfig;
 use crate::error::{BuildError, ErrorChain, StoreError};
-use crate::store::retention::RetentionScope;
+use crate::store::retention::{workflow_needle, Among, RetentionScope};
 use crate::store::{Queue, Store};
 
 /// The key of the session-level advisory lock whose holder is the
@@ -253,6 +254,9 @@ pub struct RetentionPolicy {
     default_age: Option<Duration>,
     /// Per-queue overrides; `None` keeps that queue's instances forever.
     queue_ages: BTreeMap<String, Option<Duration>>,
+    /// Per-workflow overrides, ahead of the queues'; `None` keeps that
+    /// workflow's instances forever.
+    workflow_ages: BTreeMap<String, Option<Duration>>,
     run_every: Duration,
     batch_size: usize,
 }
@@ -282,6 +286,7 @@ impl RetentionPolicy {
         Self {
             default_age: None,
             queue_ages: BTreeMap::new(),
+            workflow_ages: BTreeMap::new(),
             run_every: Self::DEFAULT_RUN_EVERY,
             batch_size: Self::DEFAULT_BATCH_SIZE,
         }
@@ -340,6 +345,45 @@ impl RetentionPolicy {
         Ok(self)
     }
 
+    /// Removes the executions of workflow `name` finished more than `age`
+    /// ago, whatever their queue's age: a workflow's override comes before
+    /// its queue's. An execution is of workflow `name` when its metadata is
+    /// a JSON object whose `workflow` key holds `name`, as
+    /// [`workflow::Client::start`](crate::workflow::Client::start), the SQL
+    /// function `pgwake_start_workflow` and schedules write it (compared
+    /// as serde_json writes it, without spaces; metadata another writer
+    /// spaced out follows its queue's age).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let policy = pgwake::runtime::RetentionPolicy::new()
+    ///     .keep_queue_forever("emails")?
+    ///     .remove_workflow_after("newsletter", Duration::from_secs(3600));
+    /// assert_eq!(policy.age_for_workflow("emails", "newsletter"), Some(Duration::from_secs(3600)));
+    /// assert_eq!(policy.age_for_workflow("emails", "receipt"), None);
+    /// # Ok::<(), pgwake::StoreError>(())
+    /// ```
+    pub fn remove_workflow_after(mut self, name: &str, age: Duration) -> Self {
+        self.workflow_ages.insert(name.to_string(), Some(age));
+        self
+    }
+
+    /// Never removes the executions of workflow `name`, whatever their
+    /// queue's age (see [`remove_workflow_after`](Self::remove_workflow_after)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let policy = pgwake::runtime::RetentionPolicy::new()
+    ///     .remove_finished_after(Duration::from_secs(60))
+    ///     .keep_workflow_forever("invoice");
+    /// assert_eq!(policy.age_for_workflow("billing", "invoice"), None);
+    /// assert_eq!(policy.age_for_workflow("billing", "reminder"), Some(Duration::from_secs(60)));
+    /// ```
+    pub fn keep_workflow_forever(mut self, name: &str) -> Self {
+        self.workflow_ages.insert(name.to_string(), None);
+        self
+    }
+
     /// How often the maintainer runs the policy (default
     /// [`DEFAULT_RUN_EVERY`](Self::DEFAULT_RUN_EVERY)); also at once when
     /// it is elected. Must be longer than zero.
@@ -362,6 +406,16 @@ impl RetentionPolicy {
         match self.queue_ages.get(queue) {
             Some(age) => *age,
             None => self.default_age,
+        }
+    }
+
+    /// The age after which the finished executions of workflow `workflow`
+    /// on `queue` are removed: the workflow's override, else the queue's
+    /// age; `None`: never.
+    pub fn age_for_workflow(&self, queue: &str, workflow: &str) -> Option<Duration> {
+        match self.workflow_ages.get(workflow) {
+            Some(age) => *age,
+            None => self.age_for(queue),
         }
     }
 
@@ -390,23 +444,38 @@ impl RetentionPolicy {
         Ok(())
     }
 
-    /// The removals one run makes: one per queue with an age of its own,
-    /// then one for every other queue under the default age (none when
-    /// there is no default age).
+    /// The removals one run makes: one per workflow with an age of its
+    /// own (on every queue), one per queue with an age of its own, then one
+    /// for every other queue under the default age (none when there is no
+    /// default age); the last two leave out the workflows with overrides.
     pub(crate) fn passes(&self) -> Vec<RetentionPass> {
+        let overridden: Vec<Vec<u8>> = self
+            .workflow_ages
+            .keys()
+            .map(|name| workflow_needle(name))
+            .collect();
         let mut passes: Vec<RetentionPass> = self
-            .queue_ages
+            .workflow_ages
             .iter()
-            .filter_map(|(queue, age)| {
+            .filter_map(|(name, age)| {
                 age.map(|older_than| RetentionPass {
-                    queues: PassQueues::Only(queue.clone()),
+                    queues: PassQueues::AllBut(Vec::new()),
+                    workflows: PassWorkflows::Only(workflow_needle(name)),
                     older_than,
                 })
             })
             .collect();
+        passes.extend(self.queue_ages.iter().filter_map(|(queue, age)| {
+            age.map(|older_than| RetentionPass {
+                queues: PassQueues::Only(queue.clone()),
+                workflows: PassWorkflows::AllBut(overridden.clone()),
+                older_than,
+            })
+        }));
         if let Some(older_than) = self.default_age {
             passes.push(RetentionPass {
                 queues: PassQueues::AllBut(self.queue_ages.keys().cloned().collect()),
+                workflows: PassWorkflows::AllBut(overridden),
                 older_than,
             });
         }
@@ -418,7 +487,16 @@ impl RetentionPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RetentionPass {
     queues: PassQueues,
+    workflows: PassWorkflows,
     older_than: Duration,
+}
+
+/// The workflows a pass removes, by [`workflow_needle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PassWorkflows {
+    Only(Vec<u8>),
+    /// Every workflow but those with an override (none: every workflow).
+    AllBut(Vec<Vec<u8>>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -431,9 +509,15 @@ enum PassQueues {
 
 impl RetentionPass {
     fn scope(&self) -> RetentionScope<'_> {
-        match &self.queues {
-            PassQueues::Only(queue) => RetentionScope::Queue(queue),
-            PassQueues::AllBut(queues) => RetentionScope::AllBut(queues),
+        RetentionScope {
+            queues: match &self.queues {
+                PassQueues::Only(queue) => Among::Only(queue),
+                PassQueues::AllBut(queues) => Among::AllBut(queues),
+            },
+            workflows: match &self.workflows {
+                PassWorkflows::Only(needle) => Among::Only(needle),
+                PassWorkflows::AllBut(needles) => Among::AllBut(needles),
+            },
         }
     }
 }
@@ -567,6 +651,7 @@ pub(crate) struct MaintainerSettings {
     pub(crate) connection: ConnectionConfig,
     pub(crate) config: MaintainerConfig,
     pub(crate) retention: Option<RetentionPolicy>,
+    pub(crate) schedules: Option<crate::schedule::ScheduleFiring>,
 }
 
 /// Runs the election on a dedicated connection, and retention while this
@@ -589,6 +674,8 @@ pub(crate) struct MaintainerActor {
     leading: Arc<AtomicBool>,
     /// A retention run is under way (runs never overlap).
     retention_running: Arc<AtomicBool>,
+    /// A run of schedule firings is under way (runs never overlap).
+    schedules_running: Arc<AtomicBool>,
     /// Connection losses and failed connects since the last successful
     /// connect: only the first of a series is a warning, so that a
     /// database down for an hour does not log one every `retry_interval`.
@@ -618,6 +705,7 @@ impl MaintainerActor {
             generation: 0,
             leading: Arc::new(AtomicBool::new(false)),
             retention_running: Arc::new(AtomicBool::new(false)),
+            schedules_running: Arc::new(AtomicBool::new(false)),
             failures_in_a_row: 0,
             shut_down: false,
         }
@@ -657,6 +745,7 @@ impl MaintainerActor {
                 "this process is now the maintainer"
             );
             self.run_retention();
+            self.fire_schedules();
         } else {
             tracing::warn!("this process is no longer the maintainer (its connection was lost)");
         }
@@ -840,6 +929,32 @@ impl MaintainerActor {
     }
 }
 
+impl MaintainerActor {
+    /// Spawns one run of schedule firings, unless one is under way or this
+    /// process is not the maintainer.
+    fn fire_schedules(&self) {
+        let Some(firing) = &self.settings.schedules else {
+            return;
+        };
+        if !self.election.is_leader() || self.schedules_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let grace = firing.grace;
+        let store = self.store.clone();
+        let (leading, running) = (self.leading.clone(), self.schedules_running.clone());
+        // Detached, as retention runs are: a firing is one transaction,
+        // which must not be dropped mid-flight by the actor stopping.
+        actix::spawn(async move {
+            let (fired, error) =
+                crate::schedule::store::fire_due_schedules(&store, grace, &leading).await;
+            running.store(false, Ordering::Release);
+            if let Some(err) = error {
+                tracing::warn!(error = %ErrorChain(&err), fired, "firing schedules failed; the next tick retries");
+            }
+        });
+    }
+}
+
 /// Runs `passes` batch by batch while `leading` holds; returns how many
 /// executions were removed and the error that ended the run early, if any.
 async fn remove_expired(
@@ -883,6 +998,9 @@ impl Actor for MaintainerActor {
         self.schedule_tick(ctx);
         if let Some(policy) = &self.settings.retention {
             ctx.run_interval(policy.run_every, |act, _| act.run_retention());
+        }
+        if let Some(firing) = &self.settings.schedules {
+            ctx.run_interval(firing.tick, |act, _| act.fire_schedules());
         }
     }
 
@@ -1034,10 +1152,12 @@ mod tests {
             vec![
                 RetentionPass {
                     queues: PassQueues::Only("short".into()),
+                    workflows: PassWorkflows::AllBut(Vec::new()),
                     older_than: minute
                 },
                 RetentionPass {
                     queues: PassQueues::AllBut(vec!["audit".into(), "short".into()]),
+                    workflows: PassWorkflows::AllBut(Vec::new()),
                     older_than: 60 * minute
                 },
             ]
@@ -1058,10 +1178,55 @@ mod tests {
             policy.passes(),
             vec![RetentionPass {
                 queues: PassQueues::Only("short".into()),
+                workflows: PassWorkflows::AllBut(Vec::new()),
                 older_than: Duration::from_secs(1)
             }]
         );
         assert!(RetentionPolicy::new().passes().is_empty());
+    }
+
+    #[test]
+    fn a_workflow_override_comes_before_its_queues_age_and_the_others_leave_it_out() {
+        let minute = Duration::from_secs(60);
+        let policy = RetentionPolicy::new()
+            .remove_finished_after(60 * minute)
+            .keep_queue_forever("audit")
+            .unwrap()
+            .remove_queue_after("short", minute)
+            .unwrap()
+            .remove_workflow_after("newsletter", 2 * minute)
+            .keep_workflow_forever("invoice");
+        let overridden = vec![
+            br#""workflow":"invoice""#.to_vec(),
+            br#""workflow":"newsletter""#.to_vec(),
+        ];
+        assert_eq!(
+            policy.passes(),
+            vec![
+                RetentionPass {
+                    queues: PassQueues::AllBut(Vec::new()),
+                    workflows: PassWorkflows::Only(br#""workflow":"newsletter""#.to_vec()),
+                    older_than: 2 * minute
+                },
+                RetentionPass {
+                    queues: PassQueues::Only("short".into()),
+                    workflows: PassWorkflows::AllBut(overridden.clone()),
+                    older_than: minute
+                },
+                RetentionPass {
+                    queues: PassQueues::AllBut(vec!["audit".into(), "short".into()]),
+                    workflows: PassWorkflows::AllBut(overridden),
+                    older_than: 60 * minute
+                },
+            ]
+        );
+        assert_eq!(
+            policy.age_for_workflow("audit", "newsletter"),
+            Some(2 * minute)
+        );
+        assert_eq!(policy.age_for_workflow("short", "invoice"), None);
+        assert_eq!(policy.age_for_workflow("short", "other"), Some(minute));
+        assert_eq!(policy.age_for_workflow("audit", "other"), None);
     }
 
     #[test]

@@ -320,6 +320,7 @@ impl Runtime {
             store: None,
             maintainer: None,
             retention: None,
+            schedules: None,
         }
     }
 }
@@ -347,6 +348,8 @@ pub struct RuntimeBuilder {
     maintainer: Option<MaintainerConfig>,
     /// What the maintainer removes, when this runtime is elected.
     retention: Option<RetentionPolicy>,
+    /// How the maintainer fires schedules, when this runtime is elected.
+    schedules: Option<crate::schedule::ScheduleFiring>,
 }
 
 impl RuntimeBuilder {
@@ -467,6 +470,22 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Fires the database's due [schedules](crate::schedule) while this
+    /// process is the maintainer, looking every `firing.tick`; takes part in
+    /// the election (see [`maintainer`](Self::maintainer)).
+    ///
+    /// ```
+    /// use pgwake::schedule::ScheduleFiring;
+    /// use pgwake::{Runtime, RuntimeConfig};
+    /// let builder = Runtime::builder(RuntimeConfig::new("postgres://postgres@localhost/app"))
+    ///     .schedules(ScheduleFiring::default());
+    /// assert!(builder.validate().is_ok());
+    /// ```
+    pub fn schedules(mut self, firing: crate::schedule::ScheduleFiring) -> Self {
+        self.schedules = Some(firing);
+        self
+    }
+
     /// Checks the whole configuration without connecting.
     ///
     /// # Errors
@@ -492,6 +511,9 @@ impl RuntimeBuilder {
         }
         if let Some(retention) = &self.retention {
             retention.validate()?;
+        }
+        if let Some(firing) = &self.schedules {
+            firing.validate()?;
         }
         Ok(())
     }
@@ -650,7 +672,9 @@ impl RuntimeBuilder {
                 .start(),
             );
         }
-        let maintainer = (self.maintainer.is_some() || self.retention.is_some()).then(|| {
+        let elects =
+            self.maintainer.is_some() || self.retention.is_some() || self.schedules.is_some();
+        let maintainer = elects.then(|| {
             let settings = MaintainerSettings {
                 // The listeners' server: PostgreSQL itself, where a
                 // session-level lock lives as long as the session.
@@ -660,6 +684,7 @@ impl RuntimeBuilder {
                 )),
                 config: self.maintainer.unwrap_or_default(),
                 retention: self.retention,
+                schedules: self.schedules,
             };
             MaintainerActor::new(settings, store.clone(), health.clone()).start()
         });

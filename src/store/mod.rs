@@ -50,7 +50,7 @@ mod events;
 mod finishes;
 mod instances;
 mod model;
-mod names;
+pub(crate) mod names;
 pub(crate) mod retention;
 mod stats;
 mod workflow_tasks;

@@ -12,18 +12,43 @@ use super::instances::delete_instances_sql;
 use super::{db, Store};
 use crate::error::StoreError;
 
-/// Which finished executions one retention batch may remove, by queue.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum RetentionScope<'a> {
-    /// Only those of this queue (a per-queue override).
-    Queue(&'a str),
-    /// Those of every queue but these (the default age, which the
-    /// overridden queues do not follow).
-    AllBut(&'a [String]),
+/// Which finished executions one retention batch may remove: by queue and
+/// by workflow name.
+#[derive(Debug)]
+pub(crate) struct RetentionScope<'a> {
+    /// The queues whose executions it removes.
+    pub(crate) queues: Among<'a, String>,
+    /// The workflows whose executions it removes, each given as the bytes
+    /// [`workflow_needle`] makes of its name.
+    pub(crate) workflows: Among<'a, Vec<u8>>,
 }
 
-/// Deletes up to `$2` executions finished more than `$1` seconds ago
-/// (database clock) of queue `$3`, with every row that belongs to them.
+/// One of a retention batch's filters.
+#[derive(Debug)]
+pub(crate) enum Among<'a, T> {
+    /// Only this one (an override).
+    Only(&'a T),
+    /// Any but these (the ones with overrides of their own); any at all
+    /// when empty.
+    AllBut(&'a [T]),
+}
+
+/// The bytes that mark an execution of workflow `name` in its metadata:
+/// `"workflow":"<name>"`, as serde_json writes the metadata of
+/// `workflow::Client::start`, `pgwake_start_workflow` and the schedules (a
+/// JSON object whose `workflow` key holds the name). Matched as bytes, so
+/// that metadata another writer stored differently (not JSON, or spaced
+/// out) never makes the statement fail: it counts as no workflow's.
+pub(crate) fn workflow_needle(name: &str) -> Vec<u8> {
+    let mut needle = br#""workflow":"#.to_vec();
+    // A string serializes; the name is escaped as the metadata has it.
+    needle.extend(serde_json::to_vec(name).unwrap_or_default());
+    needle
+}
+
+/// The executions one batch removes: finished more than `$1` seconds ago
+/// (database clock), at most `$2`, of the queues `$3` (or all but them) and
+/// the workflows whose needles are `$4` (or all but them).
 ///
 /// Locks: the chosen `instances` rows (`FOR UPDATE SKIP LOCKED`, so a row
 /// another transaction holds is left for the next run rather than waited
@@ -37,16 +62,26 @@ pub(crate) enum RetentionScope<'a> {
 /// Each execution is judged on its own `completed_at`: the finished
 /// executions of a continue-as-new chain go one by one as they age, and
 /// the chain's active execution (`state = 0`) is never touched.
-const REMOVE_FROM_QUEUE: &str = "SELECT id, instance_id, execution_id FROM instances
+fn batch_sql(scope: &RetentionScope<'_>) -> String {
+    // Both filters always take their array parameter, $3 and $4: one
+    // element for an override, the overridden ones (or none) otherwise.
+    let queues = match scope.queues {
+        Among::Only(_) => "queue = ANY($3::varchar[])",
+        Among::AllBut(_) => "queue <> ALL($3::varchar[])",
+    };
+    let workflows = match scope.workflows {
+        Among::Only(_) => "EXISTS",
+        Among::AllBut(_) => "NOT EXISTS",
+    };
+    format!(
+        "SELECT id, instance_id, execution_id FROM instances
           WHERE state <> 0 AND completed_at < now() - make_interval(secs => $1)
-            AND queue = $3
-          LIMIT $2 FOR UPDATE SKIP LOCKED";
-
-/// As [`REMOVE_FROM_QUEUE`], for every queue but those of the array `$3`.
-const REMOVE_FROM_OTHER_QUEUES: &str = "SELECT id, instance_id, execution_id FROM instances
-          WHERE state <> 0 AND completed_at < now() - make_interval(secs => $1)
-            AND queue <> ALL($3::varchar[])
-          LIMIT $2 FOR UPDATE SKIP LOCKED";
+            AND {queues}
+            AND {workflows} (SELECT 1 FROM unnest($4::bytea[]) w(needle)
+                              WHERE position(w.needle IN metadata) > 0)
+          LIMIT $2 FOR UPDATE SKIP LOCKED"
+    )
+}
 
 impl Store {
     /// Removes one batch of at most `batch_size` executions of `scope` that
@@ -74,25 +109,21 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let batch = i64::try_from(batch_size.max(1)).unwrap_or(i64::MAX);
         let age = older_than.as_secs_f64();
-        let client = self.client().await?;
-        let removed = match scope {
-            RetentionScope::Queue(queue) => {
-                client
-                    .execute(
-                        &delete_instances_sql(REMOVE_FROM_QUEUE),
-                        &[&age, &batch, &queue],
-                    )
-                    .await
-            }
-            RetentionScope::AllBut(queues) => {
-                client
-                    .execute(
-                        &delete_instances_sql(REMOVE_FROM_OTHER_QUEUES),
-                        &[&age, &batch, &queues],
-                    )
-                    .await
-            }
+        let queues: Vec<&str> = match scope.queues {
+            Among::Only(queue) => vec![queue.as_str()],
+            Among::AllBut(queues) => queues.iter().map(String::as_str).collect(),
         };
-        removed.map_err(db("removing a batch of finished instances"))
+        let workflows: Vec<&[u8]> = match scope.workflows {
+            Among::Only(needle) => vec![needle.as_slice()],
+            Among::AllBut(needles) => needles.iter().map(Vec::as_slice).collect(),
+        };
+        let client = self.client().await?;
+        client
+            .execute(
+                &delete_instances_sql(&batch_sql(&scope)),
+                &[&age, &batch, &queues, &workflows],
+            )
+            .await
+            .map_err(db("removing a batch of finished instances"))
     }
 }

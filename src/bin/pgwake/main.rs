@@ -6,6 +6,7 @@ mod bounds;
 mod dashboard;
 mod demo;
 mod migrate;
+mod schedule;
 mod start;
 mod stats;
 mod work;
@@ -46,6 +47,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve the web dashboard (queues, instances, histories, actions).
     Dashboard(dashboard::DashboardArgs),
+    /// Schedules (cron or interval) that `pgwake work`'s maintainer fires.
+    Schedule {
+        #[command(subcommand)]
+        action: schedule::ScheduleAction,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,5 +92,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Stats(args) => stats::run(&require_url(cli.database_url)?, args).await,
         Command::Bench(args) => bench::run(cli.database_url, args).await,
         Command::Dashboard(args) => dashboard::run(&require_url(cli.database_url)?, args).await,
+        Command::Schedule { action } => {
+            schedule::run(&require_url(cli.database_url)?, action).await
+        }
     }
 }

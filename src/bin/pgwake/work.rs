@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use pgwake::runtime::RetentionPolicy;
+use pgwake::runtime::{MaintainerConfig, RetentionPolicy};
+use pgwake::schedule::ScheduleFiring;
 use pgwake::{Runtime, RuntimeConfig};
 
 use crate::bounds::{whole, MAX_CONCURRENCY, MAX_LEASE_SECS, MIN_LEASE_SECS};
@@ -17,6 +18,10 @@ const MAX_ACTIVITY_MS: u64 = 3600 * 1000;
 /// The longest retention age accepted: 100 years, far beyond any policy
 /// and far from overflowing PostgreSQL's interval arithmetic.
 const MAX_RETENTION_SECS: u64 = 100 * 365 * 86_400;
+/// The longest schedule tick accepted, in milliseconds: 1 minute.
+const MAX_TICK_MS: u64 = 60_000;
+/// The longest maintainer retry interval accepted, in milliseconds: 10 minutes.
+const MAX_MAINTAINER_RETRY_MS: u64 = 600_000;
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkArgs {
@@ -69,10 +74,34 @@ pub(crate) struct WorkArgs {
     /// (e.g. `audit=365d`) or `QUEUE=forever` (repeat for several).
     #[arg(long = "retain-queue", value_name = "QUEUE=AGE|forever", value_parser = parse_queue_age)]
     retain_queues: Vec<(String, Option<Duration>)>,
+    /// Retention of one workflow's instances, ahead of their queue's:
+    /// `WORKFLOW=AGE` (e.g. `newsletter=1d`) or `WORKFLOW=forever` (repeat
+    /// for several).
+    #[arg(long = "retain-workflow", value_name = "WORKFLOW=AGE|forever", value_parser = parse_workflow_age)]
+    retain_workflows: Vec<(String, Option<Duration>)>,
+    /// Do not take part in the maintainer election: this process then
+    /// neither fires schedules nor runs retention. Without it every
+    /// `pgwake work` takes part, so that schedules fire whenever one runs;
+    /// behind a transaction-mode pooler, give --listener-url (PostgreSQL
+    /// itself, where the maintainer's lock holds) or this.
+    #[arg(long, conflicts_with_all = ["retain_finished", "retain_queues", "retain_workflows"])]
+    no_maintainer: bool,
+    /// How often the maintainer looks for due schedules, in milliseconds
+    /// (10 to 60000): the longest a fire time waits for its instance while
+    /// a maintainer runs.
+    #[arg(long, default_value_t = 1000,
+          value_parser = whole(10, MAX_TICK_MS, "milliseconds (1 minute)"))]
+    schedule_tick_ms: u64,
+    /// How often a process that is not the maintainer tries to become it,
+    /// and the maintainer pings its connection, in milliseconds (100 to
+    /// 600000): a lost maintainer is replaced within 1.2 × this + 5 s.
+    #[arg(long, default_value_t = 10_000,
+          value_parser = whole(100, MAX_MAINTAINER_RETRY_MS, "milliseconds (10 minutes)"))]
+    maintainer_retry_ms: u64,
 }
 
 /// An age such as `7d`, `12h`, `30m` or `90s` (a bare number is seconds).
-fn parse_age(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_age(text: &str) -> Result<Duration, String> {
     let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),
         None => (text, "s"),
@@ -108,9 +137,26 @@ fn parse_queue_age(text: &str) -> Result<(String, Option<Duration>), String> {
     Ok((queue.to_string(), age))
 }
 
+fn parse_workflow_age(text: &str) -> Result<(String, Option<Duration>), String> {
+    let (workflow, age) = text.split_once('=').ok_or_else(|| {
+        "must be WORKFLOW=AGE or WORKFLOW=forever (e.g. newsletter=1d)".to_string()
+    })?;
+    if workflow.is_empty() {
+        return Err("the workflow name before `=` is empty".to_string());
+    }
+    let age = match age {
+        "forever" => None,
+        age => Some(parse_age(age)?),
+    };
+    Ok((workflow.to_string(), age))
+}
+
 /// The retention policy the flags ask for, if any.
 fn retention_policy(args: &WorkArgs) -> Result<Option<RetentionPolicy>, String> {
-    if args.retain_finished.is_none() && args.retain_queues.is_empty() {
+    if args.retain_finished.is_none()
+        && args.retain_queues.is_empty()
+        && args.retain_workflows.is_empty()
+    {
         return Ok(None);
     }
     let mut policy = RetentionPolicy::new();
@@ -123,6 +169,12 @@ fn retention_policy(args: &WorkArgs) -> Result<Option<RetentionPolicy>, String> 
             None => policy.keep_queue_forever(queue),
         }
         .map_err(|e| format!("--retain-queue {queue}: {e}"))?;
+    }
+    for (workflow, age) in &args.retain_workflows {
+        policy = match age {
+            Some(age) => policy.remove_workflow_after(workflow, *age),
+            None => policy.keep_workflow_forever(workflow),
+        };
     }
     Ok(Some(policy))
 }
@@ -151,6 +203,13 @@ pub(crate) async fn run(url: &str, args: WorkArgs) -> Result<(), String> {
     let mut builder = Runtime::builder(config);
     if let Some(policy) = retention {
         builder = builder.retention(policy);
+    }
+    if !args.no_maintainer {
+        let mut election = MaintainerConfig::default();
+        election.retry_interval = Duration::from_millis(args.maintainer_retry_ms);
+        let mut firing = ScheduleFiring::default();
+        firing.tick = Duration::from_millis(args.schedule_tick_ms);
+        builder = builder.maintainer(election).schedules(firing);
     }
     let runtime = builder
         .activity_worker(demo::echo_worker(
@@ -225,5 +284,15 @@ mod tests {
             Ok(("short".to_string(), Some(Duration::from_secs(60))))
         );
         assert!(parse_queue_age("audit").is_err());
+        assert_eq!(
+            parse_workflow_age("newsletter=1d"),
+            Ok(("newsletter".to_string(), Some(Duration::from_secs(86_400))))
+        );
+        assert_eq!(
+            parse_workflow_age("invoice=forever"),
+            Ok(("invoice".to_string(), None))
+        );
+        assert!(parse_workflow_age("=1d").is_err());
+        assert!(parse_workflow_age("invoice").is_err());
     }
 }

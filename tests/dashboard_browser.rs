@@ -23,8 +23,8 @@ use actix_web::{App, HttpServer};
 use pgwake::dashboard::{scope, DashboardOptions};
 use pgwake::testing::fresh_database;
 use pgwake::{
-    EventType, NewInstance, Queue, Store, StoreOptions, WorkerId, WorkflowCompletion,
-    WorkflowOutcome,
+    EventType, InstanceState, NewInstance, Queue, Store, StoreOptions, WorkerId,
+    WorkflowCompletion, WorkflowOutcome,
 };
 use serde_json::{json, Value};
 
@@ -38,8 +38,11 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 const SCRIPT_ID: &str = "<script>alert(1)</script>";
 const IMG_PAYLOAD: &str = "<img src=x onerror=alert(2)>";
 
-/// The instance the browser cancels through the form.
-const CANCELED: &str = "order-1044";
+/// The instance the browser cancels through the form: on a queue of its
+/// own, which a decider in the test serves, so that the cancellation is
+/// carried out while the browser watches.
+const CANCELED: &str = "return-3001";
+const CANCELED_QUEUE: &str = "returns";
 
 /// What the browser needs: `node`, a Chromium and `playwright-core`.
 struct Browser {
@@ -291,18 +294,19 @@ async fn seed(store: &Store) {
         )),
     )
     .await;
-    // Waits for a reminder timer: the one the browser cancels.
+    // A return waiting for the parcel (a timer): the one the browser
+    // cancels.
     start(
         store,
         CANCELED,
-        "order",
-        "orders",
+        "return",
+        CANCELED_QUEUE,
         json!({ "sku": "HD-4", "cents": 2_400 }),
     )
     .await;
     decide(
         store,
-        "orders",
+        CANCELED_QUEUE,
         CANCELED,
         WorkflowCompletion::default()
             .start_timer(Duration::from_secs(3600), json!("payment reminder")),
@@ -409,6 +413,32 @@ async fn seed(store: &Store) {
 
 /// Serves the dashboard of `store` under `/pgwake` on a free loopback port:
 /// its base URL and the server's handle.
+/// Serves the returns queue until aborted: a task whose new events hold
+/// the cancellation ends the execution canceled; any other changes nothing.
+async fn serve_returns(store: Store) {
+    let worker = WorkerId::new("returns-worker-2c1d").unwrap();
+    loop {
+        let claimed = store
+            .claim_workflow_task(&worker, &[queue(CANCELED_QUEUE)], LEASE)
+            .await;
+        match claimed {
+            Ok(Some(task)) => {
+                let canceled = task
+                    .new_events
+                    .iter()
+                    .any(|event| event.event_type == EventType::WorkflowExecutionCanceled);
+                let decision = if canceled {
+                    WorkflowCompletion::default().finish(WorkflowOutcome::Canceled)
+                } else {
+                    WorkflowCompletion::default()
+                };
+                store.complete_workflow_task(&task, decision).await.unwrap();
+            }
+            Ok(None) | Err(_) => actix_web::rt::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 fn serve(store: &Store, options: DashboardOptions) -> (String, actix_web::dev::ServerHandle) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
@@ -439,6 +469,10 @@ async fn browser_filters_reads_a_timeline_cancels_and_shows_markup_as_text() {
     let (base, server) = serve(&store, DashboardOptions::new());
     let (read_only_base, read_only_server) = serve(&store, DashboardOptions::new().read_only(true));
 
+    // The returns queue's workflow worker: it ends a return on its
+    // cancellation, as a workflow's code would.
+    let decider = actix_web::rt::spawn(serve_returns(store.clone()));
+
     let started = Instant::now();
     let mut command = std::process::Command::new(&browser.node);
     command
@@ -467,15 +501,18 @@ async fn browser_filters_reads_a_timeline_cancels_and_shows_markup_as_text() {
         started.elapsed()
     );
 
-    // The cancel the browser submitted reached the database.
+    decider.abort();
+    // The cancel the browser submitted reached the database, and the
+    // instance ended canceled.
     let canceled = store.instance(CANCELED).await.unwrap().unwrap();
+    assert_eq!(canceled.state, InstanceState::Finished);
     assert!(
-        canceled
-            .pending
-            .iter()
-            .any(|event| event.event_type == EventType::WorkflowExecutionCanceled),
-        "no cancellation pending for {CANCELED}: {:?}",
-        canceled.pending
+        canceled.history.iter().any(|event| {
+            event.event_type == EventType::WorkflowExecutionFinished
+                && event.attributes.get("canceled").is_some()
+        }),
+        "{CANCELED} did not end canceled: {:?}",
+        canceled.history
     );
     // And nothing else was canceled.
     for other in ["order-1045", "order-1046", SCRIPT_ID] {

@@ -529,11 +529,14 @@ fn summary(
         escape(workflow),
         html::query_string(&[("queue", snapshot.queue.as_str())]),
         escape(snapshot.queue.as_str()),
-        state_name(
-            state,
-            attempts,
-            end_event(snapshot).is_some_and(|end| end.attributes.get("error").is_some())
-        ),
+        match end_event(snapshot) {
+            Some(end) if end.attributes.get("canceled").is_some() => "canceled",
+            end => state_name(
+                state,
+                attempts,
+                end.is_some_and(|end| end.attributes.get("error").is_some())
+            ),
+        },
         html::time(snapshot.created_at),
         snapshot.completed_at.map(html::time).unwrap_or_default(),
     );

@@ -68,7 +68,7 @@ async function run(page, readOnlyPage, problems) {
   check(orders, `no row for queue orders on the overview: ${JSON.stringify(byQueue)}`);
   // queue, active, claimable, running, failing, activities ready, activities
   // running, later, finished (1 h), failed (1 h)
-  check(orders[1] === '4', `orders: 4 active expected, the row reads ${orders}`);
+  check(orders[1] === '3', `orders: 3 active expected, the row reads ${orders}`);
   check(orders[6] === '1', `orders: 1 activity running expected, the row reads ${orders}`);
   check(orders[8] === '3' && orders[9] === '1', `orders: 3 finished, 1 failed expected, the row reads ${orders}`);
   check(byQueue.emails && byQueue.emails[8] === '3', `emails: 3 finished expected: ${byQueue.emails}`);
@@ -155,19 +155,19 @@ async function run(page, readOnlyPage, problems) {
   await screenshot(page, 'instance');
 
   // Cancel an active instance: refused by the browser until confirmed.
-  await open(page, `${base}/instances?prefix=order-1044`);
-  await page.getByRole('link', { name: 'order-1044', exact: true }).click();
-  await page.waitForURL(/\/instances\/order-1044$/);
+  await open(page, `${base}/instances?prefix=return-`);
+  await page.getByRole('link', { name: 'return-3001', exact: true }).click();
+  await page.waitForURL(/\/instances\/return-3001$/);
   const cancel = page.locator('form.action', { has: page.getByRole('button', { name: 'Cancel', exact: true }) });
   await cancel.getByRole('button', { name: 'Cancel', exact: true }).click();
   check(
     (await cancel.locator('input[name="confirm"]').evaluate((box) => box.validity.valueMissing)) &&
-      page.url().endsWith('/instances/order-1044'),
+      page.url().endsWith('/instances/return-3001'),
     'the cancel form was submitted without its confirmation',
   );
   await cancel.locator('input[name="confirm"]').check();
   await cancel.getByRole('button', { name: 'Cancel', exact: true }).click();
-  await page.waitForURL(/\/instances\/order-1044\?done=cancel$/);
+  await page.waitForURL(/\/instances\/return-3001\?done=cancel$/);
   check(
     (await page.locator('p.notice').textContent()) === 'Cancellation requested.',
     'no "Cancellation requested." after the cancel',
@@ -175,7 +175,23 @@ async function run(page, readOnlyPage, problems) {
   const pending = page.locator('h2', { hasText: 'Pending events' }).locator('xpath=following-sibling::table[1]');
   const pendingEvents = (await rows(pending)).filter((c) => c.length).map((cells) => cells[0]);
   check(pendingEvents.includes('WorkflowExecutionCanceled'), `no pending cancellation: ${pendingEvents}`);
-  step(`canceled order-1044: pending ${pendingEvents}`);
+  // The returns queue's worker carries it out: reloaded, the page shows
+  // the instance canceled.
+  const stateOf = async () =>
+    (await page.locator('main table').first().locator('tr', { hasText: 'state' }).locator('td').textContent()).trim();
+  const deadline = Date.now() + 30_000;
+  let state = await stateOf();
+  while (state !== 'canceled' && Date.now() < deadline) {
+    await page.waitForTimeout(200);
+    await open(page, `${base}/instances/return-3001`);
+    state = await stateOf();
+  }
+  check(state === 'canceled', `return-3001 reads "${state}" 30 s after its cancellation, not "canceled"`);
+  check(
+    (await page.locator('h2', { hasText: 'Result' }).locator('xpath=following-sibling::p[1]').textContent()) === 'Canceled.',
+    'the canceled instance shows no "Canceled." result',
+  );
+  step(`canceled return-3001: pending ${pendingEvents}, then ${state}`);
 
   // Markup in an id and in a payload is text: no dialog, no element made.
   await open(page, `${base}/instances?queue=support`);

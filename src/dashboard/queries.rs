@@ -12,7 +12,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::error::StoreError;
-use crate::store::{db, TouchedQueues, WakeToken};
+use crate::store::stats::ACTIVITY_COUNTS_SQL;
+use crate::store::{db, TouchedQueues};
 use crate::{Queue, QueueStats, Store};
 
 /// Rows on one page of the instances list.
@@ -106,15 +107,7 @@ pub(crate) async fn overview(store: &Store) -> Result<Overview, StoreError> {
                 .map_err(db("counting active instances"))?;
             // The activities table holds only activities not done yet.
             let activities = client
-                .query(
-                    "SELECT queue,
-                            count(*) FILTER (WHERE (locked_until IS NULL OR locked_until < now())
-                                               AND (visible_at IS NULL OR visible_at <= now())),
-                            count(*) FILTER (WHERE locked_until >= now()),
-                            count(*) FILTER (WHERE visible_at > now())
-                       FROM activities GROUP BY queue",
-                    &[],
-                )
+                .query(ACTIVITY_COUNTS_SQL, &[])
                 .await
                 .map_err(db("counting activities"))?;
             // Walks the (completed_at, ...) index over the last hour only.
@@ -683,13 +676,10 @@ pub(crate) async fn instance_details(
 /// Locks the one `instances` row it updates, and nothing else, so it cannot
 /// deadlock. A task that a worker holds (a `worker` set) is left alone.
 pub(crate) async fn retry_now(store: &Store, instance_id: &str) -> Result<bool, StoreError> {
-    let queue = store
+    store
         .bounded("retrying a workflow task now", async {
             let mut client = store.client().await?;
-            let tx = client
-                .transaction()
-                .await
-                .map_err(db("starting a transaction"))?;
+            let tx = store.begin_write(&mut client).await?;
             let row = tx
                 .query_opt(
                     "UPDATE instances SET locked_until = NULL
@@ -701,7 +691,7 @@ pub(crate) async fn retry_now(store: &Store, instance_id: &str) -> Result<bool, 
                 .await
                 .map_err(db("clearing the retry delay"))?;
             let Some(row) = row else {
-                return Ok(None);
+                return Ok(false);
             };
             let queue: String = row.get(0);
             // Workers of other processes sleep until the old due time: wake
@@ -714,20 +704,17 @@ pub(crate) async fn retry_now(store: &Store, instance_id: &str) -> Result<bool, 
             )
             .await
             .map_err(db("announcing the retry"))?;
-            tx.commit().await.map_err(db("committing the retry"))?;
-            Ok(Some(queue))
+            // This process's workers, when the store belongs to a runtime,
+            // are told by the commit (again later if its outcome is in
+            // doubt), as for every other write of the store.
+            let mut touched = TouchedQueues::default();
+            touched.workflow.extend(Queue::new(queue).ok());
+            store
+                .commit_write(tx, touched, "committing the retry")
+                .await?;
+            Ok(true)
         })
-        .await?;
-    let Some(queue) = queue else {
-        return Ok(false);
-    };
-    // This process's workers, when the store belongs to a runtime.
-    if let Ok(queue) = Queue::new(queue) {
-        let mut touched = TouchedQueues::default();
-        touched.workflow.push(queue);
-        store.wake(WakeToken::new(touched));
-    }
-    Ok(true)
+        .await
 }
 
 #[cfg(test)]

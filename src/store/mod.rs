@@ -52,7 +52,7 @@ mod instances;
 mod model;
 pub(crate) mod names;
 pub(crate) mod retention;
-mod stats;
+pub(crate) mod stats;
 mod workflow_tasks;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -50,14 +50,7 @@ impl Store {
         let activities = client
             .query(
                 &client
-                    .prepare_cached(
-                        "SELECT queue,
-                        count(*) FILTER (WHERE (locked_until IS NULL OR locked_until < now())
-                                           AND (visible_at IS NULL OR visible_at <= now())),
-                        count(*) FILTER (WHERE locked_until >= now()),
-                        count(*) FILTER (WHERE visible_at > now())
-                   FROM activities GROUP BY queue",
-                    )
+                    .prepare_cached(ACTIVITY_COUNTS_SQL)
                     .await
                     .map_err(db("preparing a statement"))?,
                 &[],
@@ -134,6 +127,16 @@ impl Store {
         Ok(due_in.map(seconds))
     }
 }
+
+/// Per queue: activities claimable now, leased, and scheduled for later
+/// (the table holds only activities not done yet). `pgwake stats` and the
+/// dashboard's overview.
+pub(crate) const ACTIVITY_COUNTS_SQL: &str = "SELECT queue,
+        count(*) FILTER (WHERE (locked_until IS NULL OR locked_until < now())
+                           AND (visible_at IS NULL OR visible_at <= now())),
+        count(*) FILTER (WHERE locked_until >= now()),
+        count(*) FILTER (WHERE visible_at > now())
+   FROM activities GROUP BY queue";
 
 /// Seconds until the next activity of the queues `$1` becomes claimable
 /// without anyone announcing it (one row, NULL when none): one scheduled for

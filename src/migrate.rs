@@ -83,6 +83,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(8, "claim_indexes", "000008_claim_indexes"),
     migration!(9, "dashboard_indexes", "000009_dashboard_indexes"),
     migration!(10, "schedules", "000010_schedules"),
+    migration!(11, "pipelined_checks", "000011_pipelined_checks"),
 ];
 
 /// The newest version this binary carries: what [`up`] goes to by default

@@ -249,10 +249,21 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
             "pgwake_enqueue_activity",
             "pgwake_notify_activity_tasks",
             "pgwake_notify_workflow_tasks",
+            "pgwake_require",
             "pgwake_signal_workflow",
             "pgwake_start_workflow"
         ]
     );
+
+    // Down to 10: migration 11's check function goes.
+    let report = migrate::down(&mut client, DownSteps::Steps(1))
+        .await
+        .unwrap();
+    assert_eq!(report.to, Some(10));
+    assert!(!functions(&client)
+        .await
+        .contains(&"pgwake_require".to_string()));
+    migrate::up(&mut client, None).await.unwrap();
 
     // Down to 8: migration 9's dashboard indexes go, migration 8's stay.
     let steps_to_8 = u32::try_from(migrate::newest_version() - 8).unwrap();

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::events::{insert_pending, NewEvent};
 use super::model::{ActivityPoll, ActivityTask, EventType, InstanceRef, InstanceState, Lease};
 use super::names::{Queue, WorkerId};
-use super::{db, lease_seconds, Store, TouchedQueues, WakeToken};
+use super::{db, lease_seconds, Pipelined, Store, TouchedQueues, WakeToken};
 use crate::error::StoreError;
 use crate::trace_context::TraceCarrier;
 
@@ -29,6 +29,52 @@ const OWNER_METADATA_COLUMN: &str = "im.metadata";
 const OWNER_METADATA_JOIN: &str = "";
 #[cfg(not(feature = "opentelemetry"))]
 const OWNER_METADATA_COLUMN: &str = "NULL::bytea";
+
+/// Reads the owning executions `$1`/`$2` of activity results and locks
+/// the active ones (shared, SKIP LOCKED, in ascending id order): per owner,
+/// its ids, whether it was locked, its state (the locked version's when
+/// locked) and its queue.
+const LOCK_OWNERS_SQL: &str = "WITH owners AS MATERIALIZED (
+   SELECT i.id, i.instance_id, i.execution_id, i.state, i.queue
+     FROM instances i
+    WHERE (i.instance_id, i.execution_id) IN
+          (SELECT * FROM unnest($1::text[], $2::text[]))),
+ locked AS MATERIALIZED (
+   SELECT i.id, i.state FROM instances i
+    WHERE i.id IN (SELECT id FROM owners WHERE state = 0)
+    ORDER BY i.id FOR SHARE SKIP LOCKED)
+ SELECT o.instance_id, o.execution_id, l.id IS NOT NULL, COALESCE(l.state, o.state),
+        o.queue
+   FROM owners o LEFT JOIN locked l ON l.id = o.id";
+
+/// Deletes the activities whose lease (holder and claim) still matches
+/// and queues each one's result for its owner when `record` says the owner
+/// is active and locked: rows `$1`, workers `$2`, lease ids `$3`, new event
+/// ids `$4`, types `$5` and data `$6`, `record` `$7`. Returns the deleted
+/// rows' ids.
+const RECORD_RESULTS_SQL: &str = "WITH input AS (
+   SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::int[],
+                        $6::bytea[], $7::bool[])
+            WITH ORDINALITY AS t(row_id, worker, lease_id, event_id, event_type, data,
+                                 record, ord)),
+ deleted AS (
+   DELETE FROM activities a USING input
+    WHERE a.id = input.row_id AND a.worker = input.worker AND a.lease_id = input.lease_id
+   RETURNING a.id, a.instance_id, a.execution_id, a.schedule_event_id),
+ results AS (
+   SELECT input.ord, input.event_id, input.event_type, input.data,
+          d.instance_id, d.execution_id, d.schedule_event_id
+     FROM deleted d JOIN input ON input.row_id = d.id
+    WHERE input.record),
+ attrs AS (
+   INSERT INTO attributes (event_id, instance_id, execution_id, data)
+   SELECT event_id, instance_id, execution_id, data FROM results),
+ events AS (
+   INSERT INTO pending_events (event_id, instance_id, execution_id, event_type,
+                               timestamp, schedule_event_id)
+   SELECT event_id, instance_id, execution_id, event_type, now(), schedule_event_id
+     FROM results ORDER BY ord)
+ SELECT id FROM deleted";
 
 impl Store {
     /// Claims up to `max` visible, unleased activities of `queues`, oldest
@@ -487,9 +533,16 @@ impl Store {
             .iter()
             .map(|(t, _)| t.instance.execution_id.as_str())
             .collect();
-        let mut client = self.client().await?;
+        let client = self.client().await?;
         let started = std::time::Instant::now();
-        let tx = self.begin_write(&mut client).await?;
+        // Both statements are prepared first: the transaction takes two
+        // round trips, BEGIN with the first statement, COMMIT with the
+        // second.
+        let (lock_owners, record_results) = futures::try_join!(
+            client.prepare_cached(LOCK_OWNERS_SQL),
+            client.prepare_cached(RECORD_RESULTS_SQL),
+        )
+        .map_err(db("preparing a statement"))?;
         // Locks the active owning instances rows (shared) in ascending id
         // order, before any activities row: the order every waiting
         // transaction follows. SKIP LOCKED: it never waits for an instances
@@ -500,28 +553,14 @@ impl Store {
         // one (nobody is left to read the result). A row locked here is
         // returned as its newest committed version, so an owner that
         // finished since the statement's snapshot counts as finished.
-        let owners = tx
-            .query(
-                &tx.prepare_cached(
-                    "WITH owners AS MATERIALIZED (
-                       SELECT i.id, i.instance_id, i.execution_id, i.state, i.queue
-                         FROM instances i
-                        WHERE (i.instance_id, i.execution_id) IN
-                              (SELECT * FROM unnest($1::text[], $2::text[]))),
-                     locked AS MATERIALIZED (
-                       SELECT i.id, i.state FROM instances i
-                        WHERE i.id IN (SELECT id FROM owners WHERE state = 0)
-                        ORDER BY i.id FOR SHARE SKIP LOCKED)
-                     SELECT o.instance_id, o.execution_id, l.id IS NOT NULL, COALESCE(l.state, o.state),
-                            o.queue
-                       FROM owners o LEFT JOIN locked l ON l.id = o.id",
-                )
-                .await
-                .map_err(db("preparing a statement"))?,
+        let owners = self
+            .query_beginning_write(
+                &client,
+                &lock_owners,
                 &[&owner_instances, &owner_executions],
+                "locking the activities' workflows",
             )
-            .await
-            .map_err(db("locking the activities' workflows"))?;
+            .await?;
         let mut owner_of = std::collections::HashMap::new();
         for row in &owners {
             let owner = if row.get::<_, i32>(3) != InstanceState::Active as i32 {
@@ -574,38 +613,29 @@ impl Store {
         // whole batch. The activities rows it waits for are those of owners
         // locked above (so no workflow completion can be deleting them) or
         // of finished owners (whose completion deleted theirs already).
-        let deleted = tx
-            .query(
-                &tx.prepare_cached("WITH input AS (
-                   SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::int[],
-                                        $6::bytea[], $7::bool[])
-                            WITH ORDINALITY AS t(row_id, worker, lease_id, event_id, event_type, data,
-                                                 record, ord)),
-                 deleted AS (
-                   DELETE FROM activities a USING input
-                    WHERE a.id = input.row_id AND a.worker = input.worker AND a.lease_id = input.lease_id
-                   RETURNING a.id, a.instance_id, a.execution_id, a.schedule_event_id),
-                 results AS (
-                   SELECT input.ord, input.event_id, input.event_type, input.data,
-                          d.instance_id, d.execution_id, d.schedule_event_id
-                     FROM deleted d JOIN input ON input.row_id = d.id
-                    WHERE input.record),
-                 attrs AS (
-                   INSERT INTO attributes (event_id, instance_id, execution_id, data)
-                   SELECT event_id, instance_id, execution_id, data FROM results),
-                 events AS (
-                   INSERT INTO pending_events (event_id, instance_id, execution_id, event_type,
-                                               timestamp, schedule_event_id)
-                   SELECT event_id, instance_id, execution_id, event_type, now(), schedule_event_id
-                     FROM results ORDER BY ord)
-                 SELECT id FROM deleted").await.map_err(db("preparing a statement"))?,
-                &[&row_ids, &workers, &lease_ids, &event_ids, &event_types, &data, &record],
-            )
-            .await
-            .map_err(db("recording activity results"))?;
-        let deleted: std::collections::HashSet<i64> = deleted.iter().map(|r| r.get(0)).collect();
-        self.commit_write(tx, touched, "committing activity results")
-            .await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &row_ids,
+            &workers,
+            &lease_ids,
+            &event_ids,
+            &event_types,
+            &data,
+            &record,
+        ];
+        let deleted = std::sync::OnceLock::new();
+        let recording = Pipelined::query(
+            &client,
+            "recording activity results",
+            &record_results,
+            &params,
+            &deleted,
+        );
+        self.commit_pipelined(&client, [recording], touched).await?;
+        let deleted: std::collections::HashSet<i64> = deleted
+            .get()
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+
         crate::metrics::completion_duration(crate::kinds::TaskKind::Activity, started);
         let outcomes = completions
             .iter()

@@ -34,6 +34,38 @@ impl NewEvent {
     }
 }
 
+/// Inserts pending events with their attributes, in one statement: `$1`,
+/// `$2` the execution, `$3..$7` the [`EventColumns`] (ids, types,
+/// scheduling ids, delays, data). Takes no row locks on existing rows.
+pub(crate) const INSERT_PENDING_SQL: &str = "WITH input AS (
+   SELECT * FROM unnest($3::text[], $4::int[], $5::bigint[], $6::float8[], $7::bytea[])
+            WITH ORDINALITY AS t(event_id, event_type, schedule_event_id, delay_secs, data, ord)
+ ), attrs AS (
+   INSERT INTO attributes (event_id, instance_id, execution_id, data)
+   SELECT event_id, $1, $2, data FROM input
+ )
+ INSERT INTO pending_events
+   (event_id, instance_id, execution_id, event_type, timestamp, schedule_event_id, visible_at)
+ SELECT event_id, $1, $2, event_type, now(), schedule_event_id,
+        now() + make_interval(secs => delay_secs)
+   FROM input ORDER BY ord";
+
+/// Appends events to an execution's history with their attributes, in one
+/// statement: `$1`, `$2` the execution, `$3` the first sequence id, `$4..$7`
+/// the [`EventColumns`]' ids, types, scheduling ids and data. Takes no row
+/// locks on existing rows.
+pub(crate) const APPEND_HISTORY_SQL: &str = "WITH input AS (
+   SELECT * FROM unnest($4::text[], $5::int[], $6::bigint[], $7::bytea[])
+            WITH ORDINALITY AS t(event_id, event_type, schedule_event_id, data, ord)
+ ), attrs AS (
+   INSERT INTO attributes (event_id, instance_id, execution_id, data)
+   SELECT event_id, $1, $2, data FROM input
+ )
+ INSERT INTO history
+   (event_id, sequence_id, instance_id, execution_id, event_type, timestamp, schedule_event_id)
+ SELECT event_id, $3 + ord - 1, $1, $2, event_type, now(), schedule_event_id
+   FROM input ORDER BY ord";
+
 /// Inserts `events` as pending events of `instance` (in order) with their
 /// attributes, in one statement. Takes no row locks on existing rows.
 pub(crate) async fn insert_pending(
@@ -44,22 +76,22 @@ pub(crate) async fn insert_pending(
     if events.is_empty() {
         return Ok(());
     }
-    let (ids, types, schedule_ids, delays, data) = columns(events);
+    let c = EventColumns::of(events);
     client
         .execute(
-            &client.prepare_cached("WITH input AS (
-               SELECT * FROM unnest($3::text[], $4::int[], $5::bigint[], $6::float8[], $7::bytea[])
-                        WITH ORDINALITY AS t(event_id, event_type, schedule_event_id, delay_secs, data, ord)
-             ), attrs AS (
-               INSERT INTO attributes (event_id, instance_id, execution_id, data)
-               SELECT event_id, $1, $2, data FROM input
-             )
-             INSERT INTO pending_events
-               (event_id, instance_id, execution_id, event_type, timestamp, schedule_event_id, visible_at)
-             SELECT event_id, $1, $2, event_type, now(), schedule_event_id,
-                    now() + make_interval(secs => delay_secs)
-               FROM input ORDER BY ord").await.map_err(db("preparing a statement"))?,
-            &[&instance.instance_id, &instance.execution_id, &ids, &types, &schedule_ids, &delays, &data],
+            &client
+                .prepare_cached(INSERT_PENDING_SQL)
+                .await
+                .map_err(db("preparing a statement"))?,
+            &[
+                &instance.instance_id,
+                &instance.execution_id,
+                &c.ids,
+                &c.types,
+                &c.schedule_ids,
+                &c.delays,
+                &c.data,
+            ],
         )
         .await
         .map_err(db("writing pending events"))?;
@@ -78,28 +110,21 @@ pub(crate) async fn append_history(
     if events.is_empty() {
         return Ok(());
     }
-    let (ids, types, schedule_ids, _, data) = columns(events);
+    let c = EventColumns::of(events);
     client
         .execute(
-            &client.prepare_cached("WITH input AS (
-               SELECT * FROM unnest($4::text[], $5::int[], $6::bigint[], $7::bytea[])
-                        WITH ORDINALITY AS t(event_id, event_type, schedule_event_id, data, ord)
-             ), attrs AS (
-               INSERT INTO attributes (event_id, instance_id, execution_id, data)
-               SELECT event_id, $1, $2, data FROM input
-             )
-             INSERT INTO history
-               (event_id, sequence_id, instance_id, execution_id, event_type, timestamp, schedule_event_id)
-             SELECT event_id, $3 + ord - 1, $1, $2, event_type, now(), schedule_event_id
-               FROM input ORDER BY ord").await.map_err(db("preparing a statement"))?,
+            &client
+                .prepare_cached(APPEND_HISTORY_SQL)
+                .await
+                .map_err(db("preparing a statement"))?,
             &[
                 &instance.instance_id,
                 &instance.execution_id,
                 &first_sequence_id,
-                &ids,
-                &types,
-                &schedule_ids,
-                &data,
+                &c.ids,
+                &c.types,
+                &c.schedule_ids,
+                &c.data,
             ],
         )
         .await
@@ -107,25 +132,30 @@ pub(crate) async fn append_history(
     Ok(())
 }
 
-type Columns = (
-    Vec<String>,
-    Vec<i32>,
-    Vec<i64>,
-    Vec<Option<f64>>,
-    Vec<Vec<u8>>,
-);
+/// Events as the column arrays [`INSERT_PENDING_SQL`] and
+/// [`APPEND_HISTORY_SQL`] take.
+pub(crate) struct EventColumns {
+    pub(crate) ids: Vec<String>,
+    pub(crate) types: Vec<i32>,
+    pub(crate) schedule_ids: Vec<i64>,
+    /// Seconds after the commit's `now()` before the event is visible.
+    pub(crate) delays: Vec<Option<f64>>,
+    pub(crate) data: Vec<Vec<u8>>,
+}
 
-fn columns(events: &[NewEvent]) -> Columns {
-    (
-        events.iter().map(|e| e.event_id.clone()).collect(),
-        events.iter().map(|e| e.event_type.code()).collect(),
-        events.iter().map(|e| e.schedule_event_id).collect(),
-        events
-            .iter()
-            .map(|e| e.visible_after.map(|d| d.as_secs_f64()))
-            .collect(),
-        events.iter().map(|e| e.data.clone()).collect(),
-    )
+impl EventColumns {
+    pub(crate) fn of(events: &[NewEvent]) -> Self {
+        Self {
+            ids: events.iter().map(|e| e.event_id.clone()).collect(),
+            types: events.iter().map(|e| e.event_type.code()).collect(),
+            schedule_ids: events.iter().map(|e| e.schedule_event_id).collect(),
+            delays: events
+                .iter()
+                .map(|e| e.visible_after.map(|d| d.as_secs_f64()))
+                .collect(),
+            data: events.iter().map(|e| e.data.clone()).collect(),
+        }
+    }
 }
 
 /// The columns [`event_from_row`] reads, for `pending_events` or `history`

@@ -550,6 +550,106 @@ impl Store {
         committed
     }
 
+    /// Runs a write transaction whose statements are all sent at once, in
+    /// one round trip: BEGIN (with the triggers' deferral, as
+    /// [`begin_write`](Self::begin_write)), `statements` in order, COMMIT.
+    /// Only for statements whose results nothing in between depends on: a
+    /// condition the others rely on is checked in SQL (`pgwake_require`,
+    /// migration 11), which raises. A statement that fails aborts the
+    /// transaction, every statement after it fails as well and the COMMIT
+    /// rolls back; the first failure is the answer, with what its statement
+    /// was doing. The touched queues are reported as by
+    /// [`commit_write`](Self::commit_write): not at all when the server
+    /// refused a statement (nothing committed), twice when the outcome is
+    /// unknown.
+    ///
+    /// Each statement must be prepared before: a request then leaves when
+    /// its future is first polled, so the requests leave in the order of
+    /// `statements`.
+    pub(crate) async fn write_pipelined(
+        &self,
+        client: &PooledClient,
+        statements: Vec<Pipelined<'_>>,
+        touched: TouchedQueues,
+    ) -> Result<(), PipelineError> {
+        let begin = Pipelined {
+            context: "starting a transaction",
+            request: Box::pin(client.batch_execute(self.begin_sql())),
+        };
+        client.in_transaction.store(true, Ordering::Relaxed);
+        self.commit_pipelined(client, std::iter::once(begin).chain(statements), touched)
+            .await
+    }
+
+    /// Begins a write transaction by hand in the round trip of its first
+    /// statement, a query whose rows the rest of the transaction needs; the
+    /// rest goes to [`commit_pipelined`](Self::commit_pipelined). Until
+    /// then the connection is closed if dropped, not pooled mid-transaction.
+    pub(crate) async fn query_beginning_write(
+        &self,
+        client: &PooledClient,
+        statement: &tokio_postgres::Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        context: &'static str,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        client.in_transaction.store(true, Ordering::Relaxed);
+        let (_, rows) = futures::try_join!(
+            client.batch_execute(self.begin_sql()),
+            client.query(statement, params)
+        )
+        .map_err(db(context))?;
+        Ok(rows)
+    }
+
+    /// Sends `statements` and COMMIT together, in the transaction that
+    /// [`query_beginning_write`](Self::query_beginning_write) began (or
+    /// BEGIN first, from [`write_pipelined`](Self::write_pipelined)), and
+    /// reports the touched queues as it describes.
+    pub(crate) async fn commit_pipelined<'a>(
+        &self,
+        client: &'a PooledClient,
+        statements: impl IntoIterator<Item = Pipelined<'a>>,
+        touched: TouchedQueues,
+    ) -> Result<(), PipelineError> {
+        let mut contexts = Vec::new();
+        let mut requests = Vec::new();
+        for statement in statements {
+            contexts.push(statement.context);
+            requests.push(statement.request);
+        }
+        contexts.push("committing");
+        requests.push(Box::pin(client.batch_execute("COMMIT")));
+        let report = CommitReport::new(self, touched);
+        // join_all polls its futures in order: each sends its request when
+        // first polled, so they leave in this order, on one connection.
+        let results = futures::future::join_all(requests).await;
+        // Answered, COMMIT included: the transaction is over either way.
+        client.in_transaction.store(false, Ordering::Relaxed);
+        let failure = contexts
+            .into_iter()
+            .zip(results)
+            .find_map(|(context, result)| {
+                result.err().map(|source| PipelineError { context, source })
+            });
+        match failure {
+            None => report.settle(true),
+            // Refused by the server: the transaction was aborted there.
+            Some(ref failure) if failure.source.as_db_error().is_some() => report.discard(),
+            Some(_) => report.settle(false),
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// What opens a write transaction: BEGIN, and the deferral of the
+    /// notification triggers when a commit hook notifies instead.
+    fn begin_sql(&self) -> &'static str {
+        if self.defers_notifications() {
+            "BEGIN; SET LOCAL pgwake.defer_notify = on"
+        } else {
+            "BEGIN"
+        }
+    }
+
     /// Whether writes skip the triggers (a commit hook notifies instead).
     pub(crate) fn defers_notifications(&self) -> bool {
         self.announcer.defer_notify.load(Ordering::Relaxed) && self.commit_hook().is_some()
@@ -653,6 +753,7 @@ impl Store {
         })?;
         Ok(PooledClient {
             object: Some(object),
+            in_transaction: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -681,6 +782,11 @@ thread_local! {
 /// operation gets a fresh one.
 pub(crate) struct PooledClient {
     object: Option<deadpool_postgres::Object>,
+    /// Set while a transaction begun by hand (see [`Store::write_pipelined`];
+    /// a `Transaction` rolls itself back when dropped) has not been
+    /// answered: dropped then, the connection is closed, never pooled
+    /// mid-transaction.
+    in_transaction: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for PooledClient {
@@ -699,7 +805,7 @@ impl std::ops::DerefMut for PooledClient {
 
 impl Drop for PooledClient {
     fn drop(&mut self) {
-        if CUTTING_OFF.with(|cutting| cutting.get()) {
+        if CUTTING_OFF.with(|cutting| cutting.get()) || *self.in_transaction.get_mut() {
             if let Some(object) = self.object.take() {
                 // Detached from the pool; dropping the client closes it.
                 drop(deadpool_postgres::Object::take(object));
@@ -732,6 +838,72 @@ impl<'a> CommitReport<'a> {
     pub(crate) fn settle(mut self, committed: bool) {
         if let Some(touched) = self.touched.take() {
             self.store.report(touched, !committed);
+        }
+    }
+}
+
+impl CommitReport<'_> {
+    /// Nothing was committed (the server refused the transaction): nothing
+    /// to report.
+    pub(crate) fn discard(mut self) {
+        self.touched = None;
+    }
+}
+
+/// One statement of [`Store::write_pipelined`].
+pub(crate) struct Pipelined<'a> {
+    /// What it does, for its error.
+    pub(crate) context: &'static str,
+    /// Its request, sent when first polled.
+    pub(crate) request: futures::future::BoxFuture<'a, Result<(), tokio_postgres::Error>>,
+}
+
+impl<'a> Pipelined<'a> {
+    /// `statement` (prepared) with `params`, its rows kept in `rows`.
+    pub(crate) fn query(
+        client: &'a PooledClient,
+        context: &'static str,
+        statement: &'a tokio_postgres::Statement,
+        params: &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)],
+        rows: &'a std::sync::OnceLock<Vec<tokio_postgres::Row>>,
+    ) -> Self {
+        Self {
+            context,
+            request: Box::pin(async move {
+                let answer = client.query(statement, params).await?;
+                // Set once: each statement has its own slot.
+                let _ = rows.set(answer);
+                Ok(())
+            }),
+        }
+    }
+
+    /// `statement` (prepared) with `params`, its row count ignored.
+    pub(crate) fn execute(
+        client: &'a PooledClient,
+        context: &'static str,
+        statement: &'a tokio_postgres::Statement,
+        params: &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Self {
+        Self {
+            context,
+            request: Box::pin(async move { client.execute(statement, params).await.map(drop) }),
+        }
+    }
+}
+
+/// The first statement of a pipelined transaction that failed.
+#[derive(Debug)]
+pub(crate) struct PipelineError {
+    pub(crate) context: &'static str,
+    pub(crate) source: tokio_postgres::Error,
+}
+
+impl From<PipelineError> for StoreError {
+    fn from(failure: PipelineError) -> Self {
+        StoreError::Database {
+            context: failure.context,
+            source: failure.source,
         }
     }
 }

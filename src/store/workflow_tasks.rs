@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::events::{
-    append_history, event_from_row_at, insert_pending, NewEvent, ATTRIBUTES_JOIN, EVENT_COLUMNS,
+    append_history, event_from_row_at, insert_pending, EventColumns, NewEvent, APPEND_HISTORY_SQL,
+    ATTRIBUTES_JOIN, EVENT_COLUMNS, INSERT_PENDING_SQL,
 };
 use super::instances::lock_instance_ids;
 use super::model::{
@@ -24,7 +25,55 @@ use super::stats::WORKFLOW_DUE_SQL;
 const CLAIMABLE_INSTANCE: &str = "i.state = 0 AND i.queue = ANY($1)
     AND (i.locked_until IS NULL OR i.locked_until < now())
     AND (i.sticky_until IS NULL OR i.sticky_until < now() OR i.worker = $2)";
-use super::{db, lease_seconds, Store, TouchedQueues};
+use super::{db, lease_seconds, Pipelined, Store, TouchedQueues};
+
+/// The SQLSTATE `pgwake_require` raises with when a workflow task's lease
+/// is no longer its holder's.
+const LEASE_LOST: &str = "PW001";
+
+/// Opens a completed task's part of the history, and ends its lease, in one
+/// statement: the lease is released and the instance's state set (holder
+/// `$2` and fencing token `$3` of row `$1` must both match; a task that
+/// completes ends the run of failures before it, if any, see
+/// `fail_workflow_task`); a WorkflowTaskStarted (`$9`, sequence id `$10`,
+/// type `$11`) opens the task's part, as in go-workflows' histories (its
+/// replay skips it, as ours does); the task's events (`$8`) move from the
+/// pending events of execution `$6`/`$7` to the history after it, in their
+/// order. Raises (`pgwake_require`) [`LEASE_LOST`] when the lease was taken
+/// over, and when not exactly the task's events moved: the transaction is
+/// then rolled back whatever else it did. The decision's own events are
+/// numbered after the moved ones.
+const OPEN_TASK_HISTORY_SQL: &str = "WITH lease AS (
+   UPDATE instances
+      SET locked_until = NULL,
+          lease_id = NULL,
+          sticky_until = now() + make_interval(secs => $4),
+          state = $5,
+          completed_at = CASE WHEN $5 <> 0 THEN now() END,
+          task_attempts = 0,
+          last_task_error = NULL
+    WHERE id = $1 AND worker = $2 AND lease_id = $3
+   RETURNING 1),
+ moved AS (
+   DELETE FROM pending_events
+    WHERE instance_id = $6 AND execution_id = $7 AND event_id = ANY($8)
+   RETURNING *),
+ started_attributes AS (
+   INSERT INTO attributes (event_id, instance_id, execution_id, data)
+   VALUES ($9::text, $6, $7, 'null')),
+ recorded AS (
+   INSERT INTO history (event_id, sequence_id, instance_id, execution_id,
+                        event_type, timestamp, schedule_event_id, visible_at)
+   SELECT $9::text, $10::bigint, $6::text, $7::text, $11::int, now(), 0::bigint, NULL::timestamptz
+   UNION ALL
+   SELECT event_id, $10::bigint + row_number() OVER (ORDER BY id), instance_id, execution_id,
+          event_type, timestamp, schedule_event_id, visible_at
+     FROM moved)
+ SELECT CASE WHEN (SELECT count(*) FROM lease) <> 1
+             THEN pgwake_require(false, 'PW001', 'the workflow task''s lease was taken over')
+             ELSE pgwake_require((SELECT count(*) FROM moved) = cardinality($8::text[]), 'PW002',
+                                 'the workflow task''s pending events changed under its lease')
+        END";
 
 /// Opens the claim's transaction with plans restricted to index walks in
 /// index order: sorts, bitmap and sequential scans are costed out (still
@@ -193,22 +242,57 @@ impl Store {
                           ELSE false END AS skipped_locked
                      FROM idle),
                  lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true))
-                 SELECT due.due_in, due.skipped_locked, claimed.*
+                 SELECT due.due_in, due.skipped_locked, claimed.*,
+                        -- Names the claimed row for the statement that reads its events.
+                        CASE WHEN claimed.id IS NOT NULL
+                             THEN set_config('pgwake.claimed', claimed.id::text, true) END
                    FROM due CROSS JOIN lazy_commit LEFT JOIN claimed ON true"))
+            .await
+            .map_err(db("preparing a statement"))?;
+        // The claimed instance's events and whole history, read by the
+        // statement after the claim in its transaction: a new statement, so
+        // with a snapshot taken after the claim locked the row. A previous
+        // holder's completion that committed while we were claiming (the
+        // claim then locked the row version it left) is visible there: its
+        // events are in the history, not pending. A completion that had not
+        // committed still holds the row, which the claim skipped. Pending
+        // events and history come from the one statement, so from one
+        // snapshot: an event is in one or the other, never both or neither,
+        // and the executor replays exactly the history these new events
+        // follow. The claim names its row in a setting local to the
+        // transaction; when it claimed nothing, the read finds nothing.
+        let read = client
+            .prepare_cached(&format!(
+                "WITH claimed AS MATERIALIZED (
+                   SELECT instance_id, execution_id FROM instances
+                    WHERE id = nullif(current_setting('pgwake.claimed', true), '')::bigint)
+                 SELECT false AS recorded, e.id AS position, {EVENT_COLUMNS}
+                   FROM claimed c JOIN pending_events e
+                        ON e.instance_id = c.instance_id AND e.execution_id = c.execution_id
+                        {ATTRIBUTES_JOIN}
+                  WHERE e.visible_at IS NULL OR e.visible_at <= now()
+                 UNION ALL
+                 SELECT true, e.sequence_id, {EVENT_COLUMNS}
+                   FROM claimed c JOIN history e
+                        ON e.instance_id = c.instance_id AND e.execution_id = c.execution_id
+                        {ATTRIBUTES_JOIN}
+                  ORDER BY 1, 2"
+            ))
             .await
             .map_err(db("preparing a statement"))?;
         // The claim is planned where the planner may only walk indexes in
         // their order: its statistics lag behind a burst of starts (a table
         // analyzed empty holds thousands of rows a second later), and with
         // them it sorted every ready event, or scanned every active
-        // instance, on each claim (2-10 ms at 1,000 instances). The three
+        // instance, on each claim (2-10 ms at 1,000 instances). The four
         // requests are sent together, one round trip; a cut-off claim
         // discards its connection, so no transaction is left open.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&queue_names, &worker.as_str(), &lease_secs, &lease_id];
-        let (_, claimed, _) = futures::try_join!(
+        let (_, claimed, rows, _) = futures::try_join!(
             client.batch_execute(INDEX_WALKS_ONLY),
             client.query_one(&statement, &params),
+            client.query(&read, &[]),
             client.batch_execute("COMMIT"),
         )
         .map_err(db("claiming a workflow task"))?;
@@ -231,34 +315,6 @@ impl Store {
             instance_id: row.get(3),
             execution_id: row.get(4),
         };
-        // Read in a new statement, so with a snapshot taken after the claim
-        // committed: a previous holder's late completion that committed
-        // while we were claiming is visible here (its events are in the
-        // history, not pending). The pending events and the whole history
-        // come from this one statement, so from one snapshot: an event is
-        // in one or the other, never both or neither, and the executor
-        // replays exactly the history these new events follow. The
-        // history's last sequence id is that of its last row (0 for none).
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(&format!(
-                        "SELECT false AS recorded, e.id AS position, {EVENT_COLUMNS}
-                       FROM pending_events e {ATTRIBUTES_JOIN}
-                      WHERE e.instance_id = $1 AND e.execution_id = $2
-                        AND (e.visible_at IS NULL OR e.visible_at <= now())
-                     UNION ALL
-                     SELECT true, e.sequence_id, {EVENT_COLUMNS}
-                       FROM history e {ATTRIBUTES_JOIN}
-                      WHERE e.instance_id = $1 AND e.execution_id = $2
-                      ORDER BY 1, 2"
-                    ))
-                    .await
-                    .map_err(db("preparing a statement"))?,
-                &[&instance.instance_id, &instance.execution_id],
-            )
-            .await
-            .map_err(db("reading the task's events and history"))?;
         let mut events = Vec::new();
         let mut history = Vec::new();
         for r in &rows {
@@ -385,6 +441,16 @@ impl Store {
     ) -> Result<(), StoreError> {
         // Everything that can be refused is refused before the transaction.
         let mut plan = self.plan_completion(task, &completion)?;
+        let writes_elsewhere = !completion.signals.is_empty()
+            || !completion.cancellations.is_empty()
+            || !completion.sub_workflows.is_empty()
+            || matches!(completion.outcome, Some(WorkflowOutcome::ContinueAsNew(_)))
+            || (plan.ends_execution && task.parent.is_some());
+        if !writes_elsewhere {
+            return self
+                .complete_decision_pipelined(task, &completion, plan)
+                .await;
+        }
         let mut client = self.client().await?;
         let started = std::time::Instant::now();
         let tx = self.begin_write(&mut client).await?;
@@ -489,84 +555,18 @@ impl Store {
             );
         }
 
-        // 3. The lease: holder and fencing token must both match. A task
-        //    that completes ends the run of failures before it, if any
-        //    (see `fail_workflow_task`).
-        // 4. A WorkflowTaskStarted opens the task's part of the history, as
-        //    in go-workflows' histories (its replay skips it, as ours does);
-        //    then the task's events move to the history, in their order.
-        //
-        //    The three statements go out together (pipelined: one round trip
-        //    instead of three) and run in this order. Should the lease turn
-        //    out lost, whatever the other two did or failed at is rolled
-        //    back with the transaction, and LeaseLost is the answer.
-        let sticky_secs = (!self.options().sticky_timeout.is_zero() && !plan.ends_execution)
-            .then(|| self.options().sticky_timeout.as_secs_f64());
-        let release = tx
-            .prepare_cached(
-                "UPDATE instances
-                    SET locked_until = NULL,
-                        lease_id = NULL,
-                        sticky_until = now() + make_interval(secs => $4),
-                        state = $5,
-                        completed_at = CASE WHEN $5 <> 0 THEN now() END,
-                        task_attempts = 0,
-                        last_task_error = NULL
-                  WHERE id = $1 AND worker = $2 AND lease_id = $3",
-            )
+        // 3. The lease, released if still ours (LeaseLost otherwise, with
+        //    the transaction rolled back); 4. the task's part of the history
+        //    opened, its events moved there: one statement.
+        let open = tx
+            .prepare_cached(OPEN_TASK_HISTORY_SQL)
             .await
             .map_err(db("preparing a statement"))?;
-        let move_events = tx
-            .prepare_cached(
-                "WITH moved AS (
-                   DELETE FROM pending_events
-                    WHERE instance_id = $1 AND execution_id = $2 AND event_id = ANY($3)
-                   RETURNING *)
-                 INSERT INTO history (event_id, sequence_id, instance_id, execution_id,
-                                      event_type, timestamp, schedule_event_id, visible_at)
-                 SELECT event_id, $4 + row_number() OVER (ORDER BY id), instance_id, execution_id,
-                        event_type, timestamp, schedule_event_id, visible_at
-                   FROM moved",
-            )
+        let opening = OpenTaskHistory::new(self, task, &plan);
+        tx.execute(&open, &opening.params())
             .await
-            .map_err(db("preparing a statement"))?;
-        let plan_state = plan.state as i32;
-        let moved_ids: Vec<&str> = task
-            .new_events
-            .iter()
-            .map(|e| e.event_id.as_str())
-            .collect();
-        let task_started = [NewEvent::new(
-            EventType::WorkflowTaskStarted,
-            0,
-            b"null".to_vec(),
-        )];
-        let moved_after = task.last_sequence_id + 1;
-        let (worker, lease_id) = (task.lease.worker().as_str(), task.lease.lease_id());
-        let release_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-            [&task.row_id, &worker, &lease_id, &sticky_secs, &plan_state];
-        let move_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
-            &task.instance.instance_id,
-            &task.instance.execution_id,
-            &moved_ids,
-            &moved_after,
-        ];
-        let (updated, task_started_recorded, moved) = futures::join!(
-            tx.execute(&release, &release_params),
-            append_history(&tx, &task.instance, moved_after, &task_started),
-            tx.execute(&move_events, &move_params),
-        );
-        let updated = updated.map_err(db("releasing the workflow task's lease"))?;
-        if updated == 0 {
-            return Err(StoreError::LeaseLost {
-                task: format!("the workflow task of {}", task.instance.instance_id),
-                worker: task.lease.worker().to_string(),
-            });
-        }
-        task_started_recorded?;
-        let moved = moved.map_err(db("moving the task's events to the history"))?;
-        // After the WorkflowTaskStarted and the moved events.
-        let first_new_sequence = task.last_sequence_id + 1 + moved as i64 + 1;
+            .map_err(|source| decision_error(task, "opening the task's history", source))?;
+        let first_new_sequence = opening.first_new_sequence;
 
         // 5. What the decision schedules is numbered after them (and written
         //    to the history in step 8, once it is known which signals were
@@ -575,13 +575,9 @@ impl Store {
 
         if !completion.canceled_timers.is_empty() {
             tx.execute(
-                &tx.prepare_cached(
-                    "DELETE FROM pending_events
-                  WHERE instance_id = $1 AND execution_id = $2 AND event_type = $3
-                    AND schedule_event_id = ANY($4)",
-                )
-                .await
-                .map_err(db("preparing a statement"))?,
+                &tx.prepare_cached(CANCEL_TIMERS_SQL)
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[
                     &task.instance.instance_id,
                     &task.instance.execution_id,
@@ -595,13 +591,11 @@ impl Store {
 
         if plan.ends_execution {
             // Nothing would ever process these: leave no orphans behind.
-            for table in ["pending_events", "activities"] {
+            for sql in END_EXECUTION_SQL {
                 tx.execute(
-                    &tx.prepare_cached(&format!(
-                        "DELETE FROM {table} WHERE instance_id = $1 AND execution_id = $2"
-                    ))
-                    .await
-                    .map_err(db("preparing a statement"))?,
+                    &tx.prepare_cached(sql)
+                        .await
+                        .map_err(db("preparing a statement"))?,
                     &[&task.instance.instance_id, &task.instance.execution_id],
                 )
                 .await
@@ -612,54 +606,41 @@ impl Store {
         // 6. Activities, timers and sub-workflows, keyed by their scheduling
         //    event's sequence id; the next execution when this one continues
         //    as new.
-        let mut activity_ids = Vec::new();
-        let mut activity_queues = Vec::new();
-        let mut activity_schedule_ids = Vec::new();
-        let mut own_pending = Vec::new();
+        let mut scheduled_rows = ScheduledRows::default();
         for (scheduled, sequence_id) in &recorded {
-            match &scheduled.kind {
-                Scheduled::Activity { queue } => {
-                    touched.add_activity(queue);
-                    activity_ids.push(scheduled.event.event_id.clone());
-                    activity_queues.push(queue.as_str().to_string());
-                    activity_schedule_ids.push(*sequence_id);
-                }
-                Scheduled::Timer { delay, payload } => {
-                    let mut fired =
-                        NewEvent::new(EventType::TimerFired, *sequence_id, payload.clone());
-                    fired.visible_after = Some(*delay);
-                    own_pending.push(fired);
-                }
-                Scheduled::SubWorkflow(child) => {
-                    let created = self
-                        .insert_instance(&tx, child, Some((&task.instance, *sequence_id)))
-                        .await?;
-                    touched.add_workflow(&child.queue);
-                    if let Some(created) = created {
-                        receivers.insert(child.instance_id.clone(), (created, child.queue.clone()));
-                    } else {
-                        let error = json!({
-                            "error": format!("instance {:?} already has an active execution", child.instance_id),
-                            "already_exists": true,
-                        });
-                        own_pending.push(NewEvent::new(
-                            EventType::SubWorkflowFailed,
-                            *sequence_id,
-                            self.encode(&error)?,
-                        ));
-                    }
-                }
-                Scheduled::Other => {}
+            let Scheduled::SubWorkflow(child) = &scheduled.kind else {
+                scheduled_rows.add(scheduled, *sequence_id, &mut touched);
+                continue;
+            };
+            let created = self
+                .insert_instance(&tx, child, Some((&task.instance, *sequence_id)))
+                .await?;
+            touched.add_workflow(&child.queue);
+            if let Some(created) = created {
+                receivers.insert(child.instance_id.clone(), (created, child.queue.clone()));
+            } else {
+                let error = json!({
+                    "error": format!("instance {:?} already has an active execution", child.instance_id),
+                    "already_exists": true,
+                });
+                scheduled_rows.own_pending.push(NewEvent::new(
+                    EventType::SubWorkflowFailed,
+                    *sequence_id,
+                    self.encode(&error)?,
+                ));
             }
         }
+        let ScheduledRows {
+            activity_ids,
+            activity_queues,
+            activity_schedule_ids,
+            own_pending,
+        } = scheduled_rows;
         if !activity_ids.is_empty() {
             tx.execute(
-                &tx.prepare_cached("INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue,
-                                         timestamp, schedule_event_id)
-                 SELECT activity_id, $1, $2, $3, queue, now(), schedule_event_id
-                   FROM unnest($4::text[], $5::text[], $6::bigint[])
-                        WITH ORDINALITY AS t(activity_id, queue, schedule_event_id, ord)
-                  ORDER BY ord").await.map_err(db("preparing a statement"))?,
+                &tx.prepare_cached(SCHEDULE_ACTIVITIES_SQL)
+                    .await
+                    .map_err(db("preparing a statement"))?,
                 &[
                     &task.instance.instance_id,
                     &task.instance.execution_id,
@@ -797,6 +778,151 @@ impl Store {
             instance_id = %task.instance.instance_id,
             state = ?plan.state,
             activities = activity_ids.len(),
+            "workflow task completed"
+        );
+        Ok(())
+    }
+
+    /// A decision that writes to no other execution and creates none (most
+    /// do: they schedule activities and timers, cancel timers, or end an
+    /// execution that has no parent), applied in one round trip: no
+    /// statement needs the answer of another, so they are sent together
+    /// with BEGIN and COMMIT (see `Store::write_pipelined`). The statements
+    /// are those of the general path, in its order; the lease check raises.
+    async fn complete_decision_pipelined(
+        &self,
+        task: &WorkflowTask,
+        completion: &WorkflowCompletion,
+        mut plan: CompletionPlan,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let started = std::time::Instant::now();
+        let opening = OpenTaskHistory::new(self, task, &plan);
+        let mut touched = TouchedQueues::default();
+        let mut scheduled_rows = ScheduledRows::default();
+        for (scheduled, sequence_id) in plan.history_with_sequence(opening.first_new_sequence) {
+            scheduled_rows.add(&scheduled, sequence_id, &mut touched);
+        }
+        let mut history = std::mem::take(&mut plan.history);
+        history.extend(plan.outcome_event.take());
+        let history = EventColumns::of(&history);
+        let timers = EventColumns::of(&scheduled_rows.own_pending);
+
+        // Every statement is prepared first (cached on the connection):
+        // a request then leaves as soon as its future is first polled, in
+        // the pipeline's order.
+        let prepare = |sql| client.prepare_cached(sql);
+        let (open, cancel, end_pending, end_activities, activities, pending, append) =
+            futures::try_join!(
+                prepare(OPEN_TASK_HISTORY_SQL),
+                prepare(CANCEL_TIMERS_SQL),
+                prepare(END_EXECUTION_SQL[0]),
+                prepare(END_EXECUTION_SQL[1]),
+                prepare(SCHEDULE_ACTIVITIES_SQL),
+                prepare(INSERT_PENDING_SQL),
+                prepare(APPEND_HISTORY_SQL),
+            )
+            .map_err(db("preparing a statement"))?;
+
+        let instance = &task.instance;
+        let open_params = opening.params();
+        let cancel_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &instance.instance_id,
+            &instance.execution_id,
+            &EventType::TimerFired.code(),
+            &completion.canceled_timers,
+        ];
+        let end_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&instance.instance_id, &instance.execution_id];
+        let activities_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &instance.instance_id,
+            &instance.execution_id,
+            &EventType::ActivityScheduled.code(),
+            &scheduled_rows.activity_ids,
+            &scheduled_rows.activity_queues,
+            &scheduled_rows.activity_schedule_ids,
+        ];
+        let pending_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &instance.instance_id,
+            &instance.execution_id,
+            &timers.ids,
+            &timers.types,
+            &timers.schedule_ids,
+            &timers.delays,
+            &timers.data,
+        ];
+        let append_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &instance.instance_id,
+            &instance.execution_id,
+            &opening.first_new_sequence,
+            &history.ids,
+            &history.types,
+            &history.schedule_ids,
+            &history.data,
+        ];
+
+        let mut statements = vec![Pipelined::execute(
+            &client,
+            "opening the task's history",
+            &open,
+            &open_params,
+        )];
+        if !completion.canceled_timers.is_empty() {
+            statements.push(Pipelined::execute(
+                &client,
+                "canceling timers",
+                &cancel,
+                &cancel_params,
+            ));
+        }
+        if plan.ends_execution {
+            // Nothing would ever process these: leave no orphans behind.
+            for end in [&end_pending, &end_activities] {
+                statements.push(Pipelined::execute(
+                    &client,
+                    "clearing a finished execution's work",
+                    end,
+                    &end_params,
+                ));
+            }
+        }
+        if !scheduled_rows.activity_ids.is_empty() {
+            statements.push(Pipelined::execute(
+                &client,
+                "scheduling activities",
+                &activities,
+                &activities_params,
+            ));
+        }
+        if !plan.ends_execution && !scheduled_rows.own_pending.is_empty() {
+            statements.push(Pipelined::execute(
+                &client,
+                "writing pending events",
+                &pending,
+                &pending_params,
+            ));
+            // Timers too: other processes learn of a due time only by polling.
+            touched.add_workflow(&task.queue);
+        }
+        if !history.ids.is_empty() {
+            statements.push(Pipelined::execute(
+                &client,
+                "appending to the history",
+                &append,
+                &append_params,
+            ));
+        }
+        self.write_pipelined(&client, statements, touched)
+            .await
+            .map_err(|failure| decision_error(task, failure.context, failure.source))?;
+        if plan.ends_execution {
+            self.finishes.ended(&task.instance.instance_id);
+        }
+        crate::metrics::completion_duration(crate::kinds::TaskKind::Workflow, started);
+        tracing::debug!(
+            instance_id = %task.instance.instance_id,
+            state = ?plan.state,
+            activities = scheduled_rows.activity_ids.len(),
             "workflow task completed"
         );
         Ok(())
@@ -1245,6 +1371,136 @@ enum Scheduled {
     Timer { delay: Duration, payload: Vec<u8> },
     SubWorkflow(NewInstance),
     Other,
+}
+
+/// Deletes execution `$1`/`$2`'s pending `TimerFired` events (type `$3`)
+/// of the timers scheduled by the events `$4`.
+const CANCEL_TIMERS_SQL: &str = "DELETE FROM pending_events
+  WHERE instance_id = $1 AND execution_id = $2 AND event_type = $3
+    AND schedule_event_id = ANY($4)";
+
+/// Deletes what nobody would ever process once execution `$1`/`$2` ended.
+const END_EXECUTION_SQL: [&str; 2] = [
+    "DELETE FROM pending_events WHERE instance_id = $1 AND execution_id = $2",
+    "DELETE FROM activities WHERE instance_id = $1 AND execution_id = $2",
+];
+
+/// Inserts execution `$1`/`$2`'s activities (`$3` the ActivityScheduled
+/// type): ids `$4` on queues `$5`, scheduled by the events `$6`, in order.
+const SCHEDULE_ACTIVITIES_SQL: &str =
+    "INSERT INTO activities (activity_id, instance_id, execution_id,
+                         event_type, queue, timestamp, schedule_event_id)
+ SELECT activity_id, $1, $2, $3, queue, now(), schedule_event_id
+   FROM unnest($4::text[], $5::text[], $6::bigint[])
+        WITH ORDINALITY AS t(activity_id, queue, schedule_event_id, ord)
+  ORDER BY ord";
+
+/// The activities and timers a decision's events set in motion.
+#[derive(Default)]
+struct ScheduledRows {
+    activity_ids: Vec<String>,
+    activity_queues: Vec<String>,
+    activity_schedule_ids: Vec<i64>,
+    /// Its own pending events: its timers' `TimerFired`, and the failures
+    /// of sub-workflows it could not start.
+    own_pending: Vec<NewEvent>,
+}
+
+impl ScheduledRows {
+    /// Takes in an activity or a timer scheduled by the event of sequence
+    /// id `sequence_id`; a sub-workflow (started by its caller) or another
+    /// event sets nothing in motion here.
+    fn add(&mut self, scheduled: &Recorded<'_>, sequence_id: i64, touched: &mut TouchedQueues) {
+        match &scheduled.kind {
+            Scheduled::Activity { queue } => {
+                touched.add_activity(queue);
+                self.activity_ids.push(scheduled.event.event_id.clone());
+                self.activity_queues.push(queue.as_str().to_string());
+                self.activity_schedule_ids.push(sequence_id);
+            }
+            Scheduled::Timer { delay, payload } => {
+                let mut fired = NewEvent::new(EventType::TimerFired, sequence_id, payload.clone());
+                fired.visible_after = Some(*delay);
+                self.own_pending.push(fired);
+            }
+            Scheduled::SubWorkflow(_) | Scheduled::Other => {}
+        }
+    }
+}
+
+/// The parameters of [`OPEN_TASK_HISTORY_SQL`] for a task and its decision.
+struct OpenTaskHistory<'a> {
+    row_id: i64,
+    worker: &'a str,
+    lease_id: i64,
+    sticky_secs: Option<f64>,
+    state: i32,
+    instance: &'a InstanceRef,
+    moved_ids: Vec<&'a str>,
+    started_id: String,
+    started_sequence: i64,
+    started_type: i32,
+    /// The sequence id of the decision's first event: after the
+    /// WorkflowTaskStarted and the moved events.
+    first_new_sequence: i64,
+}
+
+impl<'a> OpenTaskHistory<'a> {
+    fn new(store: &Store, task: &'a WorkflowTask, plan: &CompletionPlan) -> Self {
+        let moved_ids: Vec<&str> = task
+            .new_events
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .collect();
+        let started_sequence = task.last_sequence_id + 1;
+        Self {
+            row_id: task.row_id,
+            worker: task.lease.worker().as_str(),
+            lease_id: task.lease.lease_id(),
+            sticky_secs: (!store.options().sticky_timeout.is_zero() && !plan.ends_execution)
+                .then(|| store.options().sticky_timeout.as_secs_f64()),
+            state: plan.state as i32,
+            instance: &task.instance,
+            first_new_sequence: started_sequence + moved_ids.len() as i64 + 1,
+            moved_ids,
+            started_id: super::new_id(),
+            started_sequence,
+            started_type: EventType::WorkflowTaskStarted.code(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 11] {
+        [
+            &self.row_id,
+            &self.worker,
+            &self.lease_id,
+            &self.sticky_secs,
+            &self.state,
+            &self.instance.instance_id,
+            &self.instance.execution_id,
+            &self.moved_ids,
+            &self.started_id,
+            &self.started_sequence,
+            &self.started_type,
+        ]
+    }
+}
+
+/// A decision's statement failed: [`StoreError::LeaseLost`] when
+/// `pgwake_require` found the lease taken over, a database error otherwise.
+fn decision_error(
+    task: &WorkflowTask,
+    context: &'static str,
+    source: tokio_postgres::Error,
+) -> StoreError {
+    if source.code().map(tokio_postgres::error::SqlState::code) == Some(LEASE_LOST) {
+        StoreError::LeaseLost {
+            task: format!("the workflow task of {}", task.instance.instance_id),
+            worker: task.lease.worker().to_string(),
+        }
+    } else {
+        StoreError::Database { context, source }
+    }
 }
 
 /// A completion, validated and encoded before its transaction starts.

@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS pgwake_require(boolean, text, text);

@@ -33,15 +33,18 @@ const OWNER_METADATA_COLUMN: &str = "NULL::bytea";
 /// Reads the owning executions `$1`/`$2` of activity results and locks
 /// the active ones (shared, SKIP LOCKED, in ascending id order): per owner,
 /// its ids, whether it was locked, its state (the locked version's when
-/// locked) and its queue.
+/// locked) and its queue. Each owner is looked up, and locked, by its key
+/// (as `IN` subqueries, the lookup was planned as a scan of the whole
+/// table, the lock as a walk of the whole primary key).
 const LOCK_OWNERS_SQL: &str = "WITH owners AS MATERIALIZED (
    SELECT i.id, i.instance_id, i.execution_id, i.state, i.queue
-     FROM instances i
-    WHERE (i.instance_id, i.execution_id) IN
-          (SELECT * FROM unnest($1::text[], $2::text[]))),
+     FROM unnest($1::text[], $2::text[]) AS o(instance_id, execution_id)
+     CROSS JOIN LATERAL (
+       SELECT id, instance_id, execution_id, state, queue FROM instances
+        WHERE instance_id = o.instance_id AND execution_id = o.execution_id) i),
  locked AS MATERIALIZED (
    SELECT i.id, i.state FROM instances i
-    WHERE i.id IN (SELECT id FROM owners WHERE state = 0)
+    WHERE i.id = ANY(ARRAY(SELECT id FROM owners WHERE state = 0))
     ORDER BY i.id FOR SHARE SKIP LOCKED)
  SELECT o.instance_id, o.execution_id, l.id IS NOT NULL, COALESCE(l.state, o.state),
         o.queue
@@ -51,7 +54,8 @@ const LOCK_OWNERS_SQL: &str = "WITH owners AS MATERIALIZED (
 /// and queues each one's result for its owner when `record` says the owner
 /// is active and locked: rows `$1`, workers `$2`, lease ids `$3`, new event
 /// ids `$4`, types `$5` and data `$6`, `record` `$7`. Returns the deleted
-/// rows' ids.
+/// rows' ids. The rows are named by key as well as joined (joined only,
+/// they were found by a scan of the table).
 const RECORD_RESULTS_SQL: &str = "WITH input AS (
    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::int[],
                         $6::bytea[], $7::bool[])
@@ -59,7 +63,8 @@ const RECORD_RESULTS_SQL: &str = "WITH input AS (
                                  record, ord)),
  deleted AS (
    DELETE FROM activities a USING input
-    WHERE a.id = input.row_id AND a.worker = input.worker AND a.lease_id = input.lease_id
+    WHERE a.id = ANY($1) AND a.id = input.row_id
+      AND a.worker = input.worker AND a.lease_id = input.lease_id
    RETURNING a.id, a.instance_id, a.execution_id, a.schedule_event_id),
  results AS (
    SELECT input.ord, input.event_id, input.event_type, input.data,
@@ -227,9 +232,7 @@ impl Store {
         // did not take was locked by someone else (or changed since the
         // snapshot, and then the next poll sees it as it is).
         let started = std::time::Instant::now();
-        let rows = client
-            .query(
-                &client
+        let statement = client
                     .prepare_cached(&format!(
                         "WITH ready AS (
                        SELECT r.id FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
@@ -304,17 +307,25 @@ impl Store {
                         OWNER_METADATA_JOIN,
                     ))
                     .await
-                    .map_err(db("preparing a statement"))?,
-                &[
-                    &queue_names,
-                    &worker.as_str(),
-                    &lease_secs,
-                    &limit,
-                    &lease_id,
-                ],
-            )
-            .await
-            .map_err(db("claiming activity tasks"))?;
+                    .map_err(db("preparing a statement"))?;
+        // Planned where only index walks are left to the planner (see
+        // `index_walks_only!`): with lagging statistics, the claim's UPDATE
+        // scanned the whole table, and the rows come due were looked for
+        // through every unleased row. The three requests leave together:
+        // one round trip.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+            &queue_names,
+            &worker.as_str(),
+            &lease_secs,
+            &limit,
+            &lease_id,
+        ];
+        let (_, rows, _) = futures::try_join!(
+            client.batch_execute(super::BEGIN_INDEX_WALKS_ONLY),
+            client.query(&statement, &params),
+            client.batch_execute("COMMIT"),
+        )
+        .map_err(db("claiming activity tasks"))?;
         crate::metrics::claim_duration(crate::kinds::TaskKind::Activity, started);
         let due_in = rows
             .first()

@@ -551,8 +551,9 @@ impl Store {
     }
 
     /// Runs a write transaction whose statements are all sent at once, in
-    /// one round trip: BEGIN (with the triggers' deferral, as
-    /// [`begin_write`](Self::begin_write)), `statements` in order, COMMIT.
+    /// one round trip: BEGIN (plans restricted to [`index_walks_only!`],
+    /// the triggers deferred as by [`begin_write`](Self::begin_write)),
+    /// `statements` in order, COMMIT.
     /// Only for statements whose results nothing in between depends on: a
     /// condition the others rely on is checked in SQL (`pgwake_require`,
     /// migration 11), which raises. A statement that fails aborts the
@@ -640,13 +641,14 @@ impl Store {
         failure.map_or(Ok(()), Err)
     }
 
-    /// What opens a write transaction: BEGIN, and the deferral of the
-    /// notification triggers when a commit hook notifies instead.
+    /// What opens a pipelined write transaction: BEGIN, plans restricted to
+    /// index walks, and the deferral of the notification triggers when a
+    /// commit hook notifies instead.
     fn begin_sql(&self) -> &'static str {
         if self.defers_notifications() {
-            "BEGIN; SET LOCAL pgwake.defer_notify = on"
+            BEGIN_DEFERRED_WRITE
         } else {
-            "BEGIN"
+            BEGIN_INDEX_WALKS_ONLY
         }
     }
 
@@ -775,6 +777,38 @@ thread_local! {
     /// deadline (drops run synchronously, on this thread).
     static CUTTING_OFF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
+
+/// The settings of a transaction whose plans are restricted to index walks
+/// in index order: sorts, bitmap and sequential scans are costed out (still
+/// used where nothing else can answer, like the sort of a claim's
+/// candidates). The claims and the writes of every task run with them: the
+/// tables' statistics lag behind a burst of work (a table analyzed empty
+/// holds thousands of rows a second later), and with them the workflow
+/// claim sorted every ready event or scanned every active instance (2-10 ms
+/// at 1,000 instances), and the activity claim and the recording of its
+/// result scanned the whole activities table, backlog included. The
+/// penalty inflates a plan's cost past JIT's threshold, and compiling one
+/// took 0.7 s: JIT is off. With no choice left to the statistics, one
+/// generic plan serves every call: a statement is planned once per
+/// connection (and after the tables' statistics change), not on each call
+/// (planning the workflow claim took 1.5 ms, its execution 0.25 ms).
+macro_rules! index_walks_only {
+    () => {
+        "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; \
+         SET LOCAL enable_seqscan = off; SET LOCAL jit = off; \
+         SET LOCAL plan_cache_mode = force_generic_plan"
+    };
+}
+
+/// BEGIN, and [`index_walks_only!`]: a claim's transaction.
+pub(crate) const BEGIN_INDEX_WALKS_ONLY: &str = concat!("BEGIN; ", index_walks_only!());
+
+/// BEGIN, [`index_walks_only!`], and the triggers' deferral: a pipelined
+/// write's transaction when a commit hook notifies.
+const BEGIN_DEFERRED_WRITE: &str = concat!(
+    "BEGIN; SET LOCAL pgwake.defer_notify = on; ",
+    index_walks_only!()
+);
 
 /// A pooled connection, given back to the pool when dropped unless the
 /// operation holding it was cut off at its deadline: then the connection

@@ -75,17 +75,6 @@ const OPEN_TASK_HISTORY_SQL: &str = "WITH lease AS (
                                  'the workflow task''s pending events changed under its lease')
         END";
 
-/// Opens the claim's transaction with plans restricted to index walks in
-/// index order: sorts, bitmap and sequential scans are costed out (still
-/// used where nothing else can answer, like the sort of the claim's two
-/// candidates). The penalty inflates the plan's cost past JIT's threshold,
-/// and compiling it took 0.7 s: JIT is off. With no choice left to the
-/// statistics, one generic plan serves every call: the statement is
-/// planned once per connection (and after the tables' statistics change),
-/// not on each call (planning it took 1.5 ms, its execution 0.25 ms).
-const INDEX_WALKS_ONLY: &str = "BEGIN; SET LOCAL enable_sort = off; \
-     SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL jit = off; \
-     SET LOCAL plan_cache_mode = force_generic_plan";
 use crate::error::StoreError;
 
 impl Store {
@@ -290,7 +279,7 @@ impl Store {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&queue_names, &worker.as_str(), &lease_secs, &lease_id];
         let (_, claimed, rows, _) = futures::try_join!(
-            client.batch_execute(INDEX_WALKS_ONLY),
+            client.batch_execute(super::BEGIN_INDEX_WALKS_ONLY),
             client.query_one(&statement, &params),
             client.query(&read, &[]),
             client.batch_execute("COMMIT"),

@@ -84,6 +84,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(9, "dashboard_indexes", "000009_dashboard_indexes"),
     migration!(10, "schedules", "000010_schedules"),
     migration!(11, "pipelined_checks", "000011_pipelined_checks"),
+    migration!(12, "activity_lease_index", "000012_activity_lease_index"),
 ];
 
 /// The newest version this binary carries: what [`up`] goes to by default

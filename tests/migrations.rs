@@ -229,6 +229,7 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
         "pending_events(visible_at)",
         "instances(instance_id)",
         "instances(created_at,id)",
+        "activities(queue,locked_until)",
     ] {
         assert!(
             newest_indexes.contains(&index.to_string()),
@@ -255,7 +256,15 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
         ]
     );
 
-    // Down to 10: migration 11's check function goes.
+    // Down to 11: migration 12's per-queue lease index goes; to 10:
+    // migration 11's check function.
+    let report = migrate::down(&mut client, DownSteps::Steps(1))
+        .await
+        .unwrap();
+    assert_eq!(report.to, Some(11));
+    assert!(!indexes(&client)
+        .await
+        .contains(&"activities(queue,locked_until)".to_string()));
     let report = migrate::down(&mut client, DownSteps::Steps(1))
         .await
         .unwrap();

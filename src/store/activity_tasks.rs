@@ -213,7 +213,10 @@ impl Store {
         // - expired leases and rows come due are two ordered index scans:
         //   as one OR they were a bitmap scan, which cannot mark the index
         //   entries of deleted rows dead, so every claim re-read every
-        //   finished task's lease entry once its time had passed;
+        //   finished task's lease entry once its time had passed; expired
+        //   leases are looked for per queue, through the index of
+        //   migration 12 (through the one on `(locked_until, queue)`, an idle
+        //   queue's claim read every other queue's lease that had run out);
         // - the ids go to the UPDATE as an array: joined to the CTE, they
         //   were once planned as a walk of the whole primary key;
         // - each claimed row's input is looked up by its key, the LIMIT
@@ -242,11 +245,12 @@ impl Store {
                           ORDER BY queue, id LIMIT $4
                           FOR UPDATE SKIP LOCKED) r),
                      expired AS (
-                       SELECT id FROM activities
-                        WHERE locked_until < now() AND queue = ANY($1)
-                          AND (visible_at IS NULL OR visible_at <= now())
-                        ORDER BY locked_until LIMIT $4
-                        FOR UPDATE SKIP LOCKED),
+                       SELECT r.id FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+                         SELECT id FROM activities
+                          WHERE queue = q.name AND locked_until < now()
+                            AND (visible_at IS NULL OR visible_at <= now())
+                          ORDER BY locked_until LIMIT $4
+                          FOR UPDATE SKIP LOCKED) r),
                      came_due AS (
                        SELECT id FROM activities
                         WHERE queue = ANY($1) AND visible_at <= now() AND locked_until IS NULL
@@ -276,11 +280,12 @@ impl Store {
                                      AND s.id NOT IN (SELECT id FROM claimed)
                                    ORDER BY s.queue, s.id LIMIT 1) r)
                                 OR EXISTS (
-                                SELECT 1 FROM activities s
-                                 WHERE s.locked_until < now() AND s.queue = ANY($1)
-                                   AND (s.visible_at IS NULL OR s.visible_at <= now())
-                                   AND s.id NOT IN (SELECT id FROM claimed)
-                                 ORDER BY s.locked_until LIMIT 1)
+                                SELECT 1 FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+                                  SELECT id FROM activities s
+                                   WHERE s.queue = q.name AND s.locked_until < now()
+                                     AND (s.visible_at IS NULL OR s.visible_at <= now())
+                                     AND s.id NOT IN (SELECT id FROM claimed)
+                                   ORDER BY s.locked_until LIMIT 1) r)
                                 OR EXISTS (
                                 SELECT 1 FROM activities s
                                  WHERE s.queue = ANY($1) AND s.visible_at <= now() AND s.locked_until IS NULL

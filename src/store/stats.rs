@@ -141,17 +141,19 @@ pub(crate) const ACTIVITY_COUNTS_SQL: &str = "SELECT queue,
 /// Seconds until the next activity of the queues `$1` becomes claimable
 /// without anyone announcing it (one row, NULL when none): one scheduled for
 /// later, or one whose lease expires (its worker may be gone; no NOTIFY is
-/// sent when a lease runs out). Each half walks an index, `(queue,
-/// visible_at)` of migration 3 or `(locked_until, queue)` of migration 1,
-/// and stops at the first row.
+/// sent when a lease runs out). Per queue, each half walks an index from
+/// now on, `(queue, visible_at)` of migration 3 or `(queue, locked_until)`
+/// of migration 12, and stops at the first row: other queues' rows are
+/// never read.
 pub(crate) const ACTIVITY_DUE_SQL: &str =
     "SELECT EXTRACT(EPOCH FROM (min(due) - now()))::float8 AS due_in
-   FROM ((SELECT visible_at AS due FROM activities
-           WHERE visible_at > now() AND queue = ANY($1)
+   FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+         (SELECT visible_at AS due FROM activities
+           WHERE queue = q.name AND visible_at > now()
            ORDER BY visible_at LIMIT 1)
          UNION ALL
          (SELECT locked_until FROM activities
-           WHERE locked_until > now() AND queue = ANY($1)
+           WHERE queue = q.name AND locked_until > now()
            ORDER BY locked_until LIMIT 1)) next_activity";
 
 /// Seconds until the next workflow task of the queues `$1` may become

@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS idx_activities_queue_locked_until;

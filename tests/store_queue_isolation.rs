@@ -79,3 +79,96 @@ async fn an_idle_queues_claims_and_due_times_read_no_other_queues_leases() {
     // walk of it reads the 4,000 leases of queue busy.
     assert_eq!(index_reads(&sql, go_workflows_index).await, before);
 }
+
+/// Seconds from now until `due`, as the store reported it.
+fn secs(due: Option<Duration>) -> f64 {
+    due.expect("a due time").as_secs_f64()
+}
+
+#[actix_rt::test]
+async fn an_idle_queues_workflow_due_time_walks_a_bounded_number_of_other_queues_timers() {
+    let database = fresh_database().await.unwrap();
+    let sql = support::connect(database.url()).await;
+    // 2,000 sleeping instances on queue "sleepy", timer k due in 1 h + k s;
+    // on "late", one instance whose timer comes after all of them (3 h); on
+    // "early", one whose timer comes before them (30 min).
+    sql.batch_execute(
+        "INSERT INTO instances (instance_id, execution_id, state, queue, created_at)
+         SELECT 'sleepy-' || n, 'e', 0, 'sleepy', now() FROM generate_series(1, 2000) n;
+         INSERT INTO pending_events (event_id, instance_id, execution_id, event_type, timestamp,
+                                     schedule_event_id, visible_at)
+         SELECT 'timer-' || n, 'sleepy-' || n, 'e', 5, now(), 1,
+                now() + interval '1 hour' + n * interval '1 second'
+           FROM generate_series(1, 2000) n;
+         INSERT INTO instances (instance_id, execution_id, state, queue, created_at)
+         VALUES ('late-1', 'e', 0, 'late', now()), ('early-1', 'e', 0, 'early', now());
+         INSERT INTO pending_events (event_id, instance_id, execution_id, event_type, timestamp,
+                                     schedule_event_id, visible_at)
+         VALUES ('late-timer', 'late-1', 'e', 5, now(), 1, now() + interval '3 hours'),
+                ('early-timer', 'early-1', 'e', 5, now(), 1, now() + interval '30 minutes');
+         ANALYZE;",
+    )
+    .await
+    .unwrap();
+    let timers_index = "idx_pending_events_visible_at";
+    let initial = index_reads(&sql, timers_index).await;
+    // One connection per store: its end flushes all its statistics at once.
+    let mut options = StoreOptions::default();
+    options.pool_size = 1;
+    let store = Store::connect(database.url(), options.clone())
+        .await
+        .unwrap();
+
+    // A queue whose own timer comes first gets it exactly.
+    let early = secs(
+        store
+            .next_due_in(&queues(["early"]).unwrap())
+            .await
+            .unwrap(),
+    );
+    assert!((1790.0..=1800.0).contains(&early), "{early} s");
+    // One whose timer comes after 2,000 others gets the 100th of them, an
+    // earlier wake-up than it needs, never a later one.
+    let late = secs(store.next_due_in(&queues(["late"]).unwrap()).await.unwrap());
+    assert!((3690.0..=3700.0).contains(&late), "{late} s");
+    // A queue with no timer at all likewise: the walk stops at 100 timers.
+    let idle = queues(["idle"]).unwrap();
+    let bounded = secs(store.next_due_in(&idle).await.unwrap());
+    assert!((3690.0..=3700.0).contains(&bounded), "{bounded} s");
+
+    // Its connections end: their statistics are flushed, and counted
+    // before the claims below.
+    drop(store);
+    let before = support::until_some(Duration::from_secs(30), "the polls' statistics", || async {
+        let now = index_reads(&sql, timers_index).await;
+        (now.0 > initial.0).then_some(now)
+    })
+    .await;
+
+    // Its empty claims read no more than that of the timers' index.
+    let store = Store::connect(database.url(), options).await.unwrap();
+    let worker = WorkerId::new("idle-worker").unwrap();
+    for _ in 0..5 {
+        let poll = store
+            .poll_workflow_task_detailed(&worker, &idle, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(poll.task.is_none());
+        let due = secs(poll.due_in);
+        assert!((3690.0..=3700.0).contains(&due), "{due} s");
+    }
+    drop(store);
+    let after = support::until_some(
+        Duration::from_secs(30),
+        "the claims' statistics",
+        || async {
+            let now = index_reads(&sql, timers_index).await;
+            (now.0 > before.0).then_some(now)
+        },
+    )
+    .await;
+    // Two walks of at most 100 entries per claim (the queues' own timers,
+    // then the 100th); a full walk would read 2,002 per claim.
+    let read = after.1 - before.1;
+    assert!(read <= 5 * 2 * 100, "{read} timer index entries read");
+}

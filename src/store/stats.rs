@@ -157,27 +157,58 @@ pub(crate) const ACTIVITY_DUE_SQL: &str =
            ORDER BY locked_until LIMIT 1)) next_activity";
 
 /// Seconds until the next workflow task of the queues `$1` may become
-/// claimable unannounced (one row, NULL when none): a pending event of an
-/// active instance scheduled for later (a timer), or an active instance
-/// whose lease or stickiness runs out. A failed task's retry is the second
-/// kind: `fail_workflow_task` holds the instance back with a `locked_until`
-/// and no worker.
+/// claimable unannounced (one row, NULL when none), or sooner: a pending
+/// event of an active instance scheduled for later (a timer), or an active
+/// instance whose lease or stickiness runs out. A failed task's retry is the
+/// second kind: `fail_workflow_task` holds the instance back with a
+/// `locked_until` and no worker.
+///
+/// Pending events carry no queue, so timers are walked in time order from
+/// now, each one's instance looked up by its key, and the walk stops at the
+/// first of the queues' or after 100: then the 100th timer's time is the
+/// answer, a wake-up earlier than needed (the next poll walks on from
+/// there), never a later one. So a poll's cost does not grow with other
+/// queues' timers: a walk of all of them took 6.7 ms at 20,000, the bounded
+/// one 0.5 ms, and 0.06 ms when the queues' own timer comes first. (As an
+/// `EXISTS` joined to the walk, the instance lookup was planned as one hashed
+/// scan of every instance.) Leases and stickiness are looked for among
+/// active instances only (`completed_at IS NULL`, the index's first column),
+/// not through every finished one (0.77 ms at 300,000; now 0.02).
 pub(crate) const WORKFLOW_DUE_SQL: &str =
     "SELECT EXTRACT(EPOCH FROM (min(due) - now()))::float8 AS due_in
-   FROM ((SELECT pe.visible_at AS due FROM pending_events pe
-            JOIN instances i ON i.instance_id = pe.instance_id AND i.execution_id = pe.execution_id
-           WHERE pe.visible_at > now() AND i.state = 0 AND i.queue = ANY($1)
-           ORDER BY pe.visible_at LIMIT 1)
+   FROM ((SELECT coalesce(
+            (SELECT t.visible_at
+               FROM (SELECT pe.visible_at, pe.instance_id, pe.execution_id FROM pending_events pe
+                      WHERE pe.visible_at > now() ORDER BY pe.visible_at LIMIT 100) t
+              WHERE coalesce((SELECT i.state = 0 AND i.queue = ANY($1) FROM instances i
+                               WHERE i.instance_id = t.instance_id
+                                 AND i.execution_id = t.execution_id
+                               LIMIT 1), false)
+              ORDER BY t.visible_at LIMIT 1),
+            (SELECT pe.visible_at FROM pending_events pe WHERE pe.visible_at > now()
+              ORDER BY pe.visible_at OFFSET 99 LIMIT 1)) AS due)
          UNION ALL
          (SELECT locked_until FROM instances
-           WHERE state = 0 AND queue = ANY($1) AND locked_until > now()
+           WHERE state = 0 AND completed_at IS NULL AND queue = ANY($1) AND locked_until > now()
            ORDER BY locked_until LIMIT 1)
          UNION ALL
          (SELECT sticky_until FROM instances
-           WHERE state = 0 AND queue = ANY($1) AND sticky_until > now()
+           WHERE state = 0 AND completed_at IS NULL AND queue = ANY($1) AND sticky_until > now()
            ORDER BY sticky_until LIMIT 1)) next_workflow_task";
 
 /// A due time in seconds (possibly slightly negative: due already) as a delay.
 pub(crate) fn seconds(due_in: f64) -> Duration {
     Duration::from_secs_f64(due_in.max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_due_time_query_answers_with_the_last_timer_it_walked() {
+        // The bound of the walk and the timer that stands for it agree.
+        assert!(WORKFLOW_DUE_SQL.contains("ORDER BY pe.visible_at LIMIT 100) t"));
+        assert!(WORKFLOW_DUE_SQL.contains("ORDER BY pe.visible_at OFFSET 99 LIMIT 1"));
+    }
 }

@@ -459,7 +459,9 @@ pub struct WorkflowPoll {
     pub task: Option<WorkflowTask>,
     /// When none was claimed: how long until a workflow task of the queues
     /// may become claimable unannounced (a timer fires, a lease or
-    /// stickiness runs out). `None` when nothing is due.
+    /// stickiness runs out), or sooner, never later (see
+    /// [`Store::next_due_in`](crate::Store::next_due_in)). `None` when
+    /// nothing is due.
     pub due_in: Option<Duration>,
     /// When none was claimed: whether a claimable instance exists that the
     /// claim skipped because another transaction had it locked. Its lock

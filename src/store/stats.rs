@@ -83,9 +83,14 @@ impl Store {
     /// How long (database clock) until work of `queues` becomes claimable
     /// without anyone announcing it: a pending event or activity scheduled
     /// for later becomes visible, or a lease (or stickiness) runs out. An
-    /// idle worker sleeps exactly that long, so a timer fires on time and a
-    /// task whose worker died is taken over when its lease expires, with no
+    /// idle worker sleeps that long, so a timer fires on time and a task
+    /// whose worker died is taken over when its lease expires, with no
     /// insert and no notification. `None` when nothing is due.
+    ///
+    /// Sometimes sooner, never later: timers carry no queue, and when the
+    /// next 100 timers of the database belong to other queues, the 100th
+    /// one's time is returned (the look costs the same however many timers
+    /// other queues hold; the next call looks on from there).
     ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {

@@ -16,24 +16,35 @@ use serde_json::json;
 
 const LEASE: Duration = Duration::from_secs(60);
 
-/// A store of one connection, so that the operation after a failed
-/// transaction runs on the very connection that carried it.
-async fn one_connection_store(url: &str) -> Store {
+/// A fresh database holding instance `i1`, whose workflow task a store of
+/// one connection has claimed (so that the operation after a failed
+/// transaction runs on the very connection that carried it), and a plain
+/// connection for looking behind the store's back.
+async fn claimed_i1() -> (
+    pgwake::testing::TestDatabase,
+    Store,
+    tokio_postgres::Client,
+    WorkflowTask,
+) {
+    let database = fresh_database().await.unwrap();
     let mut options = StoreOptions::default();
     options.pool_size = 1;
-    Store::connect(url, options).await.unwrap()
-}
-
-async fn claim(store: &Store, worker: &str) -> WorkflowTask {
+    let store = Store::connect(database.url(), options).await.unwrap();
+    let sql = support::connect(database.url()).await;
     store
+        .create_instance(NewInstance::new("i1", Queue::new("default").unwrap()))
+        .await
+        .unwrap();
+    let task = store
         .claim_workflow_task(
-            &WorkerId::new(worker).unwrap(),
+            &WorkerId::new("w1").unwrap(),
             &queues(["default"]).unwrap(),
             LEASE,
         )
         .await
         .unwrap()
-        .expect("a workflow task to claim")
+        .expect("a workflow task to claim");
+    (database, store, sql, task)
 }
 
 /// Everything a decision of `i1` could have written, and its lease.
@@ -62,14 +73,7 @@ fn busy_decision() -> WorkflowCompletion {
 
 #[actix_rt::test]
 async fn a_decision_whose_lease_was_taken_over_writes_nothing_of_its_statements() {
-    let database = fresh_database().await.unwrap();
-    let store = one_connection_store(database.url()).await;
-    let sql = support::connect(database.url()).await;
-    store
-        .create_instance(NewInstance::new("i1", Queue::new("default").unwrap()))
-        .await
-        .unwrap();
-    let task = claim(&store, "w1").await;
+    let (_database, store, sql, task) = claimed_i1().await;
     // Another claim took the instance over (its lease ran out, say).
     sql.execute(
         "UPDATE instances SET lease_id = lease_id + 1, worker = 'w2' WHERE instance_id = 'i1'",
@@ -95,14 +99,7 @@ async fn a_decision_whose_lease_was_taken_over_writes_nothing_of_its_statements(
 
 #[actix_rt::test]
 async fn a_decision_whose_events_changed_under_its_lease_is_refused_whole() {
-    let database = fresh_database().await.unwrap();
-    let store = one_connection_store(database.url()).await;
-    let sql = support::connect(database.url()).await;
-    store
-        .create_instance(NewInstance::new("i1", Queue::new("default").unwrap()))
-        .await
-        .unwrap();
-    let task = claim(&store, "w1").await;
+    let (_database, store, sql, task) = claimed_i1().await;
     // Behind pgwake's back, the event the task was claimed for goes.
     sql.execute("DELETE FROM pending_events WHERE instance_id = 'i1'", &[])
         .await

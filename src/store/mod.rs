@@ -874,9 +874,7 @@ impl<'a> CommitReport<'a> {
             self.store.report(touched, !committed);
         }
     }
-}
 
-impl CommitReport<'_> {
     /// Nothing was committed (the server refused the transaction): nothing
     /// to report.
     pub(crate) fn discard(mut self) {

@@ -90,6 +90,22 @@ async fn until_empty_polls(runtime: &RuntimeHandle, kind: TaskKind, queue: &str,
     .await;
 }
 
+/// Waits until the workers of `queue` have completed `tasks` tasks and no
+/// claim is under way: the look a worker takes after a task's end is over,
+/// so a wake-up from now on is the only thing that makes it claim.
+async fn until_settled_after(runtime: &RuntimeHandle, kind: TaskKind, queue: &str, tasks: u64) {
+    eventually(WAIT, "the look after the last task", || async {
+        let health = runtime.health();
+        health.counters(kind, queue).completed >= tasks
+            && health
+                .workers
+                .iter()
+                .filter(|worker| worker.kind == kind && worker.queues.iter().any(|q| q == queue))
+                .all(|worker| worker.claiming_for.is_none() && worker.slots_used == 0)
+    })
+    .await;
+}
+
 #[actix_rt::test]
 async fn writes_in_a_rolled_back_transaction_leave_no_rows_and_run_nothing() {
     let database = fresh_database().await.unwrap();
@@ -284,6 +300,9 @@ async fn in_poll_only_mode_only_a_wake_after_the_commit_runs_the_work() {
     runtime.wake(token);
     let id = receive_within(&mut ran, WAIT, "order-1").await;
     assert_eq!(id, "order-1");
+    // Its end makes the worker look once more; a wake-up during that look
+    // would be owed a claim of its own (which could see order-2 committed).
+    until_settled_after(&runtime, TaskKind::Workflow, "orders", 1).await;
 
     // Woken before the commit: the worker finds nothing then, and nothing
     // runs after the commit until the next wake-up.

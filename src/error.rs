@@ -258,7 +258,7 @@ pub enum MigrateError {
 /// - [`LeaseLost`](Self::LeaseLost): stop working on the task and record
 ///   nothing; another worker has it (or it is done).
 /// - [`is_transient`](Self::is_transient) (a connection failure, a lock or
-///   statement timeout, a deadlock, [`InstanceBusy`](Self::InstanceBusy)
+///   statement timeout, a deadlock, [`ActivityBusy`](Self::ActivityBusy)
 ///   ...): try the same call again later; the lease still holds the task.
 /// - anything else is permanent for this task: the same call fails the
 ///   same way every time (a payload too large, a value PostgreSQL rejects,
@@ -366,16 +366,19 @@ pub enum StoreError {
         /// The caller.
         worker: String,
     },
-    /// The activity's workflow instance is locked by another transaction
-    /// (a workflow completion in progress, or a session outside pgwake), so
+    /// The activity's row is locked by another transaction (its workflow
+    /// ending, a heartbeat, a session outside pgwake), so
     /// [`Store::complete_activity_tasks`](crate::Store::complete_activity_tasks)
     /// neither recorded nor dropped this result rather than wait for it.
     /// Transient: the activity keeps its lease; complete it again shortly.
     #[error(
-        "workflow instance {instance_id:?} is locked by another transaction: the activity's \
-         result was not recorded and will be retried (the activity keeps its lease)"
+        "activity {activity_id} of workflow instance {instance_id:?} is locked by another \
+         transaction: its result was not recorded and will be retried (the activity keeps its \
+         lease)"
     )]
-    InstanceBusy {
+    ActivityBusy {
+        /// The activity's id.
+        activity_id: String,
         /// The owning instance.
         instance_id: String,
     },
@@ -451,12 +454,13 @@ impl StoreError {
     ///
     /// ```
     /// assert!(pgwake::StoreError::Pool("timed out".into()).is_transient());
-    /// assert!(pgwake::StoreError::InstanceBusy { instance_id: "order-7".into() }.is_transient());
+    /// let busy = pgwake::StoreError::ActivityBusy { activity_id: "a-1".into(), instance_id: "order-7".into() };
+    /// assert!(busy.is_transient());
     /// assert!(!pgwake::StoreError::NoQueues.is_transient());
     /// ```
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Pool(_) | StoreError::InstanceBusy { .. } | StoreError::Timeout { .. } => {
+            StoreError::Pool(_) | StoreError::ActivityBusy { .. } | StoreError::Timeout { .. } => {
                 true
             }
             StoreError::Connect(err) => err.is_transient(),
@@ -642,7 +646,8 @@ mod tests {
             worker: "w".into(),
         };
         assert!(!lost.is_transient());
-        let busy = StoreError::InstanceBusy {
+        let busy = StoreError::ActivityBusy {
+            activity_id: "a".into(),
             instance_id: "i".into(),
         };
         assert!(busy.is_transient());

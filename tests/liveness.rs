@@ -137,11 +137,27 @@ async fn silent_pooled_connections_never_wedge_workers() {
 }
 
 #[actix_rt::test]
-async fn a_locked_instance_row_holds_up_only_its_own_results() {
+async fn a_locked_activity_row_holds_up_only_its_own_result() {
     let database = fresh_database().await.unwrap();
     let mut config = notify_only(database.url());
     short_deadlines(&mut config);
-    let (worker, mut handled) = reporting_activities("locked");
+    // The handler of "of-locked" waits for the gate, so that its row can be
+    // locked from outside between its claim and its result.
+    let (sender, mut handled) = mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let worker = {
+        let gate = gate.clone();
+        ActivityWorker::new(["locked"], move |task: ActivityTask| {
+            let (sender, gate) = (sender.clone(), gate.clone());
+            async move {
+                let _ = sender.send(task.activity_id.clone());
+                if task.activity_id == "of-locked" {
+                    gate.acquire().await.expect("the gate stays open").forget();
+                }
+                Ok::<_, String>(json!("done"))
+            }
+        })
+    };
     let runtime = Runtime::builder(config)
         .activity_worker(worker.clone().concurrency(8))
         .activity_worker(worker.concurrency(8))
@@ -155,17 +171,6 @@ async fn a_locked_instance_row_holds_up_only_its_own_results() {
     for i in 0..10 {
         free.push(instance(database.url(), &format!("free-{i}"), "flows").await);
     }
-    // An outside session holds the locked owner's row, as an orphaned
-    // session idle in a transaction would.
-    let mut holder = connect(database.url()).await;
-    let hold = holder.transaction().await.unwrap();
-    hold.execute(
-        "SELECT 1 FROM instances WHERE instance_id = 'locked-owner' FOR UPDATE",
-        &[],
-    )
-    .await
-    .unwrap();
-
     insert_activities(
         database.url(),
         "locked",
@@ -173,10 +178,26 @@ async fn a_locked_instance_row_holds_up_only_its_own_results() {
         &["of-locked".to_string()],
     )
     .await;
+    assert_eq!(
+        receive_within(&mut handled, Duration::from_secs(10), "of-locked").await,
+        "of-locked"
+    );
+    // An outside session holds the running activity's row, as an orphaned
+    // session idle in a transaction would; then its handler returns.
+    let mut holder = connect(database.url()).await;
+    let hold = holder.transaction().await.unwrap();
+    hold.execute(
+        "SELECT 1 FROM activities WHERE activity_id = 'of-locked' FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    gate.add_permits(1);
+
     for (i, owner) in free.iter().enumerate() {
         insert_activities(database.url(), "locked", owner, &[format!("of-free-{i}")]).await;
     }
-    for _ in 0..=free.len() {
+    for _ in &free {
         receive_within(&mut handled, Duration::from_secs(10), "an activity").await;
     }
     // Every other instance's result is recorded while the lock is held.
@@ -196,10 +217,10 @@ async fn a_locked_instance_row_holds_up_only_its_own_results() {
         )
         .await,
         1,
-        "the locked instance's result waits, neither recorded nor dropped"
+        "the locked activity's result waits, neither recorded nor dropped"
     );
     hold.rollback().await.unwrap();
-    eventually(Duration::from_secs(15), "the locked instance's result", || async {
+    eventually(Duration::from_secs(15), "the locked activity's result", || async {
         count(
             database.url(),
             "SELECT count(*) FROM pending_events WHERE event_type = 12 AND instance_id = 'locked-owner'",

@@ -325,24 +325,22 @@ async fn a_task_claimed_again_after_expiry_refuses_its_previous_holder_even_the_
 // 2. One locked instance row must not stop every worker.
 
 #[actix_rt::test]
-async fn a_locked_instance_holds_up_only_its_own_activity_results() {
+async fn a_locked_activity_holds_up_only_its_own_result() {
     let (store, sql, database) = setup().await;
     let tasks = claimed_activities(&store, &["A", "B"]).await;
     let (a, b) = (&tasks[0], &tasks[1]);
 
     let outside = support::connect(database.url()).await;
-    lock_from_outside(&outside, "instances", "instance_id = 'A'").await;
-    let started = Instant::now();
+    lock_from_outside(&outside, "activities", "instance_id = 'A'").await;
     let outcomes = tokio::time::timeout(
         Duration::from_secs(1),
         store.complete_activity_tasks(&[(a, Ok(json!("a"))), (b, Ok(json!("b")))]),
     )
     .await
-    .expect("the batch waited for the locked instance")
+    .expect("the batch waited for the locked activity")
     .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1));
     match &outcomes[0] {
-        Err(err @ StoreError::InstanceBusy { instance_id }) => {
+        Err(err @ StoreError::ActivityBusy { instance_id, .. }) => {
             assert_eq!(instance_id, "A");
             assert!(err.is_transient());
             assert!(
@@ -350,7 +348,7 @@ async fn a_locked_instance_holds_up_only_its_own_activity_results() {
                 "{err}"
             );
         }
-        other => panic!("expected InstanceBusy for A, got {other:?}"),
+        other => panic!("expected ActivityBusy for A, got {other:?}"),
     }
     assert!(outcomes[1].is_ok(), "{outcomes:?}");
     // B recorded; A neither recorded nor deleted, and still leased.
@@ -358,6 +356,7 @@ async fn a_locked_instance_holds_up_only_its_own_activity_results() {
         pending_types(&store, "B").await,
         [EventType::ActivityCompleted]
     );
+    assert!(pending_types(&store, "A").await.is_empty());
     assert_eq!(
         count(
             &sql,
@@ -374,6 +373,17 @@ async fn a_locked_instance_holds_up_only_its_own_activity_results() {
         .await,
         0
     );
+    // One at a time, the same: refused at once, not waited for.
+    let single = tokio::time::timeout(
+        Duration::from_secs(1),
+        store.complete_activity_task(a, Ok(json!("a"))),
+    )
+    .await
+    .expect("the single completion waited for the locked activity");
+    assert!(
+        matches!(single, Err(StoreError::ActivityBusy { .. })),
+        "{single:?}"
+    );
 
     outside.batch_execute("COMMIT").await.unwrap();
     let outcomes = store
@@ -386,6 +396,175 @@ async fn a_locked_instance_holds_up_only_its_own_activity_results() {
         [EventType::ActivityCompleted]
     );
     assert_eq!(count(&sql, "SELECT count(*) FROM activities").await, 0);
+}
+
+#[actix_rt::test]
+async fn a_locked_instance_holds_up_no_activity_result() {
+    let (store, sql, database) = setup().await;
+    let tasks = claimed_activities(&store, &["A", "B"]).await;
+
+    // Results lock no instance: one held by a session outside pgwake (or a
+    // decision under way) does not keep its results waiting.
+    let outside = support::connect(database.url()).await;
+    lock_from_outside(&outside, "instances", "instance_id = 'A'").await;
+    let outcomes = tokio::time::timeout(
+        Duration::from_secs(1),
+        store.complete_activity_tasks(&[(&tasks[0], Ok(json!("a"))), (&tasks[1], Ok(json!("b")))]),
+    )
+    .await
+    .expect("the batch waited for the locked instance")
+    .unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    outside.batch_execute("COMMIT").await.unwrap();
+    for id in ["A", "B"] {
+        assert_eq!(
+            pending_types(&store, id).await,
+            [EventType::ActivityCompleted]
+        );
+    }
+    assert_eq!(count(&sql, "SELECT count(*) FROM activities").await, 0);
+    // Nor writes it: the instance rows carry no lock of the results.
+    assert_eq!(
+        count(
+            &sql,
+            "SELECT count(*) FROM instances WHERE instance_id = 'B' AND xmax::text <> '0'"
+        )
+        .await,
+        0
+    );
+}
+
+#[actix_rt::test]
+async fn a_result_for_an_execution_ending_meanwhile_is_dropped_once_the_end_commits() {
+    let (store, sql, database) = setup().await;
+    let tasks = claimed_activities(&store, &["A"]).await;
+
+    // An ending execution deletes its activities (here by hand, as a
+    // decision that finishes it does): the result waits for no lock, and
+    // is refused as busy until the end commits...
+    let outside = support::connect(database.url()).await;
+    outside
+        .batch_execute(
+            "BEGIN; UPDATE instances SET state = 2, completed_at = now() WHERE instance_id = 'A';
+             DELETE FROM activities WHERE instance_id = 'A'",
+        )
+        .await
+        .unwrap();
+    let busy = tokio::time::timeout(
+        Duration::from_secs(1),
+        store.complete_activity_tasks(&[(&tasks[0], Ok(json!("a")))]),
+    )
+    .await
+    .expect("the result waited for the ending execution")
+    .unwrap();
+    assert!(
+        matches!(busy[0], Err(StoreError::ActivityBusy { .. })),
+        "{busy:?}"
+    );
+    outside.batch_execute("COMMIT").await.unwrap();
+    // ...and then dropped: nobody is left to read it, and nothing is left
+    // behind.
+    let dropped = store
+        .complete_activity_tasks(&[(&tasks[0], Ok(json!("a")))])
+        .await
+        .unwrap();
+    assert!(dropped[0].is_ok(), "{dropped:?}");
+    assert_eq!(count(&sql, "SELECT count(*) FROM pending_events").await, 0);
+    let orphans = "SELECT count(*) FROM attributes a
+                    WHERE NOT EXISTS (SELECT 1 FROM history h WHERE h.event_id = a.event_id)";
+    assert_eq!(count(&sql, orphans).await, 0);
+}
+
+/// An execution that ends while a result for one of its activities is
+/// being recorded (the result holding the activity's row, uncommitted)
+/// waits for that result, and its end then deletes the result's event too:
+/// nothing is left pending for an execution that is over. Checked for the
+/// one-round-trip decision (a plain finish) and the general one
+/// (continue-as-new, which creates an execution).
+#[actix_rt::test]
+async fn an_execution_ending_while_a_result_is_recorded_leaves_no_pending_event() {
+    for (instance_id, outcome) in [
+        ("A", WorkflowOutcome::Completed(json!("done"))),
+        ("B", WorkflowOutcome::ContinueAsNew(json!("again"))),
+    ] {
+        let (store, sql, database) = setup().await;
+        let tasks = claimed_activities(&store, &[instance_id]).await;
+        store
+            .signal_instance(instance_id, "stop", json!(null))
+            .await
+            .unwrap();
+        let decision = store
+            .claim_workflow_task(&worker("w"), &[own_queue(instance_id)], LEASE)
+            .await
+            .unwrap()
+            .expect("the signal's workflow task");
+
+        // A result being recorded, as the store records one: its activity
+        // row locked and deleted, its event queued, not yet committed.
+        let result = support::connect(database.url()).await;
+        result
+            .batch_execute(&format!(
+                "BEGIN;
+                 DELETE FROM activities WHERE id = {row};
+                 INSERT INTO pending_events (event_id, instance_id, execution_id, event_type,
+                                             timestamp, schedule_event_id)
+                 VALUES ('result-event', '{instance_id}', '{execution}', {completed}, now(), {schedule});",
+                row = sql
+                    .query_one("SELECT id FROM activities", &[])
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0),
+                execution = tasks[0].instance.execution_id,
+                completed = EventType::ActivityCompleted.code(),
+                schedule = tasks[0].schedule_event_id,
+            ))
+            .await
+            .unwrap();
+
+        let ending = {
+            let store = store.clone();
+            actix_rt::spawn(async move {
+                store
+                    .complete_workflow_task(
+                        &decision,
+                        WorkflowCompletion::default().finish(outcome),
+                    )
+                    .await
+            })
+        };
+        // The end waits for the result's row (having deleted, in the wrong
+        // order, the execution's pending events already)...
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'";
+        let started = Instant::now();
+        while count(&sql, waiting).await == 0 {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the end never waited for the result"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!ending.is_finished(), "{instance_id}");
+        result.batch_execute("COMMIT").await.unwrap();
+        // ...and then deletes its event with the execution's others.
+        tokio::time::timeout(DEADLINE, ending)
+            .await
+            .expect("the end finished")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            count(
+                &sql,
+                &format!(
+                    "SELECT count(*) FROM pending_events
+                      WHERE instance_id = '{instance_id}' AND execution_id = '{}'",
+                    tasks[0].instance.execution_id
+                )
+            )
+            .await,
+            0,
+            "a pending event outlived its execution ({instance_id})"
+        );
+    }
 }
 
 #[actix_rt::test]

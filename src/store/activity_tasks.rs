@@ -6,7 +6,6 @@ use std::time::Duration;
 use deadpool_postgres::GenericClient;
 use serde_json::{json, Value};
 
-use super::events::{insert_pending, NewEvent};
 use super::model::{ActivityPoll, ActivityTask, EventType, InstanceRef, InstanceState, Lease};
 use super::names::{Queue, WorkerId};
 use super::{db, lease_seconds, Pipelined, Store, TouchedQueues, WakeToken};
@@ -30,47 +29,55 @@ const OWNER_METADATA_JOIN: &str = "";
 #[cfg(not(feature = "opentelemetry"))]
 const OWNER_METADATA_COLUMN: &str = "NULL::bytea";
 
-/// Reads the owning executions `$1`/`$2` of activity results and locks
-/// the active ones (shared, SKIP LOCKED, in ascending id order): per owner,
-/// its ids, whether it was locked, its state (the locked version's when
-/// locked) and its queue. Each owner is looked up, and locked, by its key
-/// (as `IN` subqueries, the lookup was planned as a scan of the whole
-/// table, the lock as a walk of the whole primary key).
-const LOCK_OWNERS_SQL: &str = "WITH owners AS MATERIALIZED (
-   SELECT i.id, i.instance_id, i.execution_id, i.state, i.queue
-     FROM unnest($1::text[], $2::text[]) AS o(instance_id, execution_id)
-     CROSS JOIN LATERAL (
-       SELECT id, instance_id, execution_id, state, queue FROM instances
-        WHERE instance_id = o.instance_id AND execution_id = o.execution_id) i),
- locked AS MATERIALIZED (
-   SELECT i.id, i.state FROM instances i
-    WHERE i.id = ANY(ARRAY(SELECT id FROM owners WHERE state = 0))
-    ORDER BY i.id FOR SHARE SKIP LOCKED)
- SELECT o.instance_id, o.execution_id, l.id IS NOT NULL, COALESCE(l.state, o.state),
-        o.queue
-   FROM owners o LEFT JOIN locked l ON l.id = o.id";
-
-/// Deletes the activities whose lease (holder and claim) still matches
-/// and queues each one's result for its owner when `record` says the owner
-/// is active and locked: rows `$1`, workers `$2`, lease ids `$3`, new event
-/// ids `$4`, types `$5` and data `$6`, `record` `$7`. Returns the deleted
-/// rows' ids. The rows are named by key as well as joined (joined only,
-/// they were found by a scan of the table).
-const RECORD_RESULTS_SQL: &str = "WITH input AS (
+/// Records activity results (`$lock` says what to do with activities rows
+/// another transaction holds): for each input row (row `$1`, worker `$2`,
+/// lease id `$3`, new event id `$4`, type `$5`, data `$6`, owner `$7`/`$8`),
+/// locks the activity if its lease (holder and claim) still matches,
+/// deletes it, and queues its result for the owner
+/// when the owner is active. Returns, per input row in order: whether it
+/// was deleted, the owner's state and queue (NULL when there is no such
+/// execution), and whether the statement's snapshot shows the row still
+/// under this lease (then a row not deleted is held by another
+/// transaction).
+///
+/// No `instances` row is locked: an execution that ends deletes its
+/// activities before its pending events (`END_EXECUTION_SQL`), so a result
+/// either finds its activity gone (and records nothing), or holds the
+/// activity until it commits, and then the ending transaction waits for it
+/// and deletes the new pending event too. (A shared lock on the owner, which
+/// results once took, wrote the owner's row at every result and made a
+/// multixact whenever two batches shared an owner.)
+///
+/// Rows are named by key (as joins, they were found by scans of the
+/// tables); each owner is looked up by its key.
+macro_rules! record_results_sql {
+    ($lock:literal) => {
+        concat!(
+            "WITH input AS (
    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::int[],
-                        $6::bytea[], $7::bool[])
+                        $6::bytea[], $7::text[], $8::text[])
             WITH ORDINALITY AS t(row_id, worker, lease_id, event_id, event_type, data,
-                                 record, ord)),
+                                 instance_id, execution_id, ord)),
+ locked AS MATERIALIZED (
+   SELECT a.id FROM activities a JOIN input ON input.row_id = a.id
+    WHERE a.id = ANY($1) AND a.worker = input.worker AND a.lease_id = input.lease_id
+    ORDER BY a.id
+    FOR UPDATE OF a ",
+            $lock,
+            "),
  deleted AS (
-   DELETE FROM activities a USING input
-    WHERE a.id = ANY($1) AND a.id = input.row_id
-      AND a.worker = input.worker AND a.lease_id = input.lease_id
-   RETURNING a.id, a.instance_id, a.execution_id, a.schedule_event_id),
+   DELETE FROM activities a WHERE a.id = ANY(ARRAY(SELECT id FROM locked))
+   RETURNING a.id, a.schedule_event_id),
+ owners AS MATERIALIZED (
+   SELECT input.ord, o.state, o.queue
+     FROM input LEFT JOIN LATERAL (
+       SELECT state, queue FROM instances
+        WHERE instance_id = input.instance_id AND execution_id = input.execution_id) o ON true),
  results AS (
-   SELECT input.ord, input.event_id, input.event_type, input.data,
-          d.instance_id, d.execution_id, d.schedule_event_id
-     FROM deleted d JOIN input ON input.row_id = d.id
-    WHERE input.record),
+   SELECT input.ord, input.event_id, input.event_type, input.data, input.instance_id,
+          input.execution_id, d.schedule_event_id
+     FROM deleted d JOIN input ON input.row_id = d.id JOIN owners o ON o.ord = input.ord
+    WHERE o.state = 0),
  attrs AS (
    INSERT INTO attributes (event_id, instance_id, execution_id, data)
    SELECT event_id, instance_id, execution_id, data FROM results),
@@ -79,7 +86,89 @@ const RECORD_RESULTS_SQL: &str = "WITH input AS (
                                timestamp, schedule_event_id)
    SELECT event_id, instance_id, execution_id, event_type, now(), schedule_event_id
      FROM results ORDER BY ord)
- SELECT id FROM deleted";
+ SELECT d.id IS NOT NULL, o.state, o.queue,
+        EXISTS (SELECT 1 FROM activities s
+                 WHERE s.id = input.row_id AND s.worker = input.worker
+                   AND s.lease_id = input.lease_id)
+   FROM input JOIN owners o ON o.ord = input.ord LEFT JOIN deleted d ON d.id = input.row_id
+  ORDER BY input.ord"
+        )
+    };
+}
+
+/// [`record_results_sql!`] taking only the activities rows no other
+/// transaction holds (`SKIP LOCKED`): it never waits.
+const RECORD_RESULTS_SQL: &str = record_results_sql!("SKIP LOCKED");
+
+/// [`record_results_sql!`] waiting for the rows' locks, under
+/// [`RECORD_WAITING_LOCK_TIMEOUT`]: for the rows the first statement found
+/// held. A claim that looked at a row it did not take holds it until its
+/// commit, a millisecond or so (PostgreSQL keeps the lock of a row that
+/// failed the recheck); a session outside pgwake may hold it for good.
+const RECORD_WAITING_SQL: &str = record_results_sql!("");
+
+/// How long [`RECORD_WAITING_SQL`] waits for a row: the row's result is
+/// refused as busy after it (and retried by the worker with its backoff).
+/// Far below `deadlock_timeout` (1 s by default), so that two waits in a
+/// cycle (an ending execution deleting its activities in another order)
+/// end by this timeout, not by a deadlock error.
+const RECORD_WAITING_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '200ms'";
+
+/// What recording results does with activities rows another transaction
+/// holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeldRows {
+    /// Leaves them ([`RECORD_RESULTS_SQL`]).
+    Skip,
+    /// Waits for them, under [`RECORD_WAITING_LOCK_TIMEOUT`]
+    /// ([`RECORD_WAITING_SQL`]).
+    Wait,
+}
+
+/// What became of one result given to [`record_results_sql!`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    /// Deleted under its lease, and queued for its active owner.
+    Recorded,
+    /// Its execution ended (or was removed): nobody is left to read it.
+    Dropped,
+    /// Still under its lease but locked by another transaction (an ending
+    /// execution, a heartbeat, a session outside pgwake): try again.
+    Busy,
+    /// Under another lease, or gone while its owner is active.
+    LeaseLost,
+}
+
+impl Recording {
+    /// Reads one row of [`record_results_sql!`]'s answer.
+    fn of(deleted: bool, owner_active: bool, still_held: bool) -> Self {
+        match (deleted, owner_active, still_held) {
+            (true, true, _) => Self::Recorded,
+            (true, false, _) => Self::Dropped,
+            (false, _, true) => Self::Busy,
+            (false, true, false) => Self::LeaseLost,
+            (false, false, false) => Self::Dropped,
+        }
+    }
+
+    /// The outcome a caller sees for `task`.
+    fn outcome(self, task: &ActivityTask) -> Result<(), StoreError> {
+        match self {
+            Self::Recorded | Self::Dropped => Ok(()),
+            Self::Busy => Err(StoreError::ActivityBusy {
+                activity_id: task.activity_id.clone(),
+                instance_id: task.instance.instance_id.clone(),
+            }),
+            Self::LeaseLost => Err(StoreError::LeaseLost {
+                task: format!(
+                    "activity {} of {}",
+                    task.activity_id, task.instance.instance_id
+                ),
+                worker: task.lease.worker().to_string(),
+            }),
+        }
+    }
+}
 
 impl Store {
     /// Claims up to `max` visible, unleased activities of `queues`, oldest
@@ -389,6 +478,10 @@ impl Store {
     /// Only the lease holder may complete ([`StoreError::LeaseLost`]
     /// otherwise). If the workflow has finished meanwhile (canceled, say),
     /// the result is dropped and `Ok` returned: nobody is left to read it.
+    /// It waits for no lock: if another transaction holds the activity's
+    /// row, nothing is recorded and the error is
+    /// [`StoreError::ActivityBusy`] (transient: complete it again shortly).
+    /// One round trip.
     ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store, task: pgwake::ActivityTask) -> Result<(), pgwake::StoreError> {
@@ -397,7 +490,8 @@ impl Store {
     /// ```
     ///
     /// # Errors
-    /// [`StoreError::LeaseLost`], a payload too large, a database failure.
+    /// [`StoreError::LeaseLost`], [`StoreError::ActivityBusy`], a payload
+    /// too large, a database failure.
     pub async fn complete_activity_task(
         &self,
         task: &ActivityTask,
@@ -420,67 +514,15 @@ impl Store {
             Err(error) => (EventType::ActivityFailed, json!({ "error": error })),
         };
         let data = self.encode(&attributes)?;
-        let mut client = self.client().await?;
-        let started = std::time::Instant::now();
-        let tx = self.begin_write(&mut client).await?;
-        // Locks the owning instances row (shared) before the activities row,
-        // the order every waiting transaction follows: a workflow completion
-        // that finishes this instance holds it exclusively first, so the two
-        // serialize instead of deadlocking.
-        let owner = tx
-            .query_opt(
-                &tx.prepare_cached(
-                    "SELECT state, queue FROM instances
-                  WHERE instance_id = $1 AND execution_id = $2 FOR SHARE",
-                )
-                .await
-                .map_err(db("preparing a statement"))?,
-                &[&task.instance.instance_id, &task.instance.execution_id],
-            )
-            .await
-            .map_err(db("locking the activity's workflow"))?;
-        let owner_queue = owner
-            .filter(|row| row.get::<_, i32>(0) == 0)
-            .map(|row| Queue::new(row.get::<_, String>(1)).unwrap_or_default());
-        let owner_active = owner_queue.is_some();
-        let deleted = tx
-            .execute(
-                &tx.prepare_cached(
-                    "DELETE FROM activities WHERE id = $1 AND worker = $2 AND lease_id = $3",
-                )
-                .await
-                .map_err(db("preparing a statement"))?,
-                &[
-                    &task.row_id,
-                    &task.lease.worker().as_str(),
-                    &task.lease.lease_id(),
-                ],
-            )
-            .await
-            .map_err(db("deleting the completed activity"))?;
-        if deleted == 0 {
-            if !owner_active {
-                tracing::debug!(activity_id = %task.activity_id, "workflow finished meanwhile; result dropped");
-                return Ok(());
-            }
-            return Err(StoreError::LeaseLost {
-                task: format!(
-                    "activity {} of {}",
-                    task.activity_id, task.instance.instance_id
-                ),
-                worker: task.lease.worker().to_string(),
-            });
+        let recording = self
+            .record_activity_results(&[(task, event_type, data)])
+            .await?[0];
+        recording.outcome(task)?;
+        if recording == Recording::Dropped {
+            tracing::debug!(activity_id = %task.activity_id, "workflow finished meanwhile; result dropped");
+        } else {
+            tracing::debug!(activity_id = %task.activity_id, ?event_type, "activity task completed");
         }
-        let mut touched = TouchedQueues::default();
-        if let Some(queue) = &owner_queue {
-            let event = NewEvent::new(event_type, task.schedule_event_id, data);
-            insert_pending(&tx, &task.instance, &[event]).await?;
-            touched.add_workflow(queue);
-        }
-        self.commit_write(tx, touched, "committing the activity result")
-            .await?;
-        crate::metrics::completion_duration(crate::kinds::TaskKind::Activity, started);
-        tracing::debug!(activity_id = %task.activity_id, ?event_type, "activity task completed");
         Ok(())
     }
 
@@ -490,12 +532,12 @@ impl Store {
     /// [`complete_activity_task`](Self::complete_activity_task) fences one;
     /// the returned outcomes are in the order given.
     ///
-    /// It never waits for a workflow instance: a result whose instance
-    /// another transaction has locked (a workflow completion in progress, a
-    /// session outside pgwake) is neither recorded nor dropped, and its
-    /// outcome is [`StoreError::InstanceBusy`] (transient: complete it
-    /// again shortly; the activity keeps its lease). The others are
-    /// recorded. A result (or error) larger than
+    /// It never waits for a lock, and locks no workflow instance: a result
+    /// whose activity row another transaction holds (its workflow ending, a
+    /// heartbeat, a session outside pgwake) is neither recorded nor
+    /// dropped, and its outcome is [`StoreError::ActivityBusy`] (transient:
+    /// complete it again shortly; the activity keeps its lease). The others
+    /// are recorded, in one round trip. A result (or error) larger than
     /// [`StoreOptions::max_payload_bytes`](super::StoreOptions::max_payload_bytes)
     /// is recorded as `ActivityFailed`, with an error naming both sizes, so
     /// that the workflow learns of it and the batch goes through; its
@@ -518,7 +560,7 @@ impl Store {
     ///
     /// # Errors
     /// A database failure (nothing is recorded). A lost lease or a busy
-    /// instance is an `Err` in its own outcome.
+    /// activity is an `Err` in its own outcome.
     pub async fn complete_activity_tasks(
         &self,
         completions: &[(&ActivityTask, Result<Value, String>)],
@@ -539,140 +581,141 @@ impl Store {
         }
         let mut encoded = Vec::with_capacity(completions.len());
         for (task, result) in completions {
-            encoded.push(self.encode_activity_result(task, result)?);
+            let (event_type, data) = self.encode_activity_result(task, result)?;
+            encoded.push((*task, event_type, data));
         }
-        let owner_instances: Vec<&str> = completions
+        let recordings = self.record_activity_results(&encoded).await?;
+        Ok(completions
             .iter()
-            .map(|(t, _)| t.instance.instance_id.as_str())
-            .collect();
-        let owner_executions: Vec<&str> = completions
-            .iter()
-            .map(|(t, _)| t.instance.execution_id.as_str())
-            .collect();
-        let client = self.client().await?;
+            .zip(recordings)
+            .map(|((task, _), recording)| recording.outcome(task))
+            .collect())
+    }
+
+    /// Records `results` in a transaction of one round trip
+    /// ([`RECORD_RESULTS_SQL`]), and those it found held by another
+    /// transaction in a second one that waits for them a moment
+    /// ([`RECORD_WAITING_SQL`]); what is still held then is
+    /// [`Recording::Busy`]. Wakes the owners of the results it recorded, and
+    /// of those it found gone while their owner is active: an earlier
+    /// attempt whose commit's answer was lost may have recorded them, and
+    /// then the wake-up is owed now (when unsure, wake once more).
+    async fn record_activity_results(
+        &self,
+        results: &[(&ActivityTask, EventType, Vec<u8>)],
+    ) -> Result<Vec<Recording>, StoreError> {
         let started = std::time::Instant::now();
-        // Both statements are prepared first: the transaction takes two
-        // round trips, BEGIN with the first statement, COMMIT with the
-        // second.
-        let (lock_owners, record_results) = futures::try_join!(
-            client.prepare_cached(LOCK_OWNERS_SQL),
-            client.prepare_cached(RECORD_RESULTS_SQL),
-        )
-        .map_err(db("preparing a statement"))?;
-        // Locks the active owning instances rows (shared) in ascending id
-        // order, before any activities row: the order every waiting
-        // transaction follows. SKIP LOCKED: it never waits for an instances
-        // row, so one instance held by another transaction holds up only
-        // its own results, not the batch and the worker behind it. Every
-        // owner's state is read as well, without a lock, to tell an active
-        // owner that could not be locked (busy: try again) from a finished
-        // one (nobody is left to read the result). A row locked here is
-        // returned as its newest committed version, so an owner that
-        // finished since the statement's snapshot counts as finished.
-        let owners = self
-            .query_beginning_write(
-                &client,
-                &lock_owners,
-                &[&owner_instances, &owner_executions],
-                "locking the activities' workflows",
-            )
-            .await?;
-        let mut owner_of = std::collections::HashMap::new();
-        for row in &owners {
-            let owner = if row.get::<_, i32>(3) != InstanceState::Active as i32 {
-                Owner::Finished
-            } else if row.get::<_, bool>(2) {
-                Owner::Locked(Queue::new(row.get::<_, String>(4)).unwrap_or_default())
-            } else {
-                Owner::Busy
-            };
-            owner_of.insert((row.get::<_, String>(0), row.get::<_, String>(1)), owner);
-        }
-        let owner = |task: &ActivityTask| {
-            owner_of
-                .get(&(
-                    task.instance.instance_id.clone(),
-                    task.instance.execution_id.clone(),
-                ))
-                // No row at all: the execution was removed. Nobody reads it.
-                .unwrap_or(&Owner::Finished)
-        };
-        // Results for busy owners are left out: neither deleted nor recorded.
-        let mut row_ids = Vec::new();
-        let mut workers = Vec::new();
-        let mut lease_ids = Vec::new();
-        let mut event_ids = Vec::new();
-        let mut event_types = Vec::new();
-        let mut data = Vec::new();
-        let mut record = Vec::new();
-        let mut touched = TouchedQueues::default();
-        for ((task, _), (event_type, bytes)) in completions.iter().zip(&encoded) {
-            let active = match owner(task) {
-                Owner::Busy => continue,
-                Owner::Finished => false,
-                Owner::Locked(queue) => {
-                    touched.add_workflow(queue);
-                    true
+        let client = self.client().await?;
+        let mut recordings = self.run_recording(&client, HeldRows::Skip, results).await?;
+        let busy: Vec<usize> = (0..results.len())
+            .filter(|&i| recordings[i] == Recording::Busy)
+            .collect();
+        if !busy.is_empty() {
+            let retried: Vec<_> = busy.iter().map(|&i| results[i].clone()).collect();
+            match self.run_recording(&client, HeldRows::Wait, &retried).await {
+                Ok(again) => {
+                    for (i, recording) in busy.into_iter().zip(again) {
+                        recordings[i] = recording;
+                    }
                 }
-            };
-            row_ids.push(task.row_id);
-            workers.push(task.lease.worker().as_str());
-            lease_ids.push(task.lease.lease_id());
-            event_ids.push(super::new_id());
-            event_types.push(event_type.code());
-            data.push(bytes.as_slice());
-            record.push(active);
+                // The first statement's results are committed: these stay
+                // busy (retried by the caller), whatever kept them.
+                Err(err) => {
+                    tracing::debug!(error = %err, count = retried.len(), "activity results still held by another transaction");
+                }
+            }
         }
-        // Deletes exactly the activities whose lease (holder and claim)
-        // still matches, and queues each one's result for its owner when
-        // the owner is active and locked above: one statement for the
-        // whole batch. The activities rows it waits for are those of owners
-        // locked above (so no workflow completion can be deleting them) or
-        // of finished owners (whose completion deleted theirs already).
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        crate::metrics::completion_duration(crate::kinds::TaskKind::Activity, started);
+        Ok(recordings)
+    }
+
+    /// One transaction of [`record_activity_results`](Self::record_activity_results),
+    /// doing `held` with rows another transaction holds.
+    async fn run_recording(
+        &self,
+        client: &super::PooledClient,
+        held: HeldRows,
+        results: &[(&ActivityTask, EventType, Vec<u8>)],
+    ) -> Result<Vec<Recording>, StoreError> {
+        let row_ids: Vec<i64> = results.iter().map(|(t, ..)| t.row_id).collect();
+        let workers: Vec<&str> = results
+            .iter()
+            .map(|(t, ..)| t.lease.worker().as_str())
+            .collect();
+        let lease_ids: Vec<i64> = results.iter().map(|(t, ..)| t.lease.lease_id()).collect();
+        let event_ids: Vec<String> = results.iter().map(|_| super::new_id()).collect();
+        let event_types: Vec<i32> = results.iter().map(|(_, e, _)| e.code()).collect();
+        let data: Vec<&[u8]> = results.iter().map(|(.., d)| d.as_slice()).collect();
+        let instance_ids: Vec<&str> = results
+            .iter()
+            .map(|(t, ..)| t.instance.instance_id.as_str())
+            .collect();
+        let execution_ids: Vec<&str> = results
+            .iter()
+            .map(|(t, ..)| t.instance.execution_id.as_str())
+            .collect();
+        let sql = match held {
+            HeldRows::Skip => RECORD_RESULTS_SQL,
+            HeldRows::Wait => RECORD_WAITING_SQL,
+        };
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(db("preparing a statement"))?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
             &row_ids,
             &workers,
             &lease_ids,
             &event_ids,
             &event_types,
             &data,
-            &record,
+            &instance_ids,
+            &execution_ids,
         ];
-        let deleted = std::sync::OnceLock::new();
-        let recording = Pipelined::query(
-            &client,
+        let answer = std::sync::OnceLock::new();
+        let mut statements = Vec::with_capacity(2);
+        if held == HeldRows::Wait {
+            statements.push(Pipelined {
+                context: "limiting the wait for locks",
+                request: Box::pin(client.batch_execute(RECORD_WAITING_LOCK_TIMEOUT)),
+            });
+        }
+        statements.push(Pipelined::query(
+            client,
             "recording activity results",
-            &record_results,
+            &statement,
             &params,
-            &deleted,
-        );
-        self.commit_pipelined(&client, [recording], touched).await?;
-        let deleted: std::collections::HashSet<i64> = deleted
-            .get()
-            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-            .unwrap_or_default();
-
-        crate::metrics::completion_duration(crate::kinds::TaskKind::Activity, started);
-        let outcomes = completions
-            .iter()
-            .map(|(task, _)| match owner(task) {
-                Owner::Busy => Err(StoreError::InstanceBusy {
-                    instance_id: task.instance.instance_id.clone(),
-                }),
-                // Its workflow ended meanwhile and nobody is left to read
-                // it (as for a single completion).
-                Owner::Finished => Ok(()),
-                Owner::Locked(_) if deleted.contains(&task.row_id) => Ok(()),
-                Owner::Locked(_) => Err(StoreError::LeaseLost {
-                    task: format!(
-                        "activity {} of {}",
-                        task.activity_id, task.instance.instance_id
-                    ),
-                    worker: task.lease.worker().to_string(),
-                }),
+            &answer,
+        ));
+        // The queues to wake are known from the answer only: reported once
+        // the commit is (an unanswered commit's results are recorded again,
+        // and that attempt reports them).
+        self.write_pipelined(client, statements, TouchedQueues::default())
+            .await?;
+        let rows = answer.get().map(Vec::as_slice).unwrap_or_default();
+        let mut touched = TouchedQueues::default();
+        let recordings = (0..results.len())
+            .map(|i| {
+                let Some(row) = rows.get(i) else {
+                    // Not answered for (never expected): try again.
+                    return Recording::Busy;
+                };
+                let owner_active =
+                    row.get::<_, Option<i32>>(1) == Some(InstanceState::Active as i32);
+                let recording = Recording::of(row.get(0), owner_active, row.get(3));
+                if matches!(recording, Recording::Recorded | Recording::LeaseLost) {
+                    if let Some(queue) = row
+                        .get::<_, Option<String>>(2)
+                        .and_then(|q| Queue::new(q).ok())
+                    {
+                        touched.add_workflow(&queue);
+                    }
+                }
+                recording
             })
             .collect();
-        Ok(outcomes)
+        self.report_commit(touched);
+        Ok(recordings)
     }
 
     /// The event type and attributes that record `result`. One too large
@@ -928,16 +971,6 @@ impl Store {
             .map_err(db("releasing the activity task"))?;
         Ok(released == 1)
     }
-}
-
-/// What a batch completion found of an activity's workflow execution.
-enum Owner {
-    /// Active, and locked (shared) by this transaction: record the result.
-    Locked(Queue),
-    /// Active, but locked by another transaction: leave the result for later.
-    Busy,
-    /// Finished, continued as new, or removed: drop the result.
-    Finished,
 }
 
 /// A standalone activity about to be enqueued: its owner's ids checked, its

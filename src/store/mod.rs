@@ -35,9 +35,12 @@
 //!
 //! ## Locking
 //! Claims lock with `FOR UPDATE SKIP LOCKED` and never wait; neither does a
-//! batch of activity results for their instances (`FOR SHARE SKIP LOCKED`:
-//! a result whose instance another transaction holds comes back as
-//! [`StoreError::InstanceBusy`], to be retried). Every transaction that
+//! batch of activity results, which locks only its own activities rows
+//! (`FOR UPDATE SKIP LOCKED`: a result whose row another transaction holds
+//! comes back as [`StoreError::ActivityBusy`], to be retried) and no
+//! `instances` row (an execution that ends deletes its activities before
+//! its pending events, which orders it against the results being
+//! recorded for it). Every other transaction that
 //! waits for row locks takes its `instances` rows first, in ascending `id`
 //! order, before any `pending_events` or `activities` row. The advisory
 //! locks on instance ids that creating an instance takes come before any
@@ -578,43 +581,9 @@ impl Store {
             request: Box::pin(client.batch_execute(self.begin_sql())),
         };
         client.in_transaction.store(true, Ordering::Relaxed);
-        self.commit_pipelined(client, std::iter::once(begin).chain(statements), touched)
-            .await
-    }
-
-    /// Begins a write transaction by hand in the round trip of its first
-    /// statement, a query whose rows the rest of the transaction needs; the
-    /// rest goes to [`commit_pipelined`](Self::commit_pipelined). Until
-    /// then the connection is closed if dropped, not pooled mid-transaction.
-    pub(crate) async fn query_beginning_write(
-        &self,
-        client: &PooledClient,
-        statement: &tokio_postgres::Statement,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-        context: &'static str,
-    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        client.in_transaction.store(true, Ordering::Relaxed);
-        let (_, rows) = futures::try_join!(
-            client.batch_execute(self.begin_sql()),
-            client.query(statement, params)
-        )
-        .map_err(db(context))?;
-        Ok(rows)
-    }
-
-    /// Sends `statements` and COMMIT together, in the transaction that
-    /// [`query_beginning_write`](Self::query_beginning_write) began (or
-    /// BEGIN first, from [`write_pipelined`](Self::write_pipelined)), and
-    /// reports the touched queues as it describes.
-    pub(crate) async fn commit_pipelined<'a>(
-        &self,
-        client: &'a PooledClient,
-        statements: impl IntoIterator<Item = Pipelined<'a>>,
-        touched: TouchedQueues,
-    ) -> Result<(), PipelineError> {
         let mut contexts = Vec::new();
         let mut requests = Vec::new();
-        for statement in statements {
+        for statement in std::iter::once(begin).chain(statements) {
             contexts.push(statement.context);
             requests.push(statement.request);
         }

@@ -801,7 +801,7 @@ impl Store {
         // a request then leaves as soon as its future is first polled, in
         // the pipeline's order.
         let prepare = |sql| client.prepare_cached(sql);
-        let (open, cancel, end_pending, end_activities, activities, pending, append) =
+        let (open, cancel, end_activities, end_pending, activities, pending, append) =
             futures::try_join!(
                 prepare(OPEN_TASK_HISTORY_SQL),
                 prepare(CANCEL_TIMERS_SQL),
@@ -866,7 +866,7 @@ impl Store {
         }
         if plan.ends_execution {
             // Nothing would ever process these: leave no orphans behind.
-            for end in [&end_pending, &end_activities] {
+            for end in [&end_activities, &end_pending] {
                 statements.push(Pipelined::execute(
                     &client,
                     "clearing a finished execution's work",
@@ -1369,9 +1369,13 @@ const CANCEL_TIMERS_SQL: &str = "DELETE FROM pending_events
     AND schedule_event_id = ANY($4)";
 
 /// Deletes what nobody would ever process once execution `$1`/`$2` ended.
+/// Activities first: deleting one waits for a result being recorded for it
+/// (which holds its row until it commits), and the pending events' delete,
+/// a statement later, then sees that result's event and deletes it too. In
+/// the other order the result's event would outlive the execution.
 const END_EXECUTION_SQL: [&str; 2] = [
-    "DELETE FROM pending_events WHERE instance_id = $1 AND execution_id = $2",
     "DELETE FROM activities WHERE instance_id = $1 AND execution_id = $2",
+    "DELETE FROM pending_events WHERE instance_id = $1 AND execution_id = $2",
 ];
 
 /// Inserts execution `$1`/`$2`'s activities (`$3` the ActivityScheduled

@@ -29,16 +29,16 @@ const OWNER_METADATA_JOIN: &str = "";
 #[cfg(not(feature = "opentelemetry"))]
 const OWNER_METADATA_COLUMN: &str = "NULL::bytea";
 
-/// Records activity results (`$lock` says what to do with activities rows
-/// another transaction holds): for each input row (row `$1`, worker `$2`,
-/// lease id `$3`, new event id `$4`, type `$5`, data `$6`, owner `$7`/`$8`),
-/// locks the activity if its lease (holder and claim) still matches,
-/// deletes it, and queues its result for the owner
-/// when the owner is active. Returns, per input row in order: whether it
-/// was deleted, the owner's state and queue (NULL when there is no such
-/// execution), and whether the statement's snapshot shows the row still
-/// under this lease (then a row not deleted is held by another
-/// transaction).
+/// Records activity results, `$deleted` deleting the activities (the CTE
+/// `deleted`, returning `id` and `schedule_event_id`): for each input row
+/// (row `$1`, worker `$2`, lease id `$3`, new event id `$4`, type `$5`, data
+/// `$6`, owner `$7`/`$8`), deletes the activity if its lease (holder and
+/// claim) still matches, and queues its result for the owner when the owner
+/// is active. Returns, per input row in order: whether it was deleted, the
+/// owner's state and queue (NULL when there is no such execution), and
+/// whether the statement's snapshot shows the row still under this lease
+/// (then a row not deleted is held by another transaction, or changed
+/// since the snapshot).
 ///
 /// No `instances` row is locked: an execution that ends deletes its
 /// activities before its pending events (`END_EXECUTION_SQL`), so a result
@@ -51,23 +51,15 @@ const OWNER_METADATA_COLUMN: &str = "NULL::bytea";
 /// Rows are named by key (as joins, they were found by scans of the
 /// tables); each owner is looked up by its key.
 macro_rules! record_results_sql {
-    ($lock:literal) => {
+    ($deleted:literal) => {
         concat!(
             "WITH input AS (
    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::int[],
                         $6::bytea[], $7::text[], $8::text[])
             WITH ORDINALITY AS t(row_id, worker, lease_id, event_id, event_type, data,
-                                 instance_id, execution_id, ord)),
- locked AS MATERIALIZED (
-   SELECT a.id FROM activities a JOIN input ON input.row_id = a.id
-    WHERE a.id = ANY($1) AND a.worker = input.worker AND a.lease_id = input.lease_id
-    ORDER BY a.id
-    FOR UPDATE OF a ",
-            $lock,
-            "),
- deleted AS (
-   DELETE FROM activities a WHERE a.id = ANY(ARRAY(SELECT id FROM locked))
-   RETURNING a.id, a.schedule_event_id),
+                                 instance_id, execution_id, ord)),",
+            $deleted,
+            ",
  owners AS MATERIALIZED (
    SELECT input.ord, o.state, o.queue
      FROM input LEFT JOIN LATERAL (
@@ -96,33 +88,51 @@ macro_rules! record_results_sql {
     };
 }
 
-/// [`record_results_sql!`] taking only the activities rows no other
-/// transaction holds (`SKIP LOCKED`): it never waits.
-const RECORD_RESULTS_SQL: &str = record_results_sql!("SKIP LOCKED");
-
-/// [`record_results_sql!`] waiting for the rows' locks, under
-/// [`RECORD_WAITING_LOCK_TIMEOUT`]: for the rows the first statement found
-/// held. A claim that looked at a row it did not take holds it until its
+/// [`record_results_sql!`] waiting for rows another transaction holds,
+/// under [`RECORD_LOCK_TIMEOUT`]: what results run first. Such waits are
+/// short: a claim that looked at a row it did not take holds it until its
 /// commit, a millisecond or so (PostgreSQL keeps the lock of a row that
-/// failed the recheck); a session outside pgwake may hold it for good.
-const RECORD_WAITING_SQL: &str = record_results_sql!("");
+/// failed the recheck); so does an execution ending.
+const RECORD_RESULTS_SQL: &str = record_results_sql!(
+    "
+ deleted AS (
+   DELETE FROM activities a USING input
+    WHERE a.id = ANY($1) AND a.id = input.row_id
+      AND a.worker = input.worker AND a.lease_id = input.lease_id
+   RETURNING a.id, a.schedule_event_id)"
+);
 
-/// How long [`RECORD_WAITING_SQL`] waits for a row: the row's result is
-/// refused as busy after it (and retried by the worker with its backoff).
-/// Far below `deadlock_timeout` (1 s by default), so that two waits in a
-/// cycle (an ending execution deleting its activities in another order)
-/// end by this timeout, not by a deadlock error.
-const RECORD_WAITING_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '200ms'";
+/// [`record_results_sql!`] leaving the rows another transaction holds
+/// (`SKIP LOCKED`): what runs when [`RECORD_RESULTS_SQL`] waited too long
+/// (a session outside pgwake may hold a row for good), so that the batch's
+/// other results are recorded. The locked rows are deleted by key.
+const RECORD_UNHELD_SQL: &str = record_results_sql!(
+    "
+ locked AS MATERIALIZED (
+   SELECT a.id FROM activities a JOIN input ON input.row_id = a.id
+    WHERE a.id = ANY($1) AND a.worker = input.worker AND a.lease_id = input.lease_id
+    ORDER BY a.id
+    FOR UPDATE OF a SKIP LOCKED),
+ deleted AS (
+   DELETE FROM activities a WHERE a.id = ANY(ARRAY(SELECT id FROM locked))
+   RETURNING a.id, a.schedule_event_id)"
+);
+
+/// How long [`RECORD_RESULTS_SQL`] waits for a row before the batch is
+/// recorded without it ([`RECORD_UNHELD_SQL`]). Far below
+/// `deadlock_timeout` (1 s by default), so that two waits in a cycle (an
+/// ending execution deleting its activities in another order) end by this
+/// timeout, not by a deadlock error.
+const RECORD_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '200ms'";
 
 /// What recording results does with activities rows another transaction
 /// holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HeldRows {
-    /// Leaves them ([`RECORD_RESULTS_SQL`]).
-    Skip,
-    /// Waits for them, under [`RECORD_WAITING_LOCK_TIMEOUT`]
-    /// ([`RECORD_WAITING_SQL`]).
+    /// Waits for them, under [`RECORD_LOCK_TIMEOUT`] ([`RECORD_RESULTS_SQL`]).
     Wait,
+    /// Leaves them ([`RECORD_UNHELD_SQL`]).
+    Skip,
 }
 
 /// What became of one result given to [`record_results_sql!`].
@@ -478,10 +488,10 @@ impl Store {
     /// Only the lease holder may complete ([`StoreError::LeaseLost`]
     /// otherwise). If the workflow has finished meanwhile (canceled, say),
     /// the result is dropped and `Ok` returned: nobody is left to read it.
-    /// It waits for no lock: if another transaction holds the activity's
-    /// row, nothing is recorded and the error is
-    /// [`StoreError::ActivityBusy`] (transient: complete it again shortly).
-    /// One round trip.
+    /// It locks no workflow instance, and waits at most 200 ms for another
+    /// transaction holding the activity's row: after that nothing is
+    /// recorded and the error is [`StoreError::ActivityBusy`] (transient:
+    /// complete it again shortly). One round trip.
     ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store, task: pgwake::ActivityTask) -> Result<(), pgwake::StoreError> {
@@ -532,12 +542,13 @@ impl Store {
     /// [`complete_activity_task`](Self::complete_activity_task) fences one;
     /// the returned outcomes are in the order given.
     ///
-    /// It never waits for a lock, and locks no workflow instance: a result
-    /// whose activity row another transaction holds (its workflow ending, a
-    /// heartbeat, a session outside pgwake) is neither recorded nor
-    /// dropped, and its outcome is [`StoreError::ActivityBusy`] (transient:
-    /// complete it again shortly; the activity keeps its lease). The others
-    /// are recorded, in one round trip. A result (or error) larger than
+    /// It locks no workflow instance, and waits at most 200 ms for other
+    /// transactions holding its activities rows (a claim that looked at
+    /// them, an execution ending: a moment): a result whose row stays held
+    /// longer (a session outside pgwake) is neither recorded nor dropped,
+    /// and its outcome is [`StoreError::ActivityBusy`] (transient: complete
+    /// it again shortly; the activity keeps its lease). The others are
+    /// recorded. One round trip, two when a row stayed held. A result (or error) larger than
     /// [`StoreOptions::max_payload_bytes`](super::StoreOptions::max_payload_bytes)
     /// is recorded as `ActivityFailed`, with an error naming both sizes, so
     /// that the workflow learns of it and the batch goes through; its
@@ -593,38 +604,31 @@ impl Store {
     }
 
     /// Records `results` in a transaction of one round trip
-    /// ([`RECORD_RESULTS_SQL`]), and those it found held by another
-    /// transaction in a second one that waits for them a moment
-    /// ([`RECORD_WAITING_SQL`]); what is still held then is
-    /// [`Recording::Busy`]. Wakes the owners of the results it recorded, and
-    /// of those it found gone while their owner is active: an earlier
-    /// attempt whose commit's answer was lost may have recorded them, and
-    /// then the wake-up is owed now (when unsure, wake once more).
+    /// ([`RECORD_RESULTS_SQL`]); if a row stays held for longer than
+    /// [`RECORD_LOCK_TIMEOUT`], records them again leaving the rows held
+    /// ([`RECORD_UNHELD_SQL`]: those are [`Recording::Busy`]). Wakes the
+    /// owners of the results it recorded, and of those it found gone while
+    /// their owner is active: an earlier attempt whose commit's answer was
+    /// lost may have recorded them, and then the wake-up is owed now (when
+    /// unsure, wake once more).
     async fn record_activity_results(
         &self,
         results: &[(&ActivityTask, EventType, Vec<u8>)],
     ) -> Result<Vec<Recording>, StoreError> {
         let started = std::time::Instant::now();
         let client = self.client().await?;
-        let mut recordings = self.run_recording(&client, HeldRows::Skip, results).await?;
-        let busy: Vec<usize> = (0..results.len())
-            .filter(|&i| recordings[i] == Recording::Busy)
-            .collect();
-        if !busy.is_empty() {
-            let retried: Vec<_> = busy.iter().map(|&i| results[i].clone()).collect();
-            match self.run_recording(&client, HeldRows::Wait, &retried).await {
-                Ok(again) => {
-                    for (i, recording) in busy.into_iter().zip(again) {
-                        recordings[i] = recording;
-                    }
-                }
-                // The first statement's results are committed: these stay
-                // busy (retried by the caller), whatever kept them.
-                Err(err) => {
-                    tracing::debug!(error = %err, count = retried.len(), "activity results still held by another transaction");
-                }
+        let recordings = match self.run_recording(&client, HeldRows::Wait, results).await {
+            Err(StoreError::Database { source, .. })
+                if source.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+            {
+                tracing::debug!(
+                    count = results.len(),
+                    "an activity row stayed held; recording the batch without it"
+                );
+                self.run_recording(&client, HeldRows::Skip, results).await?
             }
-        }
+            other => other?,
+        };
         crate::metrics::completion_duration(crate::kinds::TaskKind::Activity, started);
         Ok(recordings)
     }
@@ -655,8 +659,8 @@ impl Store {
             .map(|(t, ..)| t.instance.execution_id.as_str())
             .collect();
         let sql = match held {
-            HeldRows::Skip => RECORD_RESULTS_SQL,
-            HeldRows::Wait => RECORD_WAITING_SQL,
+            HeldRows::Wait => RECORD_RESULTS_SQL,
+            HeldRows::Skip => RECORD_UNHELD_SQL,
         };
         let statement = client
             .prepare_cached(sql)
@@ -677,7 +681,7 @@ impl Store {
         if held == HeldRows::Wait {
             statements.push(Pipelined {
                 context: "limiting the wait for locks",
-                request: Box::pin(client.batch_execute(RECORD_WAITING_LOCK_TIMEOUT)),
+                request: Box::pin(client.batch_execute(RECORD_LOCK_TIMEOUT)),
             });
         }
         statements.push(Pipelined::query(

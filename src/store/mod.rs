@@ -34,13 +34,13 @@
 //! ```
 //!
 //! ## Locking
-//! Claims lock with `FOR UPDATE SKIP LOCKED` and never wait; neither does a
-//! batch of activity results, which locks only its own activities rows
-//! (`FOR UPDATE SKIP LOCKED`: a result whose row another transaction holds
-//! comes back as [`StoreError::ActivityBusy`], to be retried) and no
-//! `instances` row (an execution that ends deletes its activities before
-//! its pending events, which orders it against the results being
-//! recorded for it). Every other transaction that
+//! Claims lock with `FOR UPDATE SKIP LOCKED` and never wait. A batch of
+//! activity results locks only its own activities rows, no `instances` row
+//! (an execution that ends deletes its activities before its pending
+//! events, which orders it against the results being recorded for it); it
+//! waits for a row at most 200 ms, then records the batch without the rows
+//! still held, whose results come back as [`StoreError::ActivityBusy`], to
+//! be retried. Every other transaction that
 //! waits for row locks takes its `instances` rows first, in ascending `id`
 //! order, before any `pending_events` or `activities` row. The advisory
 //! locks on instance ids that creating an instance takes come before any

@@ -1053,3 +1053,34 @@ impl<'a> StandaloneActivity<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Recording;
+
+    /// Every combination of what the recording statement reports for a
+    /// result: deleted or not, owner active or not, row still under the
+    /// lease in the statement's snapshot or not.
+    #[test]
+    fn each_answer_of_the_recording_statement_has_one_meaning() {
+        let cases = [
+            ((true, true, true), Recording::Recorded),
+            ((true, true, false), Recording::Recorded),
+            ((true, false, true), Recording::Dropped),
+            ((true, false, false), Recording::Dropped),
+            // Not deleted, still ours as of the snapshot: someone holds it.
+            ((false, true, true), Recording::Busy),
+            ((false, false, true), Recording::Busy),
+            // Gone or re-leased: lost while the owner runs, moot once it ended.
+            ((false, true, false), Recording::LeaseLost),
+            ((false, false, false), Recording::Dropped),
+        ];
+        for ((deleted, owner_active, still_held), expected) in cases {
+            assert_eq!(
+                Recording::of(deleted, owner_active, still_held),
+                expected,
+                "deleted {deleted}, owner active {owner_active}, still held {still_held}"
+            );
+        }
+    }
+}

@@ -529,7 +529,7 @@ impl Store {
             .await
             .map_err(db("starting a transaction"))?;
         if self.defers_notifications() {
-            tx.batch_execute("SET LOCAL pgwake.defer_notify = on")
+            tx.batch_execute(DEFER_NOTIFY)
                 .await
                 .map_err(db("deferring notifications"))?;
         }
@@ -772,12 +772,20 @@ macro_rules! index_walks_only {
 /// BEGIN, and [`index_walks_only!`]: a claim's transaction.
 pub(crate) const BEGIN_INDEX_WALKS_ONLY: &str = concat!("BEGIN; ", index_walks_only!());
 
+/// Makes the notification triggers skip the transaction's writes (migration
+/// 4): a commit hook announces them instead, after the commit.
+macro_rules! defer_notify {
+    () => {
+        "SET LOCAL pgwake.defer_notify = on"
+    };
+}
+
+/// [`defer_notify!`], for a transaction begun through deadpool.
+const DEFER_NOTIFY: &str = defer_notify!();
+
 /// BEGIN, [`index_walks_only!`], and the triggers' deferral: a pipelined
 /// write's transaction when a commit hook notifies.
-const BEGIN_DEFERRED_WRITE: &str = concat!(
-    "BEGIN; SET LOCAL pgwake.defer_notify = on; ",
-    index_walks_only!()
-);
+const BEGIN_DEFERRED_WRITE: &str = concat!("BEGIN; ", defer_notify!(), "; ", index_walks_only!());
 
 /// A pooled connection, given back to the pool when dropped unless the
 /// operation holding it was cut off at its deadline: then the connection

@@ -35,10 +35,10 @@ const OWNER_METADATA_COLUMN: &str = "NULL::bytea";
 /// `$6`, owner `$7`/`$8`), deletes the activity if its lease (holder and
 /// claim) still matches, and queues its result for the owner when the owner
 /// is active. Returns, per input row in order: whether it was deleted, the
-/// owner's state and queue (NULL when there is no such execution), and
-/// whether the statement's snapshot shows the row still under this lease
-/// (then a row not deleted is held by another transaction, or changed
-/// since the snapshot).
+/// owner's state and queue (NULL when there is no such execution), and,
+/// for a row not deleted, whether the statement's snapshot shows it still
+/// under this lease (then it is held by another transaction, or changed
+/// since the snapshot). Each owner is looked up once per batch.
 ///
 /// No `instances` row is locked: an execution that ends deletes its
 /// activities before its pending events (`END_EXECUTION_SQL`), so a result
@@ -61,14 +61,15 @@ macro_rules! record_results_sql {
             $deleted,
             ",
  owners AS MATERIALIZED (
-   SELECT input.ord, o.state, o.queue
-     FROM input LEFT JOIN LATERAL (
+   SELECT e.instance_id, e.execution_id, o.state, o.queue
+     FROM (SELECT DISTINCT instance_id, execution_id FROM input) e LEFT JOIN LATERAL (
        SELECT state, queue FROM instances
-        WHERE instance_id = input.instance_id AND execution_id = input.execution_id) o ON true),
+        WHERE instance_id = e.instance_id AND execution_id = e.execution_id) o ON true),
  results AS (
    SELECT input.ord, input.event_id, input.event_type, input.data, input.instance_id,
           input.execution_id, d.schedule_event_id
-     FROM deleted d JOIN input ON input.row_id = d.id JOIN owners o ON o.ord = input.ord
+     FROM deleted d JOIN input ON input.row_id = d.id
+     JOIN owners o ON o.instance_id = input.instance_id AND o.execution_id = input.execution_id
     WHERE o.state = 0),
  attrs AS (
    INSERT INTO attributes (event_id, instance_id, execution_id, data)
@@ -79,10 +80,13 @@ macro_rules! record_results_sql {
    SELECT event_id, instance_id, execution_id, event_type, now(), schedule_event_id
      FROM results ORDER BY ord)
  SELECT d.id IS NOT NULL, o.state, o.queue,
-        EXISTS (SELECT 1 FROM activities s
-                 WHERE s.id = input.row_id AND s.worker = input.worker
-                   AND s.lease_id = input.lease_id)
-   FROM input JOIN owners o ON o.ord = input.ord LEFT JOIN deleted d ON d.id = input.row_id
+        CASE WHEN d.id IS NULL THEN EXISTS (
+               SELECT 1 FROM activities s
+                WHERE s.id = input.row_id AND s.worker = input.worker
+                  AND s.lease_id = input.lease_id) ELSE false END
+   FROM input
+   JOIN owners o ON o.instance_id = input.instance_id AND o.execution_id = input.execution_id
+   LEFT JOIN deleted d ON d.id = input.row_id
   ORDER BY input.ord"
         )
     };

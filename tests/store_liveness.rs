@@ -534,7 +534,8 @@ async fn an_execution_ending_while_a_result_is_recorded_leaves_no_pending_event(
         };
         // The end waits for the result's row (having deleted, in the wrong
         // order, the execution's pending events already)...
-        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'";
+        let waiting = "SELECT count(*) FROM pg_stat_activity
+                        WHERE wait_event_type = 'Lock' AND datname = current_database()";
         let started = Instant::now();
         while count(&sql, waiting).await == 0 {
             assert!(

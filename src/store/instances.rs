@@ -497,7 +497,9 @@ impl Store {
 
     /// The newest execution of `instance_id` (the active one if any), with
     /// its history and pending events, and how often its workflow task has
-    /// failed in a row and why; `None` if it never existed.
+    /// failed in a row and why; `None` if it never existed. All read in one
+    /// snapshot (a repeatable-read, read-only transaction): an event is in
+    /// the history or pending as of the state shown, never in neither.
     ///
     /// ```no_run
     /// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
@@ -522,18 +524,27 @@ impl Store {
         instance_id: &str,
     ) -> Result<Option<InstanceSnapshot>, StoreError> {
         check_id("instance id", instance_id, 128)?;
-        let client = self.client().await?;
-        let row = client
+        let mut client = self.client().await?;
+        // One snapshot for the three reads: read one by one, a decision
+        // committing between them showed an execution still active whose
+        // cancellation was neither pending nor in its history.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db("starting a read"))?;
+        let row = tx
             .query_opt(
-                &client
-                    .prepare_cached(
-                        "SELECT execution_id, queue, state, metadata, created_at, completed_at,
+                &tx.prepare_cached(
+                    "SELECT execution_id, queue, state, metadata, created_at, completed_at,
                     task_attempts, last_task_error
                FROM instances WHERE instance_id = $1
               ORDER BY (state = 0) DESC, id DESC LIMIT 1",
-                    )
-                    .await
-                    .map_err(db("preparing a statement"))?,
+                )
+                .await
+                .map_err(db("preparing a statement"))?,
                 &[&instance_id],
             )
             .await
@@ -552,14 +563,23 @@ impl Store {
         };
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
             [&instance.instance_id, &instance.execution_id];
-        let history = client
-            .query(&events("history", "e.sequence_id"), &params)
-            .await
-            .map_err(db("reading the history"))?;
-        let pending = client
-            .query(&events("pending_events", "e.id"), &params)
-            .await
-            .map_err(db("reading pending events"))?;
+        let (history_sql, pending_sql) = (
+            events("history", "e.sequence_id"),
+            events("pending_events", "e.id"),
+        );
+        let (history, pending) = futures::try_join!(
+            async {
+                tx.query(&history_sql, &params)
+                    .await
+                    .map_err(db("reading the history"))
+            },
+            async {
+                tx.query(&pending_sql, &params)
+                    .await
+                    .map_err(db("reading pending events"))
+            },
+        )?;
+        tx.commit().await.map_err(db("ending the read"))?;
         Ok(Some(InstanceSnapshot {
             queue: Queue::new(row.get::<_, String>(1)).unwrap_or_default(),
             state: InstanceState::from_db(row.get(2)),

@@ -454,7 +454,10 @@ impl StoreError {
     ///
     /// ```
     /// assert!(pgwake::StoreError::Pool("timed out".into()).is_transient());
-    /// let busy = pgwake::StoreError::ActivityBusy { activity_id: "a-1".into(), instance_id: "order-7".into() };
+    /// let busy = pgwake::StoreError::ActivityBusy {
+    ///     activity_id: "a-1".into(),
+    ///     instance_id: "order-7".into(),
+    /// };
     /// assert!(busy.is_transient());
     /// assert!(!pgwake::StoreError::NoQueues.is_transient());
     /// ```

@@ -552,7 +552,8 @@ impl Store {
     /// longer (a session outside pgwake) is neither recorded nor dropped,
     /// and its outcome is [`StoreError::ActivityBusy`] (transient: complete
     /// it again shortly; the activity keeps its lease). The others are
-    /// recorded. One round trip, two when a row stayed held. A result (or error) larger than
+    /// recorded. One round trip, two when a row stayed held. A result (or
+    /// error) larger than
     /// [`StoreOptions::max_payload_bytes`](super::StoreOptions::max_payload_bytes)
     /// is recorded as `ActivityFailed`, with an error naming both sizes, so
     /// that the workflow learns of it and the batch goes through; its

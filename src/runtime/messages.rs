@@ -14,7 +14,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 pub use crate::kinds::{TaskKind, WakeReason};
-use crate::store::Queue;
+use crate::store::{ActivityTask, Queue};
 
 /// Work may be waiting: poll now. Sent by the router to registered workers.
 ///
@@ -277,3 +277,25 @@ pub(crate) struct FlushNotifications;
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct StopNotifying;
+
+/// A workflow worker asks an activity worker of its process for up to
+/// `wanted` free slots, for the activities a decision is about to lease to
+/// it (eager dispatch); answered with how many it reserved (0 when it has
+/// none free, or is stopping). Every reservation is answered by one
+/// [`EagerActivities`].
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub(crate) struct ReserveSlots {
+    pub(crate) wanted: usize,
+}
+
+/// The activities a committed decision leased to the activity worker, on
+/// the `reserved` slots it reserved for them: it runs them as if it had
+/// claimed them, and frees the slots they did not fill (all of them when
+/// the decision failed).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct EagerActivities {
+    pub(crate) tasks: Vec<ActivityTask>,
+    pub(crate) reserved: usize,
+}

@@ -243,7 +243,7 @@ use self::messages::{
 };
 use self::notifier::Notifier;
 use self::router::QueueRouter;
-use self::worker::WorkerActor;
+use self::worker::{EagerTarget, WorkerActor};
 pub use handler::{
     ActivityWorker, HandlerError, WorkflowWorker, DEFAULT_ACTIVITY_LEASE, DEFAULT_WORKFLOW_LEASE,
 };
@@ -640,21 +640,36 @@ impl RuntimeBuilder {
                 batch_window: BATCH_WINDOW,
             };
         let mut workers = Vec::new();
+        // The activity workers that workflow workers' decisions may lease
+        // activities to (eager dispatch).
+        let mut eager_targets = Vec::new();
         for (index, w) in self.activity_workers.into_iter().enumerate() {
             let queues =
                 handler::validate_worker(index, "activity", &w.queues, w.concurrency, w.lease)?;
             let settings =
                 worker_settings(TaskKind::Activity, index, queues, w.concurrency, w.lease);
-            workers.push(
-                WorkerActor::new(
-                    settings,
-                    Job::Activity(w.handler),
-                    store.clone(),
-                    router.clone(),
-                    health.clone(),
-                )
-                .start(),
+            let (worker_id, queues, lease) = (
+                settings.worker_id.clone(),
+                settings.queues.clone(),
+                settings.lease,
             );
+            let addr = WorkerActor::new(
+                settings,
+                Job::Activity(w.handler),
+                store.clone(),
+                router.clone(),
+                health.clone(),
+            )
+            .start();
+            if config.eager_activities {
+                eager_targets.push(EagerTarget {
+                    worker_id,
+                    queues,
+                    lease,
+                    addr: addr.clone(),
+                });
+            }
+            workers.push(addr);
         }
         for (index, w) in self.workflow_workers.into_iter().enumerate() {
             let queues =
@@ -669,6 +684,7 @@ impl RuntimeBuilder {
                     router.clone(),
                     health.clone(),
                 )
+                .leasing_activities_to(eager_targets.clone())
                 .start(),
             );
         }

@@ -108,6 +108,11 @@ pub(crate) struct WakeState {
     claim_limit: usize,
     running: usize,
     phase: Phase,
+    /// An offer was declined for want of room since the last claim
+    /// started: the router gave that wake-up to another worker or owes it
+    /// to one that reports idle, which this one cannot tell apart. Slots
+    /// freed by eagerly leased activities then claim, like any others.
+    declined: bool,
 }
 
 impl WakeState {
@@ -120,6 +125,7 @@ impl WakeState {
             claim_limit: usize::MAX,
             running: 0,
             phase: Phase::Idle,
+            declined: false,
         }
     }
 
@@ -155,6 +161,7 @@ impl WakeState {
         match self.phase {
             Phase::Idle if self.free() > 0 => {
                 let max = self.free().min(self.claim_limit);
+                self.declined = false;
                 self.phase = Phase::Claiming {
                     requested: max,
                     again: false,
@@ -168,6 +175,14 @@ impl WakeState {
 
     /// The router offers a wake-up for one of the worker's queues.
     pub(crate) fn offer(&mut self) -> Offer {
+        let offer = self.answer_offer();
+        if offer == Offer::Declined && self.phase != Phase::Stopped {
+            self.declined = true;
+        }
+        offer
+    }
+
+    fn answer_offer(&mut self) -> Offer {
         match self.phase {
             Phase::Stopped => Offer::Declined,
             Phase::Claiming {
@@ -233,6 +248,21 @@ impl WakeState {
         }
     }
 
+    /// Activities a decision leased to this worker (eager dispatch) ended,
+    /// or slots reserved for them were not filled: `count` slots are free.
+    /// They came from no claim, so nothing says their queues hold more:
+    /// no claim follows, unless an offer was declined meanwhile for want of
+    /// room (then as [`slots_freed`](Self::slots_freed)), since that
+    /// wake-up may be owed to this worker.
+    pub(crate) fn leased_slots_freed(&mut self, count: usize) -> Refill {
+        if self.declined {
+            return self.slots_freed(count);
+        }
+        debug_assert!(self.running >= count, "slots freed that were never taken");
+        self.running = self.running.saturating_sub(count);
+        Refill::Nothing
+    }
+
     /// Whether the free slots make a batch worth claiming now: at least
     /// `min_refill` (half of them for batch claims), or all of them (nothing
     /// else runs, so waiting gains nothing).
@@ -286,6 +316,23 @@ impl WakeState {
         }
     }
 
+    /// A decision of this process asks for up to `wanted` slots for the
+    /// activities it will lease to this worker (eager dispatch): grants
+    /// those free beyond a claim under way (which may fill its request),
+    /// none when stopping. Granted slots count as taken at once; those the
+    /// decision does not fill come back through
+    /// [`slots_freed`](Self::slots_freed).
+    pub(crate) fn reserve(&mut self, wanted: usize) -> usize {
+        let claiming = match self.phase {
+            Phase::Stopped => return 0,
+            Phase::Idle => 0,
+            Phase::Claiming { requested, .. } => requested,
+        };
+        let granted = wanted.min(self.free().saturating_sub(claiming));
+        self.running += granted;
+        granted
+    }
+
     /// Shutting down: no more claims; a claim under way still counts its
     /// tasks when it ends.
     pub(crate) fn stop(&mut self) {
@@ -311,13 +358,19 @@ mod tests {
         Timer,
         SlotsFreed(usize),
         ClaimEnded(ClaimEnd),
+        Reserve(usize),
+        LeasedSlotsFreed(usize),
         Stop,
     }
 
     fn events(state: &WakeState) -> Vec<Event> {
         let mut events = vec![Event::Offer, Event::Timer, Event::Stop];
+        for wanted in 1..=state.concurrency + 1 {
+            events.push(Event::Reserve(wanted));
+        }
         for count in 1..=state.running {
             events.push(Event::SlotsFreed(count));
+            events.push(Event::LeasedSlotsFreed(count));
         }
         if let Phase::Claiming { requested, .. } = state.phase {
             events.push(Event::ClaimEnded(ClaimEnd::Failed));
@@ -361,7 +414,10 @@ mod tests {
                             Phase::Claiming { requested, .. } => free_before <= requested,
                         };
                         assert!(could_not, "declined with room: {before:?}");
-                        assert_eq!(&after, before, "a declined offer changes nothing");
+                        // Remembered (while not stopping), nothing else.
+                        let mut remembered = before.clone();
+                        remembered.declined |= before.phase != Phase::Stopped;
+                        assert_eq!(after, remembered, "a declined offer changes nothing else");
                     }
                 }
             }
@@ -463,6 +519,37 @@ mod tests {
                         }
                     }
                     (end, next) => panic!("{before:?} {end:?} -> {next:?}"),
+                }
+            }
+            Event::Reserve(wanted) => {
+                let granted = after.reserve(wanted);
+                let claiming = match before.phase {
+                    Phase::Claiming { requested, .. } => requested,
+                    _ => 0,
+                };
+                // As many as asked while room is left beyond the claim
+                // under way, never into it, none when stopping; taken at once.
+                let room = free_before.saturating_sub(claiming);
+                let expected = if before.phase == Phase::Stopped {
+                    0
+                } else {
+                    wanted.min(room)
+                };
+                assert_eq!(granted, expected, "{before:?} {event:?}");
+                assert_eq!(after.running, before.running + granted);
+                assert_eq!(after.phase, before.phase, "a reservation claims nothing");
+            }
+            Event::LeasedSlotsFreed(count) => {
+                let refill = after.leased_slots_freed(count);
+                assert_eq!(after.running, before.running - count);
+                if before.declined {
+                    // A wake-up may be owed: exactly as any freed slots.
+                    let mut freed = before.clone();
+                    assert_eq!(refill, freed.slots_freed(count), "{before:?}");
+                    assert_eq!(after, freed);
+                } else {
+                    assert_eq!(refill, Refill::Nothing, "{before:?}");
+                    assert_eq!(after.phase, before.phase);
                 }
             }
             Event::Stop => {
@@ -627,6 +714,44 @@ mod tests {
             state.claim_ended(ClaimEnd::Claimed(2)),
             AfterClaim::ClaimAgain { max: 1 }
         );
+    }
+
+    #[test]
+    fn slots_reserved_for_eager_activities_are_taken_until_freed() {
+        let mut state = WakeState::new(4);
+        assert_eq!(state.reserve(3), 3);
+        assert_eq!(state.running(), 3);
+        // Only one slot is left for a claim, and no more for a reservation.
+        assert_eq!(state.offer(), Offer::Started { max: 1 });
+        assert_eq!(state.reserve(1), 0);
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(0)), AfterClaim::Idle);
+        // The decision filled two of its three: the third comes back, and
+        // with the slot left, half of them are free: claimed at once.
+        assert_eq!(state.slots_freed(1), Refill::Now { max: 2 });
+        // Those two may be the claim's: not reserved meanwhile.
+        assert_eq!(state.reserve(5), 0);
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(0)), AfterClaim::Idle);
+        assert_eq!(state.reserve(5), 2);
+        state.stop();
+        assert_eq!(state.reserve(1), 0);
+    }
+
+    #[test]
+    fn leased_slots_freed_claim_only_when_a_wake_up_was_declined() {
+        let mut state = WakeState::new(2);
+        assert_eq!(state.reserve(2), 2);
+        // Nothing was declined: the queue is not known to hold more.
+        assert_eq!(state.leased_slots_freed(1), Refill::Nothing);
+        assert_eq!(state.reserve(1), 1);
+        // Full: a wake-up for work written by others is declined, and
+        // perhaps owed to this worker by the router...
+        assert_eq!(state.offer(), Offer::Declined);
+        // ...so the next freed slot claims, as any other.
+        assert_eq!(state.leased_slots_freed(1), Refill::Now { max: 1 });
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(0)), AfterClaim::Idle);
+        // The claim answered it: the flag is spent.
+        assert_eq!(state.leased_slots_freed(1), Refill::Nothing);
+        assert_eq!(state.running(), 0);
     }
 
     #[test]

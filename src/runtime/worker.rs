@@ -21,15 +21,17 @@ use super::backoff::{jittered, Backoff};
 use super::handler::{ActivityFn, WorkflowFn};
 use super::health::{HealthBoard, QueueCounters, WorkerEntry};
 use super::messages::{
-    AbandonInFlight, InFlightCount, ListenerStateChanged, MoreWorkLikely, OfferWake,
-    RegisterOwnWorker, StopClaiming, TaskAvailable, TaskKind, UnregisterWorker, WorkerIdle,
+    AbandonInFlight, EagerActivities, InFlightCount, ListenerStateChanged, MoreWorkLikely,
+    OfferWake, RegisterOwnWorker, ReserveSlots, StopClaiming, TaskAvailable, TaskKind,
+    UnregisterWorker, WorkerIdle,
 };
 use super::record_batch::{when_to_flush, Buffer, Flush};
 use super::router::QueueRouter;
 use super::wake::{AfterClaim, ClaimEnd, Offer, Phase, Refill, WakeState};
 use crate::error::StoreError;
 use crate::store::{
-    ActivityTask, Queue, Store, WorkerId, WorkflowCompletion, WorkflowOutcome, WorkflowTask,
+    ActivityTask, EagerSlots, Queue, Store, WorkerId, WorkflowCompletion, WorkflowOutcome,
+    WorkflowTask,
 };
 
 #[derive(Clone)]
@@ -60,6 +62,42 @@ pub(crate) struct WorkerSettings {
     /// batch before it is recorded, and a few freed slots for more before
     /// they are claimed.
     pub(crate) batch_window: Duration,
+}
+
+/// An activity worker of this process that a workflow worker's decisions
+/// lease the activities of its queues to, while it has free slots (eager
+/// dispatch): they run without a claim.
+#[derive(Clone)]
+pub(crate) struct EagerTarget {
+    pub(crate) worker_id: WorkerId,
+    pub(crate) queues: Vec<Queue>,
+    pub(crate) lease: Duration,
+    pub(crate) addr: Addr<WorkerActor>,
+}
+
+impl EagerTarget {
+    /// The first of `targets` serving a queue of `decision`'s activities,
+    /// and how many of them it serves.
+    fn for_decision<'a>(
+        targets: &'a [EagerTarget],
+        task: &WorkflowTask,
+        decision: &WorkflowCompletion,
+    ) -> Option<(&'a EagerTarget, usize)> {
+        let queue_of = |activity: &crate::store::ScheduleActivity| {
+            activity.queue.clone().unwrap_or_else(|| task.queue.clone())
+        };
+        let first = decision
+            .activities
+            .iter()
+            .map(queue_of)
+            .find_map(|queue| targets.iter().find(|t| t.queues.contains(&queue)))?;
+        let wanted = decision
+            .activities
+            .iter()
+            .filter(|a| first.queues.contains(&queue_of(a)))
+            .count();
+        Some((first, wanted))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -96,8 +134,25 @@ enum Outcome {
 struct InFlight {
     handle: SpawnHandle,
     task: Claimed,
+    /// Leased by a decision of this process (eager dispatch), not claimed.
+    leased: bool,
     /// Since when its result is being recorded (its handler finished).
     recording_since: Option<Instant>,
+}
+
+/// Slots a task's end frees, by how the task came.
+#[derive(Debug, Default, Clone, Copy)]
+struct Freed {
+    claimed: usize,
+    /// Eagerly leased (see [`EagerTarget`]).
+    leased: usize,
+}
+
+impl std::ops::AddAssign for Freed {
+    fn add_assign(&mut self, other: Self) {
+        self.claimed += other.claimed;
+        self.leased += other.leased;
+    }
 }
 
 /// A finished activity whose result waits to be recorded with others.
@@ -188,6 +243,8 @@ pub(crate) struct WorkerActor {
     /// Since when claims, or recordings, have failed in a row.
     claims_failing_since: Option<Instant>,
     records_failing_since: Option<Instant>,
+    /// A workflow worker's: where its decisions lease activities to.
+    eager_targets: Arc<[EagerTarget]>,
 }
 
 impl std::fmt::Debug for WorkerActor {
@@ -245,9 +302,17 @@ impl WorkerActor {
             retry_records: None,
             claims_failing_since: None,
             records_failing_since: None,
+            eager_targets: Arc::new([]),
         };
         actor.report_health();
         actor
+    }
+
+    /// A workflow worker whose decisions lease their activities to
+    /// `targets`, while they have free slots.
+    pub(crate) fn leasing_activities_to(mut self, targets: Vec<EagerTarget>) -> Self {
+        self.eager_targets = targets.into();
+        self
     }
 
     fn count(&self, queues: &[Queue], update: impl Fn(&mut QueueCounters)) {
@@ -374,7 +439,7 @@ impl WorkerActor {
             .wake
             .claim_ended(ClaimEnd::Claimed(found.claimed.len()));
         for task in found.claimed {
-            self.start_task(task, ctx);
+            self.start_task(task, false, ctx);
         }
         match after {
             AfterClaim::ClaimAgain { max } => self.claim(max, ctx),
@@ -440,7 +505,8 @@ impl WorkerActor {
         }
     }
 
-    fn start_task(&mut self, task: Claimed, ctx: &mut Context<Self>) {
+    /// Runs a task claimed, or `leased` to it by a decision (eager dispatch).
+    fn start_task(&mut self, task: Claimed, leased: bool, ctx: &mut Context<Self>) {
         self.count(std::slice::from_ref(task.queue()), |c| c.claimed += 1);
         self.handlers_running += 1;
         let number = self.next_task_number;
@@ -477,6 +543,7 @@ impl WorkerActor {
             InFlight {
                 handle,
                 task,
+                leased,
                 recording_since: None,
             },
         );
@@ -581,15 +648,12 @@ impl WorkerActor {
             Err(err) => {
                 // Refused for good, and which result caused it is unknown:
                 // each is recorded as the activity's failure instead.
-                let mut freed = 0;
+                let mut freed = Freed::default();
                 for done in batch {
                     let (number, queue) = (done.number, done.task.queue.clone());
                     match done.refused(&err) {
                         Some(failure) => self.records.push(failure),
-                        None => {
-                            freed +=
-                                usize::from(self.done_with(number, &queue, Outcome::NotRecorded))
-                        }
+                        None => freed += self.done_with(number, &queue, Outcome::NotRecorded),
                     }
                 }
                 self.records_waiting_since.get_or_insert_with(Instant::now);
@@ -602,7 +666,7 @@ impl WorkerActor {
         let mut refused = Vec::new();
         // Slots freed by this batch, filled by one claim after it: a claim
         // per result would split every batch into claims of one task.
-        let mut freed = 0;
+        let mut freed = Freed::default();
         for (done, result) in batch.into_iter().zip(outcomes) {
             let recorded = match result {
                 Ok(()) => done.outcome,
@@ -616,15 +680,12 @@ impl WorkerActor {
                     let (number, queue) = (done.number, done.task.queue.clone());
                     match done.refused(&err) {
                         Some(failure) => refused.push(failure),
-                        None => {
-                            freed +=
-                                usize::from(self.done_with(number, &queue, Outcome::NotRecorded))
-                        }
+                        None => freed += self.done_with(number, &queue, Outcome::NotRecorded),
                     }
                     continue;
                 }
             };
-            freed += usize::from(self.done_with(done.number, &done.task.queue, recorded));
+            freed += self.done_with(done.number, &done.task.queue, recorded);
         }
         if !refused.is_empty() || !busy.is_empty() {
             self.records_waiting_since.get_or_insert_with(Instant::now);
@@ -711,8 +772,35 @@ impl WorkerActor {
         ctx: &mut Context<Self>,
     ) {
         let store = self.store.clone();
+        let targets = self.eager_targets.clone();
         let record = async move {
-            let result = store.complete_workflow_task(&task, decision.clone()).await;
+            let target = EagerTarget::for_decision(&targets, &task, &decision);
+            let reserved = match target {
+                Some((target, wanted)) => {
+                    target.addr.send(ReserveSlots { wanted }).await.unwrap_or(0)
+                }
+                None => 0,
+            };
+            let Some(target) = target.map(|(t, _)| t).filter(|_| reserved > 0) else {
+                let result = store.complete_workflow_task(&task, decision.clone()).await;
+                return (task, decision, result);
+            };
+            let slots = EagerSlots {
+                worker: &target.worker_id,
+                queues: &target.queues,
+                max: reserved,
+                lease: target.lease,
+            };
+            let result = store
+                .complete_workflow_task_leasing(&task, decision.clone(), Some(&slots))
+                .await;
+            // Committed or not, the reservation is answered: the slots the
+            // leased activities did not fill are freed.
+            let (tasks, result) = match result {
+                Ok(tasks) => (tasks, Ok(())),
+                Err(err) => (Vec::new(), Err(err)),
+            };
+            target.addr.do_send(EagerActivities { tasks, reserved });
             (task, decision, result)
         };
         ctx.spawn(record.into_actor(self).map(move |(task, decision, result), act, ctx| {
@@ -764,27 +852,44 @@ impl WorkerActor {
 
     /// A task is done with (recorded, failed, or lost): its slot is free.
     fn finished(&mut self, number: u64, queue: &Queue, outcome: Outcome, ctx: &mut Context<Self>) {
-        let freed = usize::from(self.done_with(number, queue, outcome));
+        let freed = self.done_with(number, queue, outcome);
         self.free_slots(freed, ctx);
     }
 
-    /// Forgets a task and counts its outcome; whether that freed a slot
-    /// (not when shutdown released it meanwhile, which freed it then).
-    fn done_with(&mut self, number: u64, queue: &Queue, outcome: Outcome) -> bool {
-        if self.in_flight.remove(&number).is_none() {
-            return false;
-        }
+    /// Forgets a task and counts its outcome; the slot that freed (none
+    /// when shutdown released it meanwhile, which freed it then).
+    fn done_with(&mut self, number: u64, queue: &Queue, outcome: Outcome) -> Freed {
+        let Some(in_flight) = self.in_flight.remove(&number) else {
+            return Freed::default();
+        };
         self.count_outcome(queue, outcome);
-        true
+        if in_flight.leased {
+            Freed {
+                claimed: 0,
+                leased: 1,
+            }
+        } else {
+            Freed {
+                claimed: 1,
+                leased: 0,
+            }
+        }
     }
 
     /// `count` slots are free: one claim fills them, now or when a few
     /// more are free (within the batch window).
-    fn free_slots(&mut self, count: usize, ctx: &mut Context<Self>) {
-        match self.wake.slots_freed(count) {
-            Refill::Now { max } => self.claim(max, ctx),
-            Refill::Soon => self.arm_timer_by(self.settings.batch_window, ctx),
-            Refill::Nothing => {}
+    fn free_slots(&mut self, freed: Freed, ctx: &mut Context<Self>) {
+        // The leased ones first: a claim that follows then counts the
+        // others' slots too.
+        for refill in [
+            self.wake.leased_slots_freed(freed.leased),
+            self.wake.slots_freed(freed.claimed),
+        ] {
+            match refill {
+                Refill::Now { max } => self.claim(max, ctx),
+                Refill::Soon => self.arm_timer_by(self.settings.batch_window, ctx),
+                Refill::Nothing => {}
+            }
         }
         self.report_health();
     }
@@ -1053,6 +1158,63 @@ impl Handler<StopClaiming> for WorkerActor {
             self.router.do_send(UnregisterWorker { id });
         }
         self.report_health();
+    }
+}
+
+impl Handler<ReserveSlots> for WorkerActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: ReserveSlots, _: &mut Context<Self>) -> usize {
+        if !matches!(self.job, Job::Activity(_)) {
+            return 0;
+        }
+        let reserved = self.wake.reserve(msg.wanted);
+        self.report_health();
+        reserved
+    }
+}
+
+impl Handler<EagerActivities> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: EagerActivities, ctx: &mut Context<Self>) {
+        let EagerActivities { tasks, reserved } = msg;
+        debug_assert!(
+            tasks.len() <= reserved,
+            "more activities than slots reserved"
+        );
+        let unused = reserved.saturating_sub(tasks.len());
+        if self.wake.phase() == Phase::Stopped {
+            // Shutting down (their slots were reserved before): give them
+            // back at once rather than hold them until their leases expire.
+            self.wake.released(reserved);
+            let store = self.store.clone();
+            ctx.spawn(
+                async move {
+                    for task in &tasks {
+                        if let Err(err) = store.release_activity_task(task).await {
+                            tracing::warn!(activity_id = %task.activity_id, error = %err, "could not give back an activity leased during shutdown; it runs again when its lease expires");
+                        }
+                    }
+                }
+                .into_actor(self),
+            );
+            self.report_health();
+            return;
+        }
+        if !tasks.is_empty() {
+            tracing::debug!(worker = %self.settings.worker_id, count = tasks.len(), "activities leased by a decision");
+        }
+        for task in tasks {
+            self.start_task(Claimed::Activity(task), true, ctx);
+        }
+        self.free_slots(
+            Freed {
+                claimed: 0,
+                leased: unused,
+            },
+            ctx,
+        );
     }
 }
 

@@ -72,6 +72,7 @@ pub use model::{
     MAX_COMMANDS_PER_DECISION, MAX_TIMER_DELAY,
 };
 pub use names::{queues, Queue, WorkerId, MAX_QUEUE_NAME_LEN, QUEUE_NAME_RULE};
+pub(crate) use workflow_tasks::EagerSlots;
 
 use crate::connection::ConnectionConfig;
 use crate::error::StoreError;

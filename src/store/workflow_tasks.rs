@@ -12,8 +12,9 @@ use super::events::{
 };
 use super::instances::lock_instance_ids;
 use super::model::{
-    Event, EventType, InstanceRef, InstanceState, Lease, NewInstance, WorkflowCompletion,
-    WorkflowOutcome, WorkflowPoll, WorkflowTask, MAX_COMMANDS_PER_DECISION, MAX_TIMER_DELAY,
+    ActivityTask, Event, EventType, InstanceRef, InstanceState, Lease, NewInstance,
+    WorkflowCompletion, WorkflowOutcome, WorkflowPoll, WorkflowTask, MAX_COMMANDS_PER_DECISION,
+    MAX_TIMER_DELAY,
 };
 use super::names::{check_id, Queue, WorkerId};
 use super::stats::WORKFLOW_DUE_SQL;
@@ -416,9 +417,25 @@ impl Store {
         task: &WorkflowTask,
         completion: WorkflowCompletion,
     ) -> Result<(), StoreError> {
+        self.complete_workflow_task_leasing(task, completion, None)
+            .await
+            .map(drop)
+    }
+
+    /// [`complete_workflow_task`](Self::complete_workflow_task), leasing
+    /// the activities it schedules on `eager`'s queues, up to its free
+    /// slots, to `eager`'s worker in the same transaction: they are
+    /// returned, ready to run, and no claim (nor wake-up) is needed for
+    /// them. The rest are written unleased, as always.
+    pub(crate) async fn complete_workflow_task_leasing(
+        &self,
+        task: &WorkflowTask,
+        completion: WorkflowCompletion,
+        eager: Option<&EagerSlots<'_>>,
+    ) -> Result<Vec<ActivityTask>, StoreError> {
         self.bounded(
             "recording a workflow decision",
-            self.complete_workflow_task_unbounded(task, completion),
+            self.complete_workflow_task_unbounded(task, completion, eager),
         )
         .await
     }
@@ -427,9 +444,11 @@ impl Store {
         &self,
         task: &WorkflowTask,
         completion: WorkflowCompletion,
-    ) -> Result<(), StoreError> {
+        eager: Option<&EagerSlots<'_>>,
+    ) -> Result<Vec<ActivityTask>, StoreError> {
         // Everything that can be refused is refused before the transaction.
         let mut plan = self.plan_completion(task, &completion)?;
+        let eager_lease = EagerLease::new(eager)?;
         let writes_elsewhere = !completion.signals.is_empty()
             || !completion.cancellations.is_empty()
             || !completion.sub_workflows.is_empty()
@@ -437,7 +456,7 @@ impl Store {
             || (plan.ends_execution && task.parent.is_some());
         if !writes_elsewhere {
             return self
-                .complete_decision_pipelined(task, &completion, plan)
+                .complete_decision_pipelined(task, &completion, plan, &eager_lease)
                 .await;
         }
         let mut client = self.client().await?;
@@ -596,9 +615,10 @@ impl Store {
         //    event's sequence id; the next execution when this one continues
         //    as new.
         let mut scheduled_rows = ScheduledRows::default();
+        let mut budget = eager_lease.budget();
         for (scheduled, sequence_id) in &recorded {
             let Scheduled::SubWorkflow(child) = &scheduled.kind else {
-                scheduled_rows.add(scheduled, *sequence_id, &mut touched);
+                scheduled_rows.add(scheduled, *sequence_id, &mut touched, &mut budget);
                 continue;
             };
             let created = self
@@ -619,29 +639,19 @@ impl Store {
                 ));
             }
         }
-        let ScheduledRows {
-            activity_ids,
-            activity_queues,
-            activity_schedule_ids,
-            own_pending,
-        } = scheduled_rows;
-        if !activity_ids.is_empty() {
-            tx.execute(
+        let own_pending = std::mem::take(&mut scheduled_rows.own_pending);
+        let scheduled_activities = if scheduled_rows.activity_ids.is_empty() {
+            Vec::new()
+        } else {
+            tx.query(
                 &tx.prepare_cached(SCHEDULE_ACTIVITIES_SQL)
                     .await
                     .map_err(db("preparing a statement"))?,
-                &[
-                    &task.instance.instance_id,
-                    &task.instance.execution_id,
-                    &EventType::ActivityScheduled.code(),
-                    &activity_ids,
-                    &activity_queues,
-                    &activity_schedule_ids,
-                ],
+                &scheduled_rows.params(task, &eager_lease),
             )
             .await
-            .map_err(db("scheduling activities"))?;
-        }
+            .map_err(db("scheduling activities"))?
+        };
         if !plan.ends_execution && !own_pending.is_empty() {
             insert_pending(&tx, &task.instance, &own_pending).await?;
             // Timers too: other processes learn of a due time only by polling.
@@ -748,6 +758,7 @@ impl Store {
         history.extend(plan.outcome_event.take());
         append_history(&tx, &task.instance, first_new_sequence, &history).await?;
 
+        let leased = scheduled_rows.leased_tasks(task, &eager_lease, &scheduled_activities)?;
         self.commit_write(tx, touched, "committing the workflow task")
             .await?;
         if plan.ends_execution {
@@ -766,10 +777,11 @@ impl Store {
         tracing::debug!(
             instance_id = %task.instance.instance_id,
             state = ?plan.state,
-            activities = activity_ids.len(),
+            activities = scheduled_rows.activity_ids.len(),
+            leased = leased.len(),
             "workflow task completed"
         );
-        Ok(())
+        Ok(leased)
     }
 
     /// A decision that writes to no other execution and creates none (most
@@ -783,14 +795,16 @@ impl Store {
         task: &WorkflowTask,
         completion: &WorkflowCompletion,
         mut plan: CompletionPlan,
-    ) -> Result<(), StoreError> {
+        eager_lease: &EagerLease<'_>,
+    ) -> Result<Vec<ActivityTask>, StoreError> {
         let client = self.client().await?;
         let started = std::time::Instant::now();
         let opening = OpenTaskHistory::new(self, task, &plan);
         let mut touched = TouchedQueues::default();
         let mut scheduled_rows = ScheduledRows::default();
+        let mut budget = eager_lease.budget();
         for (scheduled, sequence_id) in plan.history_with_sequence(opening.first_new_sequence) {
-            scheduled_rows.add(&scheduled, sequence_id, &mut touched);
+            scheduled_rows.add(&scheduled, sequence_id, &mut touched, &mut budget);
         }
         let mut history = std::mem::take(&mut plan.history);
         history.extend(plan.outcome_event.take());
@@ -823,14 +837,8 @@ impl Store {
         ];
         let end_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
             [&instance.instance_id, &instance.execution_id];
-        let activities_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
-            &instance.instance_id,
-            &instance.execution_id,
-            &EventType::ActivityScheduled.code(),
-            &scheduled_rows.activity_ids,
-            &scheduled_rows.activity_queues,
-            &scheduled_rows.activity_schedule_ids,
-        ];
+        let activities_params = scheduled_rows.params(task, eager_lease);
+        let scheduled_activities = std::sync::OnceLock::new();
         let pending_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
             &instance.instance_id,
             &instance.execution_id,
@@ -876,11 +884,12 @@ impl Store {
             }
         }
         if !scheduled_rows.activity_ids.is_empty() {
-            statements.push(Pipelined::execute(
+            statements.push(Pipelined::query(
                 &client,
                 "scheduling activities",
                 &activities,
                 &activities_params,
+                &scheduled_activities,
             ));
         }
         if !plan.ends_execution && !scheduled_rows.own_pending.is_empty() {
@@ -907,14 +916,17 @@ impl Store {
         if plan.ends_execution {
             self.finishes.ended(&task.instance.instance_id);
         }
+        let rows = scheduled_activities.get().map_or(&[][..], Vec::as_slice);
+        let leased = scheduled_rows.leased_tasks(task, eager_lease, rows)?;
         crate::metrics::completion_duration(crate::kinds::TaskKind::Workflow, started);
         tracing::debug!(
             instance_id = %task.instance.instance_id,
             state = ?plan.state,
             activities = scheduled_rows.activity_ids.len(),
+            leased = leased.len(),
             "workflow task completed"
         );
-        Ok(())
+        Ok(leased)
     }
 
     /// Extends the lease on a workflow task by `lease` from now (database
@@ -1379,14 +1391,21 @@ const END_EXECUTION_SQL: [&str; 2] = [
 ];
 
 /// Inserts execution `$1`/`$2`'s activities (`$3` the ActivityScheduled
-/// type): ids `$4` on queues `$5`, scheduled by the events `$6`, in order.
+/// type): ids `$4` on queues `$5`, scheduled by the events `$6`, in order;
+/// those flagged in `$7` leased already, for `$8` seconds, to worker `$9`
+/// under lease id `$10` (eager dispatch: see [`EagerSlots`]). Returns each
+/// row's id, activity id, lease end, timestamp and whether it is leased.
 const SCHEDULE_ACTIVITIES_SQL: &str =
-    "INSERT INTO activities (activity_id, instance_id, execution_id,
-                         event_type, queue, timestamp, schedule_event_id)
- SELECT activity_id, $1, $2, $3, queue, now(), schedule_event_id
-   FROM unnest($4::text[], $5::text[], $6::bigint[])
-        WITH ORDINALITY AS t(activity_id, queue, schedule_event_id, ord)
-  ORDER BY ord";
+    "INSERT INTO activities (activity_id, instance_id, execution_id, event_type, queue,
+                         timestamp, schedule_event_id, locked_until, worker, lease_id)
+ SELECT activity_id, $1, $2, $3, queue, now(), schedule_event_id,
+        CASE WHEN leased THEN now() + make_interval(secs => $8::float8) END,
+        CASE WHEN leased THEN $9::text END,
+        CASE WHEN leased THEN $10::bigint END
+   FROM unnest($4::text[], $5::text[], $6::bigint[], $7::bool[])
+        WITH ORDINALITY AS t(activity_id, queue, schedule_event_id, leased, ord)
+  ORDER BY ord
+ RETURNING id, activity_id, locked_until, timestamp, worker IS NOT NULL";
 
 /// The activities and timers a decision's events set in motion.
 #[derive(Default)]
@@ -1394,6 +1413,10 @@ struct ScheduledRows {
     activity_ids: Vec<String>,
     activity_queues: Vec<String>,
     activity_schedule_ids: Vec<i64>,
+    /// Whether each activity is leased at once (eager dispatch)...
+    activity_leased: Vec<bool>,
+    /// ...and then its ActivityScheduled attributes (name and input).
+    activity_data: Vec<Option<Vec<u8>>>,
     /// Its own pending events: its timers' `TimerFired`, and the failures
     /// of sub-workflows it could not start.
     own_pending: Vec<NewEvent>,
@@ -1403,13 +1426,28 @@ impl ScheduledRows {
     /// Takes in an activity or a timer scheduled by the event of sequence
     /// id `sequence_id`; a sub-workflow (started by its caller) or another
     /// event sets nothing in motion here.
-    fn add(&mut self, scheduled: &Recorded<'_>, sequence_id: i64, touched: &mut TouchedQueues) {
+    ///
+    /// An activity that `budget` leases eagerly touches no queue: no worker
+    /// needs waking for it, since no claim can take it.
+    fn add(
+        &mut self,
+        scheduled: &Recorded<'_>,
+        sequence_id: i64,
+        touched: &mut TouchedQueues,
+        budget: &mut EagerBudget<'_>,
+    ) {
         match &scheduled.kind {
             Scheduled::Activity { queue } => {
-                touched.add_activity(queue);
+                let leased = budget.take(queue);
+                if !leased {
+                    touched.add_activity(queue);
+                }
                 self.activity_ids.push(scheduled.event.event_id.clone());
                 self.activity_queues.push(queue.as_str().to_string());
                 self.activity_schedule_ids.push(sequence_id);
+                self.activity_leased.push(leased);
+                self.activity_data
+                    .push(leased.then(|| scheduled.event.data.clone()));
             }
             Scheduled::Timer { delay, payload } => {
                 let mut fired = NewEvent::new(EventType::TimerFired, sequence_id, payload.clone());
@@ -1418,6 +1456,131 @@ impl ScheduledRows {
             }
             Scheduled::SubWorkflow(_) | Scheduled::Other => {}
         }
+    }
+
+    /// The parameters of [`SCHEDULE_ACTIVITIES_SQL`].
+    fn params<'a>(
+        &'a self,
+        task: &'a WorkflowTask,
+        lease: &'a EagerLease<'_>,
+    ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 10] {
+        [
+            &task.instance.instance_id,
+            &task.instance.execution_id,
+            &ACTIVITY_SCHEDULED,
+            &self.activity_ids,
+            &self.activity_queues,
+            &self.activity_schedule_ids,
+            &self.activity_leased,
+            &lease.seconds,
+            &lease.worker,
+            &lease.lease_id,
+        ]
+    }
+
+    /// The activities [`SCHEDULE_ACTIVITIES_SQL`] leased (its `rows`), as
+    /// tasks for `lease`'s worker, in the decision's order.
+    fn leased_tasks(
+        &self,
+        task: &WorkflowTask,
+        lease: &EagerLease<'_>,
+        rows: &[tokio_postgres::Row],
+    ) -> Result<Vec<ActivityTask>, StoreError> {
+        let Some(slots) = lease.slots else {
+            return Ok(Vec::new());
+        };
+        let mut leased = Vec::new();
+        for row in rows.iter().filter(|row| row.get::<_, bool>(4)) {
+            let activity_id: String = row.get(1);
+            // Each row is one of this decision's: its id is among them.
+            let Some(index) = self.activity_ids.iter().position(|id| *id == activity_id) else {
+                continue;
+            };
+            let attributes: serde_json::Value = match &self.activity_data[index] {
+                Some(data) => serde_json::from_slice(data)?,
+                None => serde_json::Value::Null,
+            };
+            leased.push(ActivityTask {
+                row_id: row.get(0),
+                activity_id,
+                instance: task.instance.clone(),
+                queue: Queue::new(self.activity_queues[index].as_str()).unwrap_or_default(),
+                schedule_event_id: self.activity_schedule_ids[index],
+                name: attributes["name"].as_str().unwrap_or_default().to_string(),
+                input: attributes.get("input").cloned().unwrap_or_default(),
+                enqueued_at: row.get(3),
+                lease: Lease::new(slots.worker.clone(), row.get(2), lease.lease_id),
+                trace: crate::trace_context::TraceCarrier::from_metadata(task.metadata.as_ref()),
+            });
+        }
+        Ok(leased)
+    }
+}
+
+/// The ActivityScheduled event type, as stored.
+const ACTIVITY_SCHEDULED: i32 = EventType::ActivityScheduled as i32;
+
+/// Free slots of a worker of this process that a decision may fill with
+/// the activities it schedules (eager dispatch): they are written leased to
+/// that worker, who runs them without a claim. Should it never run them
+/// (it stopped, its process died), their lease runs out and any worker
+/// claims them, as after a crash.
+#[derive(Debug, Clone)]
+pub(crate) struct EagerSlots<'a> {
+    /// The worker the activities are leased to.
+    pub(crate) worker: &'a WorkerId,
+    /// The queues it serves: only their activities are leased.
+    pub(crate) queues: &'a [Queue],
+    /// The most activities it takes.
+    pub(crate) max: usize,
+    /// How long their lease lasts.
+    pub(crate) lease: Duration,
+}
+
+/// [`EagerSlots`] as [`SCHEDULE_ACTIVITIES_SQL`]'s parameters.
+struct EagerLease<'a> {
+    slots: Option<&'a EagerSlots<'a>>,
+    seconds: f64,
+    worker: Option<&'a str>,
+    lease_id: i64,
+}
+
+impl<'a> EagerLease<'a> {
+    fn new(slots: Option<&'a EagerSlots<'a>>) -> Result<Self, StoreError> {
+        Ok(Self {
+            seconds: slots
+                .map(|s| lease_seconds(s.lease))
+                .transpose()?
+                .unwrap_or(0.0),
+            worker: slots.map(|s| s.worker.as_str()),
+            // One token for every activity this decision leases, as for a
+            // claim's batch.
+            lease_id: slots.map_or(0, |_| fastrand::i64(..)),
+            slots,
+        })
+    }
+
+    fn budget(&self) -> EagerBudget<'a> {
+        EagerBudget {
+            queues: self.slots.map_or(&[][..], |s| s.queues),
+            left: self.slots.map_or(0, |s| s.max),
+        }
+    }
+}
+
+/// What is left of the eager slots while a decision's activities are
+/// written, in their order.
+struct EagerBudget<'a> {
+    queues: &'a [Queue],
+    left: usize,
+}
+
+impl EagerBudget<'_> {
+    /// Whether an activity on `queue` is leased eagerly (taking a slot).
+    fn take(&mut self, queue: &Queue) -> bool {
+        let leased = self.left > 0 && self.queues.contains(queue);
+        self.left -= usize::from(leased);
+        leased
     }
 }
 

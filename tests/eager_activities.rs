@@ -1,0 +1,222 @@
+//! Eager dispatch, against a real PostgreSQL: a decision leases the
+//! activities it schedules to an activity worker of its runtime that has
+//! free slots, which runs them without a claim; those beyond its free slots
+//! are claimed as usual, and a wake-up it declined while full is not lost.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgwake::testing::fresh_database;
+use pgwake::workflow::{
+    Activities, ActivityContext, ActivityError, Client, StartOptions, WorkflowContext,
+    WorkflowError, Workflows,
+};
+use pgwake::{Runtime, RuntimeConfig, RuntimeHandle, TaskKind};
+
+const WAIT: Duration = Duration::from_secs(20);
+const QUEUE: &str = "default";
+
+/// A workflow of `n` activities, one after the other.
+fn counting() -> Workflows {
+    Workflows::new().register("count", |ctx: WorkflowContext, n: u64| async move {
+        let mut total = 0;
+        for _ in 0..n {
+            total = ctx.activity::<u64>("inc", &total).await?;
+        }
+        Ok::<_, WorkflowError>(total)
+    })
+}
+
+fn inc() -> Activities {
+    Activities::new().register("inc", |_: ActivityContext, n: u64| async move {
+        Ok::<_, ActivityError>(n + 1)
+    })
+}
+
+async fn start(
+    url: &str,
+    eager: bool,
+    workflows: Workflows,
+    activities: Activities,
+    concurrency: usize,
+) -> RuntimeHandle {
+    let mut config = RuntimeConfig::new(url);
+    config.eager_activities = eager;
+    // Only wake-ups (and eager dispatch) find the work in time.
+    config.fallback_while_listening = support::NEVER;
+    Runtime::builder(config)
+        .workflow_worker(workflows.worker([QUEUE]))
+        .activity_worker(activities.worker([QUEUE]).concurrency(concurrency))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Waits until the runtime listens and its activity worker's first claims
+/// (at its start, and the resync after LISTEN) are over, then returns how
+/// many claims it made.
+async fn settled_activity_polls(runtime: &RuntimeHandle) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    while !runtime.health().all_listening() {
+        assert!(Instant::now() < deadline, "the listeners never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let polls = runtime.health().counters(TaskKind::Activity, QUEUE).polls;
+        if polls == last {
+            return polls;
+        }
+        last = polls;
+    }
+}
+
+async fn count_to(runtime: &RuntimeHandle, id: &str, n: u64) -> u64 {
+    let client = Client::new(runtime.store().clone());
+    client
+        .start("count", id, &n, StartOptions::default())
+        .await
+        .unwrap();
+    client.result(id, WAIT).await.unwrap()
+}
+
+#[actix_rt::test]
+async fn activities_a_decision_schedules_run_without_a_claim() {
+    let database = fresh_database().await.unwrap();
+    let runtime = start(database.url(), true, counting(), inc(), 4).await;
+    let before = settled_activity_polls(&runtime).await;
+    assert_eq!(count_to(&runtime, "eager", 10).await, 10);
+    let counters = runtime.health().counters(TaskKind::Activity, QUEUE);
+    // Claimed one by one, ten activities take ten claims at least (and an
+    // empty one after each: its slot freed); leased by their decisions,
+    // none. A resync may still add one.
+    assert!(
+        counters.polls - before <= 1,
+        "{} claims for 10 activities leased by their decisions",
+        counters.polls - before
+    );
+    assert_eq!(counters.completed, 10);
+    // Nothing is left leased or unrecorded.
+    let client = support::connect(database.url()).await;
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM activities", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn with_eager_dispatch_off_every_activity_is_claimed() {
+    let database = fresh_database().await.unwrap();
+    let runtime = start(database.url(), false, counting(), inc(), 4).await;
+    let before = settled_activity_polls(&runtime).await;
+    assert_eq!(count_to(&runtime, "claimed", 10).await, 10);
+    let polls = runtime.health().counters(TaskKind::Activity, QUEUE).polls - before;
+    assert!(polls >= 10, "{polls} claims for 10 activities");
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn activities_beyond_the_free_slots_are_claimed_and_never_overfill_the_worker() {
+    let database = fresh_database().await.unwrap();
+    let workflows = Workflows::new().register("fan", |ctx: WorkflowContext, n: u64| async move {
+        let calls = (0..n).map(|i| ctx.activity::<u64>("slow", &i));
+        let results = futures::future::try_join_all(calls).await?;
+        Ok::<_, WorkflowError>(results.iter().sum::<u64>())
+    });
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let activities = {
+        let (running, most) = (running.clone(), most.clone());
+        Activities::new().register("slow", move |_: ActivityContext, i: u64| {
+            let (running, most) = (running.clone(), most.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, ActivityError>(i)
+            }
+        })
+    };
+    let runtime = start(database.url(), true, workflows, activities, 2).await;
+    let client = Client::new(runtime.store().clone());
+    for id in ["fan-1", "fan-2"] {
+        client
+            .start("fan", id, &6u64, StartOptions::default())
+            .await
+            .unwrap();
+    }
+    for id in ["fan-1", "fan-2"] {
+        let sum: u64 = client.result(id, WAIT).await.unwrap();
+        assert_eq!(sum, 15);
+    }
+    assert!(
+        most.load(Ordering::SeqCst) <= 2,
+        "{} activities ran at once on a worker of 2 slots",
+        most.load(Ordering::SeqCst)
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn a_wake_up_declined_while_leased_activities_fill_the_worker_is_not_lost() {
+    let database = fresh_database().await.unwrap();
+    // The gate holds the only slot with an activity its decision leased.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let activities = {
+        let (gate, started) = (gate.clone(), started.clone());
+        inc().register("hold", move |_: ActivityContext, (): ()| {
+            let (gate, started) = (gate.clone(), started.clone());
+            async move {
+                started.notify_one();
+                let _permit = gate.acquire().await.expect("never closed");
+                Ok::<_, ActivityError>(())
+            }
+        })
+    };
+    let workflows = counting().register("hold", |ctx: WorkflowContext, (): ()| async move {
+        ctx.activity::<()>("hold", &()).await?;
+        Ok::<_, WorkflowError>(())
+    });
+    let runtime = start(database.url(), true, workflows, activities, 1).await;
+    settled_activity_polls(&runtime).await;
+    let client = Client::new(runtime.store().clone());
+    client
+        .start("hold", "hold", &(), StartOptions::default())
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the held activity started");
+    // Its activity finds the worker full: written unleased, and the
+    // wake-up for it declined.
+    client
+        .start("count", "behind", &1u64, StartOptions::default())
+        .await
+        .unwrap();
+    let db = support::connect(database.url()).await;
+    support::eventually(WAIT, "the second activity, unleased", || async {
+        let sql = "SELECT count(*) FROM activities WHERE instance_id = 'behind' AND worker IS NULL";
+        db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) == 1
+    })
+    .await;
+    // Give the declined offer time to be made.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let freed_at = Instant::now();
+    gate.add_permits(1);
+    // The freed slot claims it now: without that it would wait for the
+    // worker's fallback poll (NEVER), far past this deadline.
+    let counted: u64 = client.result("behind", WAIT).await.unwrap();
+    assert_eq!(counted, 1);
+    let _: () = client.result("hold", WAIT).await.unwrap();
+    assert!(freed_at.elapsed() < WAIT);
+    runtime.shutdown(Duration::from_secs(5)).await;
+}

@@ -72,13 +72,15 @@ pub struct RuntimeConfig {
     pub schema: Option<String>,
     /// Eager dispatch, on (default) or off: a workflow task's decision
     /// leases the activities it schedules to an activity worker of this
-    /// runtime that serves their queue and has free slots, in the
-    /// decision's own transaction, and that worker runs them at once,
-    /// without a claim or a wake-up (a round trip fewer per step). Those
+    /// runtime that serves their queue and has free slots, and an activity
+    /// worker's recorded results lease the workflow tasks they make ready
+    /// to a workflow worker of this runtime with free slots, each in the
+    /// transaction that makes them ready; that worker runs them at once,
+    /// without a claim or a wake-up (two round trips fewer per step). Tasks
     /// beyond its free slots are written unleased and claimed as usual.
-    /// Off, every activity is claimed, by whichever worker of any process
+    /// Off, every task is claimed, by whichever worker of any process
     /// claims first.
-    pub eager_activities: bool,
+    pub eager_dispatch: bool,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -102,7 +104,7 @@ impl std::fmt::Debug for RuntimeConfig {
             .field("notify_debounce", &self.notify_debounce)
             .field("store", &self.store)
             .field("schema", &self.schema)
-            .field("eager_activities", &self.eager_activities)
+            .field("eager_dispatch", &self.eager_dispatch)
             .finish()
     }
 }
@@ -117,7 +119,7 @@ impl RuntimeConfig {
     /// assert_eq!(config.fallback_while_listening, Duration::from_secs(60));
     /// assert_eq!(config.fallback_while_degraded, Duration::from_millis(500));
     /// assert_eq!(config.listener_probe_timeout, Duration::from_secs(2));
-    /// assert!(config.eager_activities);
+    /// assert!(config.eager_dispatch);
     /// ```
     pub fn new(database_url: impl Into<String>) -> Self {
         Self {
@@ -134,7 +136,7 @@ impl RuntimeConfig {
             notify_debounce: Duration::from_millis(25),
             store: StoreOptions::default(),
             schema: None,
-            eager_activities: true,
+            eager_dispatch: true,
         }
     }
 

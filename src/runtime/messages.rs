@@ -14,7 +14,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 pub use crate::kinds::{TaskKind, WakeReason};
-use crate::store::{ActivityTask, Queue};
+use crate::store::{ActivityTask, Queue, WorkflowTask};
 
 /// Work may be waiting: poll now. Sent by the router to registered workers.
 ///
@@ -278,24 +278,41 @@ pub(crate) struct FlushNotifications;
 #[rtype(result = "()")]
 pub(crate) struct StopNotifying;
 
-/// A workflow worker asks an activity worker of its process for up to
-/// `wanted` free slots, for the activities a decision is about to lease to
-/// it (eager dispatch); answered with how many it reserved (0 when it has
-/// none free, or is stopping). Every reservation is answered by one
-/// [`EagerActivities`].
+/// A worker asks another worker of its process for up to `wanted` free
+/// slots, for the tasks it is about to lease to it (eager dispatch): a
+/// workflow worker for the activities its decision schedules, an activity
+/// worker for the workflow tasks its results make ready. Answered with how
+/// many it reserved (0 when it has none free, or is stopping). Every
+/// reservation is answered by one [`TasksHandedOver`].
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
 pub(crate) struct ReserveSlots {
     pub(crate) wanted: usize,
 }
 
-/// The activities a committed decision leased to the activity worker, on
+/// Tasks leased to a worker by another worker's committed transaction, on
 /// the `reserved` slots it reserved for them: it runs them as if it had
 /// claimed them, and frees the slots they did not fill (all of them when
-/// the decision failed).
+/// the transaction failed).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub(crate) struct EagerActivities {
-    pub(crate) tasks: Vec<ActivityTask>,
+pub(crate) struct TasksHandedOver {
+    pub(crate) tasks: HandedOver,
     pub(crate) reserved: usize,
+}
+
+/// The tasks of a [`TasksHandedOver`].
+#[derive(Debug)]
+pub(crate) enum HandedOver {
+    Activities(Vec<ActivityTask>),
+    Workflows(Vec<WorkflowTask>),
+}
+
+impl HandedOver {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            HandedOver::Activities(tasks) => tasks.len(),
+            HandedOver::Workflows(tasks) => tasks.len(),
+        }
+    }
 }

@@ -639,54 +639,78 @@ impl RuntimeBuilder {
                 stuck_after: config.store.operation_timeout * 2,
                 batch_window: BATCH_WINDOW,
             };
-        let mut workers = Vec::new();
-        // The activity workers that workflow workers' decisions may lease
-        // activities to (eager dispatch).
-        let mut eager_targets = Vec::new();
+        let mut activity_settings = Vec::new();
         for (index, w) in self.activity_workers.into_iter().enumerate() {
             let queues =
                 handler::validate_worker(index, "activity", &w.queues, w.concurrency, w.lease)?;
             let settings =
                 worker_settings(TaskKind::Activity, index, queues, w.concurrency, w.lease);
-            let (worker_id, queues, lease) = (
-                settings.worker_id.clone(),
-                settings.queues.clone(),
-                settings.lease,
-            );
-            let addr = WorkerActor::new(
-                settings,
-                Job::Activity(w.handler),
-                store.clone(),
-                router.clone(),
-                health.clone(),
-            )
-            .start();
-            if config.eager_activities {
-                eager_targets.push(EagerTarget {
-                    worker_id,
-                    queues,
-                    lease,
-                    addr: addr.clone(),
-                });
-            }
-            workers.push(addr);
+            activity_settings.push((settings, w.handler));
         }
+        let mut workflow_settings = Vec::new();
         for (index, w) in self.workflow_workers.into_iter().enumerate() {
             let queues =
                 handler::validate_worker(index, "workflow", &w.queues, w.concurrency, w.lease)?;
             let settings =
                 worker_settings(TaskKind::Workflow, index, queues, w.concurrency, w.lease);
-            workers.push(
-                WorkerActor::new(
-                    settings,
-                    Job::Workflow(w.handler),
-                    store.clone(),
-                    router.clone(),
-                    health.clone(),
-                )
-                .leasing_activities_to(eager_targets.clone())
-                .start(),
-            );
+            workflow_settings.push((settings, w.handler));
+        }
+        // Each kind hands tasks over to the other (eager dispatch), so both
+        // kinds' addresses exist before either starts.
+        let activity_contexts: Vec<Context<WorkerActor>> =
+            activity_settings.iter().map(|_| Context::new()).collect();
+        let workflow_contexts: Vec<Context<WorkerActor>> =
+            workflow_settings.iter().map(|_| Context::new()).collect();
+        let targets = |workers: Vec<(&WorkerSettings, &Context<WorkerActor>)>| {
+            if !config.eager_dispatch {
+                return Vec::new();
+            }
+            workers
+                .into_iter()
+                .map(|(settings, context)| EagerTarget {
+                    worker_id: settings.worker_id.clone(),
+                    queues: settings.queues.clone(),
+                    lease: settings.lease,
+                    addr: context.address(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let activity_targets = targets(
+            activity_settings
+                .iter()
+                .map(|(settings, _)| settings)
+                .zip(&activity_contexts)
+                .collect(),
+        );
+        let workflow_targets = targets(
+            workflow_settings
+                .iter()
+                .map(|(settings, _)| settings)
+                .zip(&workflow_contexts)
+                .collect(),
+        );
+        let mut workers = Vec::new();
+        for ((settings, handler), context) in activity_settings.into_iter().zip(activity_contexts) {
+            let actor = WorkerActor::new(
+                settings,
+                Job::Activity(handler),
+                store.clone(),
+                router.clone(),
+                health.clone(),
+            )
+            .handing_over_to(workflow_targets.clone());
+            workers.push(context.run(actor));
+        }
+        for ((settings, handler), context) in workflow_settings.into_iter().zip(workflow_contexts) {
+            let actor = WorkerActor::new(
+                settings,
+                Job::Workflow(handler),
+                store.clone(),
+                router.clone(),
+                health.clone(),
+            )
+            .handing_over_to(activity_targets.clone());
+            workers.push(context.run(actor));
         }
         let elects =
             self.maintainer.is_some() || self.retention.is_some() || self.schedules.is_some();

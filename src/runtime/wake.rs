@@ -108,11 +108,14 @@ pub(crate) struct WakeState {
     claim_limit: usize,
     running: usize,
     phase: Phase,
-    /// An offer was declined for want of room since the last claim
-    /// started: the router gave that wake-up to another worker or owes it
-    /// to one that reports idle, which this one cannot tell apart. Slots
-    /// freed by eagerly leased activities then claim, like any others.
-    declined: bool,
+    /// The last claim found the queues drained (it took fewer tasks than it
+    /// asked for), and nothing since says otherwise: a freed slot then needs
+    /// no claim, since work written later is offered to the worker, which
+    /// has room to accept it. A claim that ends otherwise, or an offer
+    /// declined for want of room (the router gave that wake-up to another
+    /// worker or owes it to one reporting idle, which this one cannot tell
+    /// apart), clears it: freed slots then claim.
+    drained: bool,
 }
 
 impl WakeState {
@@ -125,7 +128,7 @@ impl WakeState {
             claim_limit: usize::MAX,
             running: 0,
             phase: Phase::Idle,
-            declined: false,
+            drained: false,
         }
     }
 
@@ -161,7 +164,6 @@ impl WakeState {
         match self.phase {
             Phase::Idle if self.free() > 0 => {
                 let max = self.free().min(self.claim_limit);
-                self.declined = false;
                 self.phase = Phase::Claiming {
                     requested: max,
                     again: false,
@@ -177,7 +179,7 @@ impl WakeState {
     pub(crate) fn offer(&mut self) -> Offer {
         let offer = self.answer_offer();
         if offer == Offer::Declined && self.phase != Phase::Stopped {
-            self.declined = true;
+            self.drained = false;
         }
         offer
     }
@@ -218,7 +220,10 @@ impl WakeState {
     /// queue that filled the slots probably holds more, but in full
     /// batches: freed together (results recorded at once), they are filled
     /// by one claim; a few freed while most slots still run wait a short
-    /// window for company ([`Refill::Soon`]), unless nothing else runs.
+    /// window for company ([`Refill::Soon`]), unless nothing else runs. No
+    /// claim when the last one found the queues drained and no wake-up was
+    /// declined since (`drained`): nothing says they hold more, and work
+    /// written since is offered to this worker, which now has room for it.
     pub(crate) fn slots_freed(&mut self, count: usize) -> Refill {
         debug_assert!(self.running >= count, "slots freed that were never taken");
         if count == 0 {
@@ -238,6 +243,7 @@ impl WakeState {
                 return Refill::Nothing;
             }
             Phase::Stopped => return Refill::Nothing,
+            Phase::Idle if self.drained => return Refill::Nothing,
             Phase::Idle => {}
         }
         if self.refill_worthwhile() {
@@ -246,21 +252,6 @@ impl WakeState {
         } else {
             Refill::Soon
         }
-    }
-
-    /// Activities a decision leased to this worker (eager dispatch) ended,
-    /// or slots reserved for them were not filled: `count` slots are free.
-    /// They came from no claim, so nothing says their queues hold more:
-    /// no claim follows, unless an offer was declined meanwhile for want of
-    /// room (then as [`slots_freed`](Self::slots_freed)), since that
-    /// wake-up may be owed to this worker.
-    pub(crate) fn leased_slots_freed(&mut self, count: usize) -> Refill {
-        if self.declined {
-            return self.slots_freed(count);
-        }
-        debug_assert!(self.running >= count, "slots freed that were never taken");
-        self.running = self.running.saturating_sub(count);
-        Refill::Nothing
     }
 
     /// Whether the free slots make a batch worth claiming now: at least
@@ -285,6 +276,7 @@ impl WakeState {
             return AfterClaim::Stopped;
         };
         self.phase = Phase::Idle;
+        self.drained = false;
         let claimed = match end {
             ClaimEnd::Failed => return AfterClaim::RetryLater,
             ClaimEnd::Claimed(claimed) => claimed,
@@ -301,6 +293,7 @@ impl WakeState {
         if claimed < requested && !freed {
             // The queues were empty as of the claim: work written since is
             // announced by a wake-up.
+            self.drained = true;
             return AfterClaim::Idle;
         }
         // A full batch (probably more waiting), or slots freed meanwhile
@@ -316,12 +309,11 @@ impl WakeState {
         }
     }
 
-    /// A decision of this process asks for up to `wanted` slots for the
-    /// activities it will lease to this worker (eager dispatch): grants
-    /// those free beyond a claim under way (which may fill its request),
-    /// none when stopping. Granted slots count as taken at once; those the
-    /// decision does not fill come back through
-    /// [`slots_freed`](Self::slots_freed).
+    /// Another worker of this process asks for up to `wanted` slots for the
+    /// tasks it will lease to this one (eager dispatch): grants those free
+    /// beyond a claim under way (which may fill its request), none when
+    /// stopping. Granted slots count as taken at once; those not filled
+    /// come back through [`slots_freed`](Self::slots_freed).
     pub(crate) fn reserve(&mut self, wanted: usize) -> usize {
         let claiming = match self.phase {
             Phase::Stopped => return 0,
@@ -359,7 +351,6 @@ mod tests {
         SlotsFreed(usize),
         ClaimEnded(ClaimEnd),
         Reserve(usize),
-        LeasedSlotsFreed(usize),
         Stop,
     }
 
@@ -370,7 +361,6 @@ mod tests {
         }
         for count in 1..=state.running {
             events.push(Event::SlotsFreed(count));
-            events.push(Event::LeasedSlotsFreed(count));
         }
         if let Phase::Claiming { requested, .. } = state.phase {
             events.push(Event::ClaimEnded(ClaimEnd::Failed));
@@ -416,7 +406,7 @@ mod tests {
                         assert!(could_not, "declined with room: {before:?}");
                         // Remembered (while not stopping), nothing else.
                         let mut remembered = before.clone();
-                        remembered.declined |= before.phase != Phase::Stopped;
+                        remembered.drained &= before.phase == Phase::Stopped;
                         assert_eq!(after, remembered, "a declined offer changes nothing else");
                     }
                 }
@@ -450,7 +440,11 @@ mod tests {
                             Some(free.min(after.claim_limit))
                         );
                     }
-                    Refill::Nothing => assert_ne!(before.phase, Phase::Idle, "{before:?}"),
+                    // Idle, only when its last claim found the queues drained
+                    // and it declined nothing since.
+                    Refill::Nothing => {
+                        assert!(before.phase != Phase::Idle || before.drained, "{before:?}")
+                    }
                 }
                 // A claim under way is told, to look once more after it.
                 if let Phase::Claiming {
@@ -538,19 +532,6 @@ mod tests {
                 assert_eq!(granted, expected, "{before:?} {event:?}");
                 assert_eq!(after.running, before.running + granted);
                 assert_eq!(after.phase, before.phase, "a reservation claims nothing");
-            }
-            Event::LeasedSlotsFreed(count) => {
-                let refill = after.leased_slots_freed(count);
-                assert_eq!(after.running, before.running - count);
-                if before.declined {
-                    // A wake-up may be owed: exactly as any freed slots.
-                    let mut freed = before.clone();
-                    assert_eq!(refill, freed.slots_freed(count), "{before:?}");
-                    assert_eq!(after, freed);
-                } else {
-                    assert_eq!(refill, Refill::Nothing, "{before:?}");
-                    assert_eq!(after.phase, before.phase);
-                }
             }
             Event::Stop => {
                 after.stop();
@@ -695,12 +676,14 @@ mod tests {
     }
 
     #[test]
-    fn the_last_running_task_frees_its_slot_for_a_claim_at_once() {
+    fn a_task_that_was_all_there_was_frees_its_slot_without_a_claim() {
         let mut state = WakeState::new(100);
         assert_eq!(state.timer_fired(), Some(100));
         assert_eq!(state.claim_ended(ClaimEnd::Claimed(1)), AfterClaim::Idle);
-        // One task was all there was: its end must not wait for company.
-        assert_eq!(state.slots_freed(1), Refill::Now { max: 100 });
+        // One task was all there was: nothing says more came, and what
+        // comes is offered to the worker, which has room.
+        assert_eq!(state.slots_freed(1), Refill::Nothing);
+        assert_eq!(state.offer(), Offer::Started { max: 100 });
     }
 
     #[test]
@@ -725,10 +708,11 @@ mod tests {
         assert_eq!(state.offer(), Offer::Started { max: 1 });
         assert_eq!(state.reserve(1), 0);
         assert_eq!(state.claim_ended(ClaimEnd::Claimed(0)), AfterClaim::Idle);
-        // The decision filled two of its three: the third comes back, and
-        // with the slot left, half of them are free: claimed at once.
-        assert_eq!(state.slots_freed(1), Refill::Now { max: 2 });
-        // Those two may be the claim's: not reserved meanwhile.
+        // The decision filled two of its three: the third comes back (no
+        // claim: the queues were drained as of the last one).
+        assert_eq!(state.slots_freed(1), Refill::Nothing);
+        // A claim under way may fill its request: not reserved meanwhile.
+        assert_eq!(state.offer(), Offer::Started { max: 2 });
         assert_eq!(state.reserve(5), 0);
         assert_eq!(state.claim_ended(ClaimEnd::Claimed(0)), AfterClaim::Idle);
         assert_eq!(state.reserve(5), 2);
@@ -737,21 +721,18 @@ mod tests {
     }
 
     #[test]
-    fn leased_slots_freed_claim_only_when_a_wake_up_was_declined() {
+    fn a_slot_freed_after_the_queues_drained_claims_only_if_a_wake_up_was_declined() {
         let mut state = WakeState::new(2);
         assert_eq!(state.reserve(2), 2);
-        // Nothing was declined: the queue is not known to hold more.
-        assert_eq!(state.leased_slots_freed(1), Refill::Nothing);
-        assert_eq!(state.reserve(1), 1);
-        // Full: a wake-up for work written by others is declined, and
-        // perhaps owed to this worker by the router...
         assert_eq!(state.offer(), Offer::Declined);
-        // ...so the next freed slot claims, as any other.
-        assert_eq!(state.leased_slots_freed(1), Refill::Now { max: 1 });
+        // A wake-up declined for want of room: the freed slot claims.
+        assert_eq!(state.slots_freed(1), Refill::Now { max: 1 });
         assert_eq!(state.claim_ended(ClaimEnd::Claimed(0)), AfterClaim::Idle);
-        // The claim answered it: the flag is spent.
-        assert_eq!(state.leased_slots_freed(1), Refill::Nothing);
+        // The queues were drained as of that claim: the next slot freed
+        // needs no claim (work written since is offered, and accepted).
+        assert_eq!(state.slots_freed(1), Refill::Nothing);
         assert_eq!(state.running(), 0);
+        assert_eq!(state.offer(), Offer::Started { max: 2 });
     }
 
     #[test]

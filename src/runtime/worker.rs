@@ -21,8 +21,8 @@ use super::backoff::{jittered, Backoff};
 use super::handler::{ActivityFn, WorkflowFn};
 use super::health::{HealthBoard, QueueCounters, WorkerEntry};
 use super::messages::{
-    AbandonInFlight, EagerActivities, InFlightCount, ListenerStateChanged, MoreWorkLikely,
-    OfferWake, RegisterOwnWorker, ReserveSlots, StopClaiming, TaskAvailable, TaskKind,
+    AbandonInFlight, HandedOver, InFlightCount, ListenerStateChanged, MoreWorkLikely, OfferWake,
+    RegisterOwnWorker, ReserveSlots, StopClaiming, TaskAvailable, TaskKind, TasksHandedOver,
     UnregisterWorker, WorkerIdle,
 };
 use super::record_batch::{when_to_flush, Buffer, Flush};
@@ -64,9 +64,11 @@ pub(crate) struct WorkerSettings {
     pub(crate) batch_window: Duration,
 }
 
-/// An activity worker of this process that a workflow worker's decisions
-/// lease the activities of its queues to, while it has free slots (eager
-/// dispatch): they run without a claim.
+/// A worker of this process that another hands the tasks of its queues
+/// over to, leased already, while it has free slots (eager dispatch): an
+/// activity worker, to which a workflow worker's decisions lease their
+/// activities, or a workflow worker, to which an activity worker's results
+/// lease the workflow tasks they make ready. They run without a claim.
 #[derive(Clone)]
 pub(crate) struct EagerTarget {
     pub(crate) worker_id: WorkerId,
@@ -134,25 +136,8 @@ enum Outcome {
 struct InFlight {
     handle: SpawnHandle,
     task: Claimed,
-    /// Leased by a decision of this process (eager dispatch), not claimed.
-    leased: bool,
     /// Since when its result is being recorded (its handler finished).
     recording_since: Option<Instant>,
-}
-
-/// Slots a task's end frees, by how the task came.
-#[derive(Debug, Default, Clone, Copy)]
-struct Freed {
-    claimed: usize,
-    /// Eagerly leased (see [`EagerTarget`]).
-    leased: usize,
-}
-
-impl std::ops::AddAssign for Freed {
-    fn add_assign(&mut self, other: Self) {
-        self.claimed += other.claimed;
-        self.leased += other.leased;
-    }
 }
 
 /// A finished activity whose result waits to be recorded with others.
@@ -243,8 +228,9 @@ pub(crate) struct WorkerActor {
     /// Since when claims, or recordings, have failed in a row.
     claims_failing_since: Option<Instant>,
     records_failing_since: Option<Instant>,
-    /// A workflow worker's: where its decisions lease activities to.
-    eager_targets: Arc<[EagerTarget]>,
+    /// Where it hands tasks over to: activity workers for a workflow
+    /// worker, workflow workers for an activity worker.
+    hand_over_to: Arc<[EagerTarget]>,
 }
 
 impl std::fmt::Debug for WorkerActor {
@@ -302,16 +288,18 @@ impl WorkerActor {
             retry_records: None,
             claims_failing_since: None,
             records_failing_since: None,
-            eager_targets: Arc::new([]),
+            hand_over_to: Arc::new([]),
         };
         actor.report_health();
         actor
     }
 
-    /// A workflow worker whose decisions lease their activities to
-    /// `targets`, while they have free slots.
-    pub(crate) fn leasing_activities_to(mut self, targets: Vec<EagerTarget>) -> Self {
-        self.eager_targets = targets.into();
+    /// A worker that hands tasks over to `targets` while they have free
+    /// slots: a workflow worker its decisions' activities (to activity
+    /// workers), an activity worker the workflow tasks its results make
+    /// ready (to workflow workers).
+    pub(crate) fn handing_over_to(mut self, targets: Vec<EagerTarget>) -> Self {
+        self.hand_over_to = targets.into();
         self
     }
 
@@ -439,7 +427,7 @@ impl WorkerActor {
             .wake
             .claim_ended(ClaimEnd::Claimed(found.claimed.len()));
         for task in found.claimed {
-            self.start_task(task, false, ctx);
+            self.start_task(task, ctx);
         }
         match after {
             AfterClaim::ClaimAgain { max } => self.claim(max, ctx),
@@ -505,8 +493,8 @@ impl WorkerActor {
         }
     }
 
-    /// Runs a task claimed, or `leased` to it by a decision (eager dispatch).
-    fn start_task(&mut self, task: Claimed, leased: bool, ctx: &mut Context<Self>) {
+    /// Runs a task it claimed, or that another worker handed over.
+    fn start_task(&mut self, task: Claimed, ctx: &mut Context<Self>) {
         self.count(std::slice::from_ref(task.queue()), |c| c.claimed += 1);
         self.handlers_running += 1;
         let number = self.next_task_number;
@@ -543,7 +531,6 @@ impl WorkerActor {
             InFlight {
                 handle,
                 task,
-                leased,
                 recording_since: None,
             },
         );
@@ -616,10 +603,50 @@ impl WorkerActor {
         self.records_waiting_since = None;
         let batch = std::mem::take(&mut self.records);
         let store = self.store.clone();
+        // The workflow tasks these results make ready go to the first
+        // workflow worker of this process, as many as it has slots for.
+        let target = self.hand_over_to.first().cloned();
         let record = async move {
             let pairs: Vec<(&ActivityTask, Result<serde_json::Value, String>)> =
                 batch.iter().map(|r| (&r.task, r.report.clone())).collect();
-            let outcome = store.complete_activity_tasks(&pairs).await;
+            let mut owners: Vec<&crate::store::InstanceRef> =
+                batch.iter().map(|r| &r.task.instance).collect();
+            owners.sort_by(|a, b| {
+                (&a.instance_id, &a.execution_id).cmp(&(&b.instance_id, &b.execution_id))
+            });
+            owners.dedup();
+            let reserved = match &target {
+                Some(target) => target
+                    .addr
+                    .send(ReserveSlots {
+                        wanted: owners.len(),
+                    })
+                    .await
+                    .unwrap_or(0),
+                None => 0,
+            };
+            let Some(target) = target.filter(|_| reserved > 0) else {
+                let outcome = store.complete_activity_tasks(&pairs).await;
+                return (batch, outcome);
+            };
+            let slots = EagerSlots {
+                worker: &target.worker_id,
+                queues: &target.queues,
+                max: reserved,
+                lease: target.lease,
+            };
+            let outcome = store
+                .complete_activity_tasks_handing_over(&pairs, Some(&slots))
+                .await;
+            // Committed or not, the reservation is answered.
+            let (tasks, outcome) = match outcome {
+                Ok((outcomes, tasks)) => (tasks, Ok(outcomes)),
+                Err(err) => (Vec::new(), Err(err)),
+            };
+            target.addr.do_send(TasksHandedOver {
+                tasks: HandedOver::Workflows(tasks),
+                reserved,
+            });
             (batch, outcome)
         };
         ctx.spawn(record.into_actor(self).map(|(batch, outcome), act, ctx| {
@@ -648,12 +675,15 @@ impl WorkerActor {
             Err(err) => {
                 // Refused for good, and which result caused it is unknown:
                 // each is recorded as the activity's failure instead.
-                let mut freed = Freed::default();
+                let mut freed = 0;
                 for done in batch {
                     let (number, queue) = (done.number, done.task.queue.clone());
                     match done.refused(&err) {
                         Some(failure) => self.records.push(failure),
-                        None => freed += self.done_with(number, &queue, Outcome::NotRecorded),
+                        None => {
+                            freed +=
+                                usize::from(self.done_with(number, &queue, Outcome::NotRecorded))
+                        }
                     }
                 }
                 self.records_waiting_since.get_or_insert_with(Instant::now);
@@ -666,7 +696,7 @@ impl WorkerActor {
         let mut refused = Vec::new();
         // Slots freed by this batch, filled by one claim after it: a claim
         // per result would split every batch into claims of one task.
-        let mut freed = Freed::default();
+        let mut freed = 0;
         for (done, result) in batch.into_iter().zip(outcomes) {
             let recorded = match result {
                 Ok(()) => done.outcome,
@@ -680,12 +710,15 @@ impl WorkerActor {
                     let (number, queue) = (done.number, done.task.queue.clone());
                     match done.refused(&err) {
                         Some(failure) => refused.push(failure),
-                        None => freed += self.done_with(number, &queue, Outcome::NotRecorded),
+                        None => {
+                            freed +=
+                                usize::from(self.done_with(number, &queue, Outcome::NotRecorded))
+                        }
                     }
                     continue;
                 }
             };
-            freed += self.done_with(done.number, &done.task.queue, recorded);
+            freed += usize::from(self.done_with(done.number, &done.task.queue, recorded));
         }
         if !refused.is_empty() || !busy.is_empty() {
             self.records_waiting_since.get_or_insert_with(Instant::now);
@@ -772,7 +805,7 @@ impl WorkerActor {
         ctx: &mut Context<Self>,
     ) {
         let store = self.store.clone();
-        let targets = self.eager_targets.clone();
+        let targets = self.hand_over_to.clone();
         let record = async move {
             let target = EagerTarget::for_decision(&targets, &task, &decision);
             let reserved = match target {
@@ -800,7 +833,10 @@ impl WorkerActor {
                 Ok(tasks) => (tasks, Ok(())),
                 Err(err) => (Vec::new(), Err(err)),
             };
-            target.addr.do_send(EagerActivities { tasks, reserved });
+            target.addr.do_send(TasksHandedOver {
+                tasks: HandedOver::Activities(tasks),
+                reserved,
+            });
             (task, decision, result)
         };
         ctx.spawn(record.into_actor(self).map(move |(task, decision, result), act, ctx| {
@@ -852,44 +888,27 @@ impl WorkerActor {
 
     /// A task is done with (recorded, failed, or lost): its slot is free.
     fn finished(&mut self, number: u64, queue: &Queue, outcome: Outcome, ctx: &mut Context<Self>) {
-        let freed = self.done_with(number, queue, outcome);
+        let freed = usize::from(self.done_with(number, queue, outcome));
         self.free_slots(freed, ctx);
     }
 
-    /// Forgets a task and counts its outcome; the slot that freed (none
-    /// when shutdown released it meanwhile, which freed it then).
-    fn done_with(&mut self, number: u64, queue: &Queue, outcome: Outcome) -> Freed {
-        let Some(in_flight) = self.in_flight.remove(&number) else {
-            return Freed::default();
-        };
-        self.count_outcome(queue, outcome);
-        if in_flight.leased {
-            Freed {
-                claimed: 0,
-                leased: 1,
-            }
-        } else {
-            Freed {
-                claimed: 1,
-                leased: 0,
-            }
+    /// Forgets a task and counts its outcome; whether that freed a slot
+    /// (not when shutdown released it meanwhile, which freed it then).
+    fn done_with(&mut self, number: u64, queue: &Queue, outcome: Outcome) -> bool {
+        if self.in_flight.remove(&number).is_none() {
+            return false;
         }
+        self.count_outcome(queue, outcome);
+        true
     }
 
     /// `count` slots are free: one claim fills them, now or when a few
     /// more are free (within the batch window).
-    fn free_slots(&mut self, freed: Freed, ctx: &mut Context<Self>) {
-        // The leased ones first: a claim that follows then counts the
-        // others' slots too.
-        for refill in [
-            self.wake.leased_slots_freed(freed.leased),
-            self.wake.slots_freed(freed.claimed),
-        ] {
-            match refill {
-                Refill::Now { max } => self.claim(max, ctx),
-                Refill::Soon => self.arm_timer_by(self.settings.batch_window, ctx),
-                Refill::Nothing => {}
-            }
+    fn free_slots(&mut self, count: usize, ctx: &mut Context<Self>) {
+        match self.wake.slots_freed(count) {
+            Refill::Now { max } => self.claim(max, ctx),
+            Refill::Soon => self.arm_timer_by(self.settings.batch_window, ctx),
+            Refill::Nothing => {}
         }
         self.report_health();
     }
@@ -1165,25 +1184,23 @@ impl Handler<ReserveSlots> for WorkerActor {
     type Result = usize;
 
     fn handle(&mut self, msg: ReserveSlots, _: &mut Context<Self>) -> usize {
-        if !matches!(self.job, Job::Activity(_)) {
-            return 0;
-        }
         let reserved = self.wake.reserve(msg.wanted);
         self.report_health();
         reserved
     }
 }
 
-impl Handler<EagerActivities> for WorkerActor {
+impl Handler<TasksHandedOver> for WorkerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: EagerActivities, ctx: &mut Context<Self>) {
-        let EagerActivities { tasks, reserved } = msg;
-        debug_assert!(
-            tasks.len() <= reserved,
-            "more activities than slots reserved"
-        );
+    fn handle(&mut self, msg: TasksHandedOver, ctx: &mut Context<Self>) {
+        let TasksHandedOver { tasks, reserved } = msg;
+        debug_assert!(tasks.len() <= reserved, "more tasks than slots reserved");
         let unused = reserved.saturating_sub(tasks.len());
+        let tasks: Vec<Claimed> = match tasks {
+            HandedOver::Activities(tasks) => tasks.into_iter().map(Claimed::Activity).collect(),
+            HandedOver::Workflows(tasks) => tasks.into_iter().map(Claimed::Workflow).collect(),
+        };
         if self.wake.phase() == Phase::Stopped {
             // Shutting down (their slots were reserved before): give them
             // back at once rather than hold them until their leases expire.
@@ -1192,8 +1209,12 @@ impl Handler<EagerActivities> for WorkerActor {
             ctx.spawn(
                 async move {
                     for task in &tasks {
-                        if let Err(err) = store.release_activity_task(task).await {
-                            tracing::warn!(activity_id = %task.activity_id, error = %err, "could not give back an activity leased during shutdown; it runs again when its lease expires");
+                        let released = match task {
+                            Claimed::Activity(task) => store.release_activity_task(task).await,
+                            Claimed::Workflow(task) => store.release_workflow_task(task).await,
+                        };
+                        if let Err(err) = released {
+                            tracing::warn!(task = ?task.queue(), error = %err, "could not give back a task handed over during shutdown; it runs again when its lease expires");
                         }
                     }
                 }
@@ -1203,18 +1224,12 @@ impl Handler<EagerActivities> for WorkerActor {
             return;
         }
         if !tasks.is_empty() {
-            tracing::debug!(worker = %self.settings.worker_id, count = tasks.len(), "activities leased by a decision");
+            tracing::debug!(worker = %self.settings.worker_id, count = tasks.len(), "tasks handed over, leased");
         }
         for task in tasks {
-            self.start_task(Claimed::Activity(task), true, ctx);
+            self.start_task(task, ctx);
         }
-        self.free_slots(
-            Freed {
-                claimed: 0,
-                leased: unused,
-            },
-            ctx,
-        );
+        self.free_slots(unused, ctx);
     }
 }
 

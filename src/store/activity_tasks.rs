@@ -6,8 +6,14 @@ use std::time::Duration;
 use deadpool_postgres::GenericClient;
 use serde_json::{json, Value};
 
-use super::model::{ActivityPoll, ActivityTask, EventType, InstanceRef, InstanceState, Lease};
+use super::events::event_from_row_at;
+use super::model::{
+    ActivityPoll, ActivityTask, EventType, InstanceRef, InstanceState, Lease, WorkflowTask,
+};
 use super::names::{Queue, WorkerId};
+use super::workflow_tasks::{
+    leased_task, EagerSlots, HAND_OVER_CLAIM_SQL, HAND_OVER_READ_SQL, RELEASE_CLAIM_SQL,
+};
 use super::{db, lease_seconds, Pipelined, Store, TouchedQueues, WakeToken};
 use crate::error::StoreError;
 use crate::trace_context::TraceCarrier;
@@ -28,6 +34,35 @@ const OWNER_METADATA_COLUMN: &str = "im.metadata";
 const OWNER_METADATA_JOIN: &str = "";
 #[cfg(not(feature = "opentelemetry"))]
 const OWNER_METADATA_COLUMN: &str = "NULL::bytea";
+
+/// The parameters of [`HAND_OVER_CLAIM_SQL`] and its statements.
+struct HandOver<'a> {
+    claim: tokio_postgres::Statement,
+    read: tokio_postgres::Statement,
+    worker: &'a str,
+    queues: Vec<&'a str>,
+    seconds: f64,
+    max: i64,
+    lease_id: i64,
+}
+
+impl<'a> HandOver<'a> {
+    fn params(
+        &'a self,
+        instance_ids: &'a Vec<&'a str>,
+        execution_ids: &'a Vec<&'a str>,
+    ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 7] {
+        [
+            &self.queues,
+            &self.worker,
+            &self.seconds,
+            &self.lease_id,
+            &self.max,
+            instance_ids,
+            execution_ids,
+        ]
+    }
+}
 
 /// Records activity results, `$deleted` deleting the activities (the CTE
 /// `deleted`, returning `id` and `schedule_event_id`): for each input row
@@ -529,8 +564,9 @@ impl Store {
         };
         let data = self.encode(&attributes)?;
         let recording = self
-            .record_activity_results(&[(task, event_type, data)])
-            .await?[0];
+            .record_activity_results(&[(task, event_type, data)], None)
+            .await?
+            .0[0];
         recording.outcome(task)?;
         if recording == Recording::Dropped {
             tracing::debug!(activity_id = %task.activity_id, "workflow finished meanwhile; result dropped");
@@ -581,9 +617,26 @@ impl Store {
         &self,
         completions: &[(&ActivityTask, Result<Value, String>)],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let (outcomes, _) = self
+            .complete_activity_tasks_handing_over(completions, None)
+            .await?;
+        Ok(outcomes)
+    }
+
+    /// [`complete_activity_tasks`](Self::complete_activity_tasks), also
+    /// leasing to `hand_over`'s (workflow) worker, in the same transaction,
+    /// up to its free slots of the executions the results make ready, on
+    /// its queues, that it may claim: their workflow tasks are returned,
+    /// events and history read as a claim reads them, and no claim (nor
+    /// wake-up) is needed for them. The others are announced as always.
+    pub(crate) async fn complete_activity_tasks_handing_over(
+        &self,
+        completions: &[(&ActivityTask, Result<Value, String>)],
+        hand_over: Option<&EagerSlots<'_>>,
+    ) -> Result<(Vec<Result<(), StoreError>>, Vec<WorkflowTask>), StoreError> {
         self.bounded(
             "recording activity results",
-            self.complete_activity_tasks_unbounded(completions),
+            self.complete_activity_tasks_unbounded(completions, hand_over),
         )
         .await
     }
@@ -591,21 +644,23 @@ impl Store {
     async fn complete_activity_tasks_unbounded(
         &self,
         completions: &[(&ActivityTask, Result<Value, String>)],
-    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        hand_over: Option<&EagerSlots<'_>>,
+    ) -> Result<(Vec<Result<(), StoreError>>, Vec<WorkflowTask>), StoreError> {
         if completions.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let mut encoded = Vec::with_capacity(completions.len());
         for (task, result) in completions {
             let (event_type, data) = self.encode_activity_result(task, result)?;
             encoded.push((*task, event_type, data));
         }
-        let recordings = self.record_activity_results(&encoded).await?;
-        Ok(completions
+        let (recordings, handed_over) = self.record_activity_results(&encoded, hand_over).await?;
+        let outcomes = completions
             .iter()
             .zip(recordings)
             .map(|((task, _), recording)| recording.outcome(task))
-            .collect())
+            .collect();
+        Ok((outcomes, handed_over))
     }
 
     /// Records `results` in a transaction of one round trip
@@ -619,10 +674,14 @@ impl Store {
     async fn record_activity_results(
         &self,
         results: &[(&ActivityTask, EventType, Vec<u8>)],
-    ) -> Result<Vec<Recording>, StoreError> {
+        hand_over: Option<&EagerSlots<'_>>,
+    ) -> Result<(Vec<Recording>, Vec<WorkflowTask>), StoreError> {
         let started = std::time::Instant::now();
         let client = self.client().await?;
-        let recordings = match self.run_recording(&client, HeldRows::Wait, results).await {
+        let recorded = match self
+            .run_recording(&client, HeldRows::Wait, results, hand_over)
+            .await
+        {
             Err(StoreError::Database { source, .. })
                 if source.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
             {
@@ -630,12 +689,14 @@ impl Store {
                     count = results.len(),
                     "an activity row stayed held; recording the batch without it"
                 );
-                self.run_recording(&client, HeldRows::Skip, results).await?
+                // Rare: its workflow tasks are claimed as usual.
+                self.run_recording(&client, HeldRows::Skip, results, None)
+                    .await?
             }
             other => other?,
         };
         crate::metrics::completion_duration(crate::kinds::TaskKind::Activity, started);
-        Ok(recordings)
+        Ok(recorded)
     }
 
     /// One transaction of [`record_activity_results`](Self::record_activity_results),
@@ -645,7 +706,8 @@ impl Store {
         client: &super::PooledClient,
         held: HeldRows,
         results: &[(&ActivityTask, EventType, Vec<u8>)],
-    ) -> Result<Vec<Recording>, StoreError> {
+        hand_over: Option<&EagerSlots<'_>>,
+    ) -> Result<(Vec<Recording>, Vec<WorkflowTask>), StoreError> {
         let row_ids: Vec<i64> = results.iter().map(|(t, ..)| t.row_id).collect();
         let workers: Vec<&str> = results
             .iter()
@@ -682,7 +744,33 @@ impl Store {
             &execution_ids,
         ];
         let answer = std::sync::OnceLock::new();
-        let mut statements = Vec::with_capacity(2);
+        // The workflow tasks handed over: claimed after the recording, and
+        // read in a statement of their own, as a claim reads them.
+        let hand_over = hand_over.filter(|slots| slots.max > 0);
+        let handing = match hand_over {
+            Some(slots) => {
+                let (claim, read) = futures::try_join!(
+                    client.prepare_cached(&HAND_OVER_CLAIM_SQL),
+                    client.prepare_cached(&HAND_OVER_READ_SQL),
+                )
+                .map_err(db("preparing a statement"))?;
+                Some(HandOver {
+                    claim,
+                    read,
+                    worker: slots.worker.as_str(),
+                    queues: slots.queues.iter().map(Queue::as_str).collect(),
+                    seconds: lease_seconds(slots.lease)?,
+                    max: i64::try_from(slots.max).unwrap_or(i64::MAX),
+                    lease_id: fastrand::i64(..),
+                })
+            }
+            None => None,
+        };
+        let hand_over_params = handing
+            .as_ref()
+            .map(|h| h.params(&instance_ids, &execution_ids));
+        let (claimed, events) = (std::sync::OnceLock::new(), std::sync::OnceLock::new());
+        let mut statements = Vec::with_capacity(4);
         if held == HeldRows::Wait {
             statements.push(Pipelined {
                 context: "limiting the wait for locks",
@@ -696,11 +784,40 @@ impl Store {
             &params,
             &answer,
         ));
+        if let (Some(handing), Some(hand_over_params)) = (&handing, &hand_over_params) {
+            statements.push(Pipelined::query(
+                client,
+                "claiming the workflow tasks the results make ready",
+                &handing.claim,
+                hand_over_params,
+                &claimed,
+            ));
+            statements.push(Pipelined::query(
+                client,
+                "reading the workflow tasks the results make ready",
+                &handing.read,
+                &[],
+                &events,
+            ));
+        }
         // The queues to wake are known from the answer only: reported once
         // the commit is (an unanswered commit's results are recorded again,
         // and that attempt reports them).
         self.write_pipelined(client, statements, TouchedQueues::default())
             .await?;
+        let handed_over = match (hand_over, &handing) {
+            (Some(slots), Some(handing)) => {
+                self.handed_over_tasks(
+                    client,
+                    slots,
+                    handing.lease_id,
+                    claimed.get().map_or(&[][..], Vec::as_slice),
+                    events.get().map_or(&[][..], Vec::as_slice),
+                )
+                .await?
+            }
+            _ => Vec::new(),
+        };
         let rows = answer.get().map(Vec::as_slice).unwrap_or_default();
         let mut touched = TouchedQueues::default();
         let recordings = (0..results.len())
@@ -712,7 +829,12 @@ impl Store {
                 let owner_active =
                     row.get::<_, Option<i32>>(1) == Some(InstanceState::Active as i32);
                 let recording = Recording::of(row.get(0), owner_active, row.get(3));
-                if matches!(recording, Recording::Recorded | Recording::LeaseLost) {
+                // A task handed over needs no wake-up: nobody else can
+                // claim it.
+                let handed = handed_over
+                    .iter()
+                    .any(|t| t.instance == results[i].0.instance);
+                if matches!(recording, Recording::Recorded | Recording::LeaseLost) && !handed {
                     if let Some(queue) = row
                         .get::<_, Option<String>>(2)
                         .and_then(|q| Queue::new(q).ok())
@@ -724,7 +846,51 @@ impl Store {
             })
             .collect();
         self.report_commit(touched);
-        Ok(recordings)
+        Ok((recordings, handed_over))
+    }
+
+    /// The workflow tasks [`HAND_OVER_CLAIM_SQL`] leased (`claimed`), with
+    /// their events (`events`, [`HAND_OVER_READ_SQL`]'s rows). One whose
+    /// events a previous holder processed meanwhile is given back, as a
+    /// claim gives it back.
+    async fn handed_over_tasks(
+        &self,
+        client: &super::PooledClient,
+        slots: &EagerSlots<'_>,
+        lease_id: i64,
+        claimed: &[tokio_postgres::Row],
+        events: &[tokio_postgres::Row],
+    ) -> Result<Vec<WorkflowTask>, StoreError> {
+        let mut tasks = Vec::with_capacity(claimed.len());
+        for row in claimed {
+            let row_id: i64 = row.get(0);
+            let (mut pending, mut history) = (Vec::new(), Vec::new());
+            for event in events.iter().filter(|e| e.get::<_, i64>(0) == row_id) {
+                let parsed = event_from_row_at(event, 3)?;
+                if event.get::<_, bool>(1) {
+                    history.push(parsed);
+                } else {
+                    pending.push(parsed);
+                }
+            }
+            if pending.is_empty() {
+                let release = client
+                    .prepare_cached(RELEASE_CLAIM_SQL)
+                    .await
+                    .map_err(db("preparing a statement"))?;
+                client
+                    .execute(&release, &[&row_id, &slots.worker.as_str(), &lease_id])
+                    .await
+                    .map_err(db("releasing an empty claim"))?;
+                continue;
+            }
+            let lease = Lease::new(slots.worker.clone(), row.get(8), lease_id);
+            tasks.push(leased_task(row, 0, lease, pending, history)?);
+        }
+        if !tasks.is_empty() {
+            tracing::debug!(count = tasks.len(), worker = %slots.worker, "workflow tasks handed over with their activities' results");
+        }
+        Ok(tasks)
     }
 
     /// The event type and attributes that record `result`. One too large

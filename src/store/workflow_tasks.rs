@@ -301,10 +301,6 @@ impl Store {
             return Ok(nothing);
         }
         let row = &claimed;
-        let instance = InstanceRef {
-            instance_id: row.get(3),
-            execution_id: row.get(4),
-        };
         let mut events = Vec::new();
         let mut history = Vec::new();
         for r in &rows {
@@ -315,8 +311,6 @@ impl Store {
                 events.push(event);
             }
         }
-        let last_sequence_id = history.last().map_or(0, |e: &Event| e.sequence_id);
-        let locked_until: std::time::SystemTime = row.get(10);
         if events.is_empty() {
             // The events we were claimed for were processed by the previous
             // holder, whose completion won the race: nothing to do. Give the
@@ -324,10 +318,7 @@ impl Store {
             client
                 .execute(
                     &client
-                        .prepare_cached(
-                            "UPDATE instances SET locked_until = NULL, lease_id = NULL
-                      WHERE id = $1 AND worker = $2 AND lease_id = $3",
-                        )
+                        .prepare_cached(RELEASE_CLAIM_SQL)
                         .await
                         .map_err(db("preparing a statement"))?,
                     &[&row.get::<_, i64>(2), &worker.as_str(), &lease_id],
@@ -336,31 +327,13 @@ impl Store {
                 .map_err(db("releasing an empty claim"))?;
             return Ok(nothing);
         }
-        let metadata: Option<Vec<u8>> = row.get(6);
-        let parent = match (
-            row.get::<_, Option<String>>(7),
-            row.get::<_, Option<String>>(8),
-        ) {
-            (Some(instance_id), Some(execution_id)) => Some((
-                InstanceRef {
-                    instance_id,
-                    execution_id,
-                },
-                row.get::<_, Option<i64>>(9).unwrap_or(0),
-            )),
-            _ => None,
-        };
-        let task = WorkflowTask {
-            row_id: row.get(2),
-            queue: Queue::new(row.get::<_, String>(5)).unwrap_or_default(),
-            metadata: metadata.map(|m| serde_json::from_slice(&m)).transpose()?,
-            parent,
-            new_events: events,
+        let task = leased_task(
+            row,
+            2,
+            Lease::new(worker.clone(), row.get(10), lease_id),
+            events,
             history,
-            last_sequence_id,
-            lease: Lease::new(worker.clone(), locked_until, lease_id),
-            instance,
-        };
+        )?;
         tracing::debug!(
             instance_id = %task.instance.instance_id,
             queue = %task.queue,
@@ -1515,6 +1488,119 @@ impl ScheduledRows {
         }
         Ok(leased)
     }
+}
+
+/// Leases to worker `$2` (for `$3` seconds, lease id `$4`) up to `$5` of
+/// the executions `$6`/`$7` that it may claim on the queues `$1` and that
+/// have events to process: the workflow tasks an activity worker's results
+/// make ready, taken in the transaction that records them (see
+/// `Store::complete_activity_tasks_handing_over`). Never waits (`SKIP
+/// LOCKED`); names the rows it leased in `pgwake.claimed` for
+/// [`HAND_OVER_READ_SQL`]. Its columns are [`leased_task`]'s, then the
+/// lease's end.
+pub(super) static HAND_OVER_CLAIM_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| {
+        format!(
+            "WITH owners AS (
+           SELECT DISTINCT o.instance_id, o.execution_id
+             FROM unnest($6::text[], $7::text[]) o(instance_id, execution_id)),
+         candidate AS (
+           SELECT i.id FROM owners o
+             JOIN instances i ON i.instance_id = o.instance_id AND i.execution_id = o.execution_id
+            WHERE {CLAIMABLE_INSTANCE}
+              AND EXISTS (
+                SELECT 1 FROM pending_events pe
+                 WHERE pe.instance_id = i.instance_id AND pe.execution_id = i.execution_id
+                   AND (pe.visible_at IS NULL OR pe.visible_at <= now()))
+            ORDER BY i.id LIMIT $5
+            FOR UPDATE OF i SKIP LOCKED),
+         claimed AS (
+           UPDATE instances i
+              SET locked_until = now() + make_interval(secs => $3), worker = $2, lease_id = $4
+            WHERE i.id = ANY(ARRAY(SELECT id FROM candidate))
+           RETURNING i.id, i.instance_id, i.execution_id, i.queue, i.metadata,
+                     i.parent_instance_id, i.parent_execution_id,
+                     i.parent_schedule_event_id::bigint AS parent_schedule, i.locked_until),
+         named AS (
+           SELECT set_config('pgwake.claimed',
+                             (SELECT coalesce(string_agg(id::text, ','), '') FROM claimed), true))
+         SELECT claimed.* FROM claimed CROSS JOIN named"
+        )
+    });
+
+/// The pending events and the history of the executions
+/// [`HAND_OVER_CLAIM_SQL`] leased, by row id, each instance's pending
+/// events first, in order, then its history in order: `id, recorded,
+/// position`, then [`EVENT_COLUMNS`]. A statement of its own, after the
+/// claim: its snapshot shows what a previous holder committed while the
+/// claim waited for nothing (see the claim's read).
+pub(super) static HAND_OVER_READ_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| {
+        format!(
+            "WITH claimed AS MATERIALIZED (
+           SELECT id, instance_id, execution_id FROM instances
+            WHERE id = ANY(string_to_array(
+                    nullif(current_setting('pgwake.claimed', true), ''), ',')::bigint[]))
+         SELECT c.id, false AS recorded, e.id AS position, {EVENT_COLUMNS}
+           FROM claimed c JOIN pending_events e
+                ON e.instance_id = c.instance_id AND e.execution_id = c.execution_id
+                {ATTRIBUTES_JOIN}
+          WHERE e.visible_at IS NULL OR e.visible_at <= now()
+         UNION ALL
+         SELECT c.id, true, e.sequence_id, {EVENT_COLUMNS}
+           FROM claimed c JOIN history e
+                ON e.instance_id = c.instance_id AND e.execution_id = c.execution_id
+                {ATTRIBUTES_JOIN}
+          ORDER BY 1, 2, 3"
+        )
+    });
+
+/// Gives back row `$1`'s lease if worker `$2` holds it under lease id `$3`:
+/// a claim that found the instance's events processed already.
+pub(super) const RELEASE_CLAIM_SQL: &str =
+    "UPDATE instances SET locked_until = NULL, lease_id = NULL
+      WHERE id = $1 AND worker = $2 AND lease_id = $3";
+
+/// The task of an instance just leased (`lease`), from `row`'s columns
+/// from `at` on: `id, instance_id, execution_id, queue, metadata,
+/// parent_instance_id, parent_execution_id, parent_schedule_event_id`
+/// (the lease's end follows them), with its pending `events` and its
+/// `history`.
+pub(super) fn leased_task(
+    row: &tokio_postgres::Row,
+    at: usize,
+    lease: Lease,
+    events: Vec<Event>,
+    history: Vec<Event>,
+) -> Result<WorkflowTask, StoreError> {
+    let metadata: Option<Vec<u8>> = row.get(at + 4);
+    let parent = match (
+        row.get::<_, Option<String>>(at + 5),
+        row.get::<_, Option<String>>(at + 6),
+    ) {
+        (Some(instance_id), Some(execution_id)) => Some((
+            InstanceRef {
+                instance_id,
+                execution_id,
+            },
+            row.get::<_, Option<i64>>(at + 7).unwrap_or(0),
+        )),
+        _ => None,
+    };
+    Ok(WorkflowTask {
+        row_id: row.get(at),
+        instance: InstanceRef {
+            instance_id: row.get(at + 1),
+            execution_id: row.get(at + 2),
+        },
+        queue: Queue::new(row.get::<_, String>(at + 3)).unwrap_or_default(),
+        metadata: metadata.map(|m| serde_json::from_slice(&m)).transpose()?,
+        parent,
+        last_sequence_id: history.last().map_or(0, |e: &Event| e.sequence_id),
+        new_events: events,
+        history,
+        lease,
+    })
 }
 
 /// The ActivityScheduled event type, as stored.

@@ -1,7 +1,9 @@
 //! Eager dispatch, against a real PostgreSQL: a decision leases the
 //! activities it schedules to an activity worker of its runtime that has
-//! free slots, which runs them without a claim; those beyond its free slots
-//! are claimed as usual, and a wake-up it declined while full is not lost.
+//! free slots, and recorded results lease the workflow tasks they make
+//! ready to a workflow worker of its runtime, which run them without a
+//! claim; tasks beyond the free slots are claimed as usual, and a wake-up
+//! declined while handed-over tasks fill a worker is not lost.
 
 mod support;
 
@@ -44,35 +46,46 @@ async fn start(
     concurrency: usize,
 ) -> RuntimeHandle {
     let mut config = RuntimeConfig::new(url);
-    config.eager_activities = eager;
+    config.eager_dispatch = eager;
     // Only wake-ups (and eager dispatch) find the work in time.
     config.fallback_while_listening = support::NEVER;
     Runtime::builder(config)
-        .workflow_worker(workflows.worker([QUEUE]))
+        // Two slots: with one, the look for more work that follows every
+        // claimed task holds the only slot when a result wants to hand its
+        // workflow task over (see README, eager dispatch).
+        .workflow_worker(workflows.worker([QUEUE]).concurrency(2))
         .activity_worker(activities.worker([QUEUE]).concurrency(concurrency))
         .start()
         .await
         .unwrap()
 }
 
-/// Waits until the runtime listens and its activity worker's first claims
-/// (at its start, and the resync after LISTEN) are over, then returns how
-/// many claims it made.
-async fn settled_activity_polls(runtime: &RuntimeHandle) -> u64 {
+/// Waits until the runtime listens and its workers' first claims (at
+/// their start, and the resync after LISTEN) are over, then returns how
+/// many claims each kind made: (activity, workflow).
+async fn settled_polls(runtime: &RuntimeHandle) -> (u64, u64) {
     let deadline = Instant::now() + WAIT;
     while !runtime.health().all_listening() {
         assert!(Instant::now() < deadline, "the listeners never listened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut last = u64::MAX;
+    let mut last = (u64::MAX, u64::MAX);
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let polls = runtime.health().counters(TaskKind::Activity, QUEUE).polls;
+        let polls = polls(runtime);
         if polls == last {
             return polls;
         }
         last = polls;
     }
+}
+
+fn polls(runtime: &RuntimeHandle) -> (u64, u64) {
+    let health = runtime.health();
+    (
+        health.counters(TaskKind::Activity, QUEUE).polls,
+        health.counters(TaskKind::Workflow, QUEUE).polls,
+    )
 }
 
 async fn count_to(runtime: &RuntimeHandle, id: &str, n: u64) -> u64 {
@@ -85,20 +98,29 @@ async fn count_to(runtime: &RuntimeHandle, id: &str, n: u64) -> u64 {
 }
 
 #[actix_rt::test]
-async fn activities_a_decision_schedules_run_without_a_claim() {
+async fn activities_and_the_workflow_tasks_their_results_make_ready_run_without_a_claim() {
     let database = fresh_database().await.unwrap();
     let runtime = start(database.url(), true, counting(), inc(), 4).await;
-    let before = settled_activity_polls(&runtime).await;
+    let (activities_before, workflows_before) = settled_polls(&runtime).await;
     assert_eq!(count_to(&runtime, "eager", 10).await, 10);
-    let counters = runtime.health().counters(TaskKind::Activity, QUEUE);
+    let (activities_after, workflows_after) = polls(&runtime);
     // Claimed one by one, ten activities take ten claims at least (and an
     // empty one after each: its slot freed); leased by their decisions,
     // none. A resync may still add one.
     assert!(
-        counters.polls - before <= 1,
+        activities_after - activities_before <= 1,
         "{} claims for 10 activities leased by their decisions",
-        counters.polls - before
+        activities_after - activities_before
     );
+    // Eleven workflow tasks: the first is claimed (woken by the start, then
+    // a look for more, and the start's NOTIFY coming back may add one),
+    // the ten after each activity are handed over with its result.
+    assert!(
+        workflows_after - workflows_before <= 4,
+        "{} claims for 11 workflow tasks, 10 of them handed over",
+        workflows_after - workflows_before
+    );
+    let counters = runtime.health().counters(TaskKind::Activity, QUEUE);
     assert_eq!(counters.completed, 10);
     // Nothing is left leased or unrecorded.
     let client = support::connect(database.url()).await;
@@ -112,13 +134,18 @@ async fn activities_a_decision_schedules_run_without_a_claim() {
 }
 
 #[actix_rt::test]
-async fn with_eager_dispatch_off_every_activity_is_claimed() {
+async fn with_eager_dispatch_off_every_task_is_claimed() {
     let database = fresh_database().await.unwrap();
     let runtime = start(database.url(), false, counting(), inc(), 4).await;
-    let before = settled_activity_polls(&runtime).await;
+    let (activities_before, workflows_before) = settled_polls(&runtime).await;
     assert_eq!(count_to(&runtime, "claimed", 10).await, 10);
-    let polls = runtime.health().counters(TaskKind::Activity, QUEUE).polls - before;
-    assert!(polls >= 10, "{polls} claims for 10 activities");
+    let (activities_after, workflows_after) = polls(&runtime);
+    let (activities, workflows) = (
+        activities_after - activities_before,
+        workflows_after - workflows_before,
+    );
+    assert!(activities >= 10, "{activities} claims for 10 activities");
+    assert!(workflows >= 11, "{workflows} claims for 11 workflow tasks");
     runtime.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -187,7 +214,7 @@ async fn a_wake_up_declined_while_leased_activities_fill_the_worker_is_not_lost(
         Ok::<_, WorkflowError>(())
     });
     let runtime = start(database.url(), true, workflows, activities, 1).await;
-    settled_activity_polls(&runtime).await;
+    settled_polls(&runtime).await;
     let client = Client::new(runtime.store().clone());
     client
         .start("hold", "hold", &(), StartOptions::default())

@@ -50,9 +50,11 @@ async fn start(
     // Only wake-ups (and eager dispatch) find the work in time.
     config.fallback_while_listening = support::NEVER;
     Runtime::builder(config)
-        // Two slots: with one, the look for more work that follows every
-        // claimed task holds the only slot when a result wants to hand its
-        // workflow task over (see README, eager dispatch).
+        // Two slots: with one, the process's own NOTIFY for the start,
+        // coming back, may be declined while the first task runs and then
+        // owed a claim, which holds the only slot when a result wants to
+        // hand its task over (that task is claimed instead: correct, but not
+        // what this test counts).
         .workflow_worker(workflows.worker([QUEUE]).concurrency(2))
         .activity_worker(activities.worker([QUEUE]).concurrency(concurrency))
         .start()
@@ -245,5 +247,45 @@ async fn a_wake_up_declined_while_leased_activities_fill_the_worker_is_not_lost(
     assert_eq!(counted, 1);
     let _: () = client.result("hold", WAIT).await.unwrap();
     assert!(freed_at.elapsed() < WAIT);
+    runtime.shutdown(Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn a_claim_that_took_the_only_ready_task_still_wakes_the_worker_for_a_later_timer() {
+    let database = fresh_database().await.unwrap();
+    let workflows = Workflows::new()
+        .register("nap", |ctx: WorkflowContext, ms: u64| async move {
+            ctx.sleep(Duration::from_millis(ms)).await?;
+            Ok::<_, WorkflowError>(ms)
+        })
+        .register("quick", |_: WorkflowContext, n: u64| async move {
+            Ok::<_, WorkflowError>(n)
+        });
+    let runtime = start(database.url(), true, workflows, inc(), 1).await;
+    settled_polls(&runtime).await;
+    let client = Client::new(runtime.store().clone());
+    client
+        .start("nap", "nap", &1_500u64, StartOptions::default())
+        .await
+        .unwrap();
+    let db = support::connect(database.url()).await;
+    support::eventually(WAIT, "the nap's timer, scheduled", || async {
+        let sql = "SELECT count(*) FROM pending_events WHERE instance_id = 'nap' AND visible_at IS NOT NULL";
+        db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) == 1
+    })
+    .await;
+    // The only ready task: its claim sees nothing else waiting, and its
+    // worker, idle after it, must still wake when the timer is due (this
+    // runtime never polls while listening). Started by another process's
+    // client: its one NOTIFY is the only wake-up.
+    let elsewhere = Client::connect(database.url()).await.unwrap();
+    elsewhere
+        .start("quick", "quick", &1u64, StartOptions::default())
+        .await
+        .unwrap();
+    let quick: u64 = client.result("quick", WAIT).await.unwrap();
+    assert_eq!(quick, 1);
+    let napped: u64 = client.result("nap", WAIT).await.unwrap();
+    assert_eq!(napped, 1_500);
     runtime.shutdown(Duration::from_secs(5)).await;
 }

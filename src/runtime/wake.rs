@@ -75,6 +75,10 @@ pub(crate) enum Refill {
 pub(crate) enum ClaimEnd {
     /// It claimed this many tasks (possibly none).
     Claimed(usize),
+    /// It claimed this many tasks, and saw nothing else waiting: what a
+    /// claim of one task per statement reports when its queues held no
+    /// other work (a claim that took fewer than it asked for says as much).
+    Drained(usize),
     /// It failed (the database, a deadline).
     Failed,
 }
@@ -212,8 +216,14 @@ impl WakeState {
 
     /// The worker's own timer fired (fallback, due time, retry): claim if
     /// there is room and no claim is under way. `Some(max)` starts one.
+    /// When it cannot, the due time is not forgotten: the next freed slot
+    /// claims (`drained` is cleared).
     pub(crate) fn timer_fired(&mut self) -> Option<usize> {
-        self.try_start()
+        let started = self.try_start();
+        if started.is_none() && self.phase != Phase::Stopped {
+            self.drained = false;
+        }
+        started
     }
 
     /// Tasks finished and `count` slots are free: claim again, since the
@@ -270,16 +280,17 @@ impl WakeState {
         } = self.phase
         else {
             // Stopped meanwhile (or a stray end): only count what was claimed.
-            if let ClaimEnd::Claimed(claimed) = end {
+            if let ClaimEnd::Claimed(claimed) | ClaimEnd::Drained(claimed) = end {
                 self.running += claimed;
             }
             return AfterClaim::Stopped;
         };
         self.phase = Phase::Idle;
         self.drained = false;
-        let claimed = match end {
+        let (claimed, saw_nothing_else) = match end {
             ClaimEnd::Failed => return AfterClaim::RetryLater,
-            ClaimEnd::Claimed(claimed) => claimed,
+            ClaimEnd::Claimed(claimed) => (claimed, false),
+            ClaimEnd::Drained(claimed) => (claimed, true),
         };
         self.running += claimed;
         if again {
@@ -290,7 +301,7 @@ impl WakeState {
                 None => AfterClaim::Full,
             };
         }
-        if claimed < requested && !freed {
+        if (claimed < requested || saw_nothing_else) && !freed {
             // The queues were empty as of the claim: work written since is
             // announced by a wake-up.
             self.drained = true;
@@ -366,6 +377,7 @@ mod tests {
             events.push(Event::ClaimEnded(ClaimEnd::Failed));
             for claimed in 0..=requested {
                 events.push(Event::ClaimEnded(ClaimEnd::Claimed(claimed)));
+                events.push(Event::ClaimEnded(ClaimEnd::Drained(claimed)));
             }
         }
         events
@@ -418,6 +430,10 @@ mod tests {
                     before.phase == Phase::Idle && free_before > 0,
                     "{before:?}"
                 );
+                // A due time it could not claim for makes a freed slot claim.
+                if started.is_none() && before.phase != Phase::Stopped {
+                    assert!(!after.drained, "{before:?}");
+                }
             }
             Event::SlotsFreed(count) => {
                 let refill = after.slots_freed(count);
@@ -476,10 +492,13 @@ mod tests {
                         assert_eq!(after.running, before.running);
                         assert_eq!(after.phase, Phase::Idle);
                     }
-                    (ClaimEnd::Claimed(n), next) => {
+                    (ClaimEnd::Claimed(n) | ClaimEnd::Drained(n), next) => {
                         assert_eq!(after.running, before.running + n);
                         assert!(after.running <= after.concurrency, "over capacity");
-                        let more = n == requested || again || freed;
+                        // More is likely after a full batch (unless the claim
+                        // saw nothing else), a wake-up owed, or slots freed.
+                        let full = n == requested && matches!(end, ClaimEnd::Claimed(_));
+                        let more = full || again || freed;
                         match next {
                             AfterClaim::ClaimAgain { max } => {
                                 assert!(
@@ -498,7 +517,7 @@ mod tests {
                             }
                             AfterClaim::RefillSoon => {
                                 // Never with a wake-up owed; its timer claims.
-                                assert!(!again && (n == requested || freed), "{before:?} {end:?}");
+                                assert!(!again && (full || freed), "{before:?} {end:?}");
                                 assert!(after.free() > 0 && after.free() < after.min_refill);
                                 assert_eq!(
                                     after.clone().timer_fired(),
@@ -508,6 +527,9 @@ mod tests {
                             AfterClaim::Idle => {
                                 assert!(!more);
                                 assert_eq!(after.phase, Phase::Idle);
+                                // And a freed slot then claims only if a
+                                // wake-up is declined first.
+                                assert!(after.drained);
                             }
                             other => panic!("{before:?} {end:?} -> {other:?}"),
                         }
@@ -718,6 +740,30 @@ mod tests {
         assert_eq!(state.reserve(5), 2);
         state.stop();
         assert_eq!(state.reserve(1), 0);
+    }
+
+    #[test]
+    fn a_single_claim_that_saw_nothing_else_leaves_the_freed_slot_unclaimed() {
+        let mut state = WakeState::claiming_singly(1);
+        assert_eq!(state.timer_fired(), Some(1));
+        // Its one slot filled: without more evidence, the slot it frees
+        // looks again...
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(1)), AfterClaim::Full);
+        assert_eq!(state.slots_freed(1), Refill::Now { max: 1 });
+        // ...but not when the claim saw no other work.
+        assert_eq!(state.claim_ended(ClaimEnd::Drained(1)), AfterClaim::Idle);
+        assert_eq!(state.slots_freed(1), Refill::Nothing);
+    }
+
+    #[test]
+    fn a_timer_that_fires_while_every_slot_is_taken_makes_the_next_freed_slot_claim() {
+        let mut state = WakeState::claiming_singly(1);
+        assert_eq!(state.timer_fired(), Some(1));
+        assert_eq!(state.claim_ended(ClaimEnd::Drained(1)), AfterClaim::Idle);
+        // A retry comes due while the only slot runs a task...
+        assert_eq!(state.timer_fired(), None);
+        // ...and is claimed when it frees.
+        assert_eq!(state.slots_freed(1), Refill::Now { max: 1 });
     }
 
     #[test]

@@ -120,6 +120,8 @@ impl Claimed {
 /// What a claim found.
 struct ClaimResult {
     claimed: Vec<Claimed>,
+    /// It saw no other work waiting (a workflow claim says so).
+    drained: bool,
     due_in: Option<Duration>,
     skipped_locked: bool,
 }
@@ -366,6 +368,8 @@ impl WorkerActor {
                     .await?;
                 return Ok(ClaimResult {
                     claimed: poll.tasks.into_iter().map(Claimed::Activity).collect(),
+                    // A batch shorter than asked says as much by itself.
+                    drained: false,
                     due_in: poll.due_in,
                     skipped_locked: poll.skipped_locked,
                 });
@@ -377,6 +381,7 @@ impl WorkerActor {
                 .poll_workflow_task_detailed(worker, queues, lease)
                 .await?;
             Ok(ClaimResult {
+                drained: !poll.more,
                 claimed: poll.task.into_iter().map(Claimed::Workflow).collect(),
                 due_in: poll.due_in,
                 skipped_locked: poll.skipped_locked,
@@ -423,9 +428,12 @@ impl WorkerActor {
             self.count(&self.settings.queues, |c| c.empty_polls += 1);
             crate::metrics::empty_poll(self.settings.kind, &self.settings.queues);
         }
-        let after = self
-            .wake
-            .claim_ended(ClaimEnd::Claimed(found.claimed.len()));
+        let end = if found.drained {
+            ClaimEnd::Drained(found.claimed.len())
+        } else {
+            ClaimEnd::Claimed(found.claimed.len())
+        };
+        let after = self.wake.claim_ended(end);
         for task in found.claimed {
             self.start_task(task, ctx);
         }
@@ -766,6 +774,22 @@ impl WorkerActor {
                 self.mark_recording(number);
                 ctx.spawn(fail.into_actor(self).map(
                     move |(task, error, retry), act, ctx| {
+                        // Its retry is a due time of this worker's queues,
+                        // written by no one who announces it: woken for
+                        // it here, since after a claim that saw the queues
+                        // drained, the freed slot claims nothing.
+                        let due = match &retry {
+                            Ok((_, retry_in)) => Some(*retry_in),
+                            Err(StoreError::LeaseLost { .. }) => None,
+                            Err(_) => task
+                                .lease
+                                .locked_until()
+                                .duration_since(std::time::SystemTime::now())
+                                .ok(),
+                        };
+                        if let Some(due) = due {
+                            act.arm_timer_by(due + Duration::from_millis(2), ctx);
+                        }
                         let instance_id = &task.instance.instance_id;
                         match retry {
                             Ok((attempt, retry_in)) => {

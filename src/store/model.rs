@@ -457,8 +457,8 @@ pub struct ActivityPoll {
 pub struct WorkflowPoll {
     /// The task claimed, if any.
     pub task: Option<WorkflowTask>,
-    /// When none was claimed: how long until a workflow task of the queues
-    /// may become claimable unannounced (a timer fires, a lease or
+    /// How long until a workflow task of the queues (another than the one
+    /// claimed, if any) may become claimable unannounced (a timer fires, a lease or
     /// stickiness runs out), or sooner, never later (see
     /// [`Store::next_due_in`](crate::Store::next_due_in)). `None` when
     /// nothing is due.
@@ -468,6 +468,11 @@ pub struct WorkflowPoll {
     /// going away wakes nobody, so poll again soon (with backoff). Also
     /// true, harmlessly, when a concurrent claim took it a moment ago.
     pub skipped_locked: bool,
+    /// When one was claimed: whether another instance of the queues had
+    /// work to process as of the claim (claimable, or held by another
+    /// transaction). False: the queues held nothing else then, and work
+    /// written since is announced.
+    pub more: bool,
 }
 
 /// The most commands of one kind (activities, timers, canceled timers,

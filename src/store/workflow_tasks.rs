@@ -188,10 +188,12 @@ impl Store {
         // order through the partial index of migration 8, timers that came
         // due from the index on `visible_at`: timers not due yet, however
         // many, are never read. (Of the two instances this may lock, the
-        // one not taken is unlocked when the statement ends.) When nothing
-        // was claimed, the same conditions read without locking (the
-        // statement's snapshot) tell whether an instance with work was
-        // skipped because someone else holds it.
+        // one not taken is unlocked when the statement ends.) The same
+        // conditions read without locking (the statement's snapshot, where
+        // the row claimed is still unclaimed: hence `NOT IN claimed`) tell,
+        // when nothing was claimed, whether an instance with work was
+        // skipped because someone else holds it, and when one was, whether
+        // another had work (`more`).
         let started = std::time::Instant::now();
         let statement = client
             .prepare_cached(&format!("WITH ready AS (
@@ -220,22 +222,21 @@ impl Store {
                    RETURNING i.id, i.instance_id, i.execution_id, i.queue, i.metadata,
                              i.parent_instance_id, i.parent_execution_id,
                              i.parent_schedule_event_id::bigint AS parent_schedule, i.locked_until),
-                 idle AS (SELECT NOT EXISTS (SELECT 1 FROM claimed) AS idle),
                  due AS (
-                   SELECT CASE WHEN idle THEN (SELECT due_in FROM ({WORKFLOW_DUE_SQL}) next) END AS due_in,
-                          CASE WHEN idle THEN EXISTS (
+                   SELECT (SELECT due_in FROM ({WORKFLOW_DUE_SQL}) next) AS due_in,
+                          EXISTS (
                             SELECT 1 FROM pending_events pe
                               JOIN instances i ON i.instance_id = pe.instance_id
                                               AND i.execution_id = pe.execution_id
                              WHERE (pe.visible_at IS NULL OR pe.visible_at <= now())
-                               AND {CLAIMABLE_INSTANCE})
-                          ELSE false END AS skipped_locked
-                     FROM idle),
+                               AND {CLAIMABLE_INSTANCE}
+                               AND i.id NOT IN (SELECT id FROM claimed)) AS others),
                  lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true))
-                 SELECT due.due_in, due.skipped_locked, claimed.*,
+                 SELECT due.due_in, due.others AND claimed.id IS NULL AS skipped_locked, claimed.*,
                         -- Names the claimed row for the statement that reads its events.
                         CASE WHEN claimed.id IS NOT NULL
-                             THEN set_config('pgwake.claimed', claimed.id::text, true) END
+                             THEN set_config('pgwake.claimed', claimed.id::text, true) END,
+                        due.others AND claimed.id IS NOT NULL AS more
                    FROM due CROSS JOIN lazy_commit LEFT JOIN claimed ON true"))
             .await
             .map_err(db("preparing a statement"))?;
@@ -296,6 +297,7 @@ impl Store {
             task: None,
             due_in,
             skipped_locked,
+            more: false,
         };
         if claimed.get::<_, Option<i64>>(2).is_none() {
             return Ok(nothing);
@@ -342,6 +344,7 @@ impl Store {
         );
         Ok(WorkflowPoll {
             task: Some(task),
+            more: claimed.get(12),
             ..nothing
         })
     }

@@ -4,8 +4,9 @@
 //! second copy of the state anywhere: the router asks, the worker answers.
 //!
 //! The worker actor feeds it events (an offered wake-up, its own timer, a
-//! claim's end, a slot freed, shutdown) and carries out what it returns.
-//! It is unit-tested exhaustively below, without a database or actors.
+//! claim's end, a slot freed, slots reserved for tasks another worker hands
+//! over, shutdown) and carries out what it returns. It is unit-tested
+//! exhaustively below, without a database or actors.
 
 /// What a worker answers when offered a wake-up, and what it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

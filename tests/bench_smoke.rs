@@ -8,7 +8,13 @@ use std::process::Command;
 use serde_json::Value;
 
 fn bench(args: &[&str]) -> Value {
-    let dir = std::env::temp_dir().join(format!("pgwake-bench-smoke-{}", std::process::id()));
+    // One folder per scenario (each runs once, tests run in parallel),
+    // removed once read: nothing is left in the temporary directory.
+    let dir = std::env::temp_dir().join(format!(
+        "pgwake-bench-smoke-{}-{}",
+        std::process::id(),
+        args[0]
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let json: PathBuf = dir.join(format!("{}.json", args[0]));
     let output = Command::new(env!("CARGO_BIN_EXE_pgwake"))
@@ -26,7 +32,9 @@ fn bench(args: &[&str]) -> Value {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let document: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let written = std::fs::read_to_string(&json).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let document: Value = serde_json::from_str(&written).unwrap();
     assert_eq!(document["scenario"], args[0]);
     assert!(document["config"].is_object(), "{document}");
     document["results"].clone()

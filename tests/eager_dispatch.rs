@@ -90,6 +90,15 @@ fn polls(runtime: &RuntimeHandle) -> (u64, u64) {
     )
 }
 
+/// Waits until `count_sql` counts exactly one row.
+async fn until_one(url: &str, what: &str, count_sql: &str) {
+    let db = support::connect(url).await;
+    support::eventually(WAIT, what, || async {
+        db.query_one(count_sql, &[]).await.unwrap().get::<_, i64>(0) == 1
+    })
+    .await;
+}
+
 async fn count_to(runtime: &RuntimeHandle, id: &str, n: u64) -> u64 {
     let client = Client::new(runtime.store().clone());
     client
@@ -231,12 +240,8 @@ async fn a_wake_up_declined_while_leased_activities_fill_the_worker_is_not_lost(
         .start("count", "behind", &1u64, StartOptions::default())
         .await
         .unwrap();
-    let db = support::connect(database.url()).await;
-    support::eventually(WAIT, "the second activity, unleased", || async {
-        let sql = "SELECT count(*) FROM activities WHERE instance_id = 'behind' AND worker IS NULL";
-        db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) == 1
-    })
-    .await;
+    let sql = "SELECT count(*) FROM activities WHERE instance_id = 'behind' AND worker IS NULL";
+    until_one(database.url(), "the second activity, unleased", sql).await;
     // Give the declined offer time to be made.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let freed_at = Instant::now();
@@ -268,12 +273,9 @@ async fn a_claim_that_took_the_only_ready_task_still_wakes_the_worker_for_a_late
         .start("nap", "nap", &1_500u64, StartOptions::default())
         .await
         .unwrap();
-    let db = support::connect(database.url()).await;
-    support::eventually(WAIT, "the nap's timer, scheduled", || async {
-        let sql = "SELECT count(*) FROM pending_events WHERE instance_id = 'nap' AND visible_at IS NOT NULL";
-        db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) == 1
-    })
-    .await;
+    let sql =
+        "SELECT count(*) FROM pending_events WHERE instance_id = 'nap' AND visible_at IS NOT NULL";
+    until_one(database.url(), "the nap's timer, scheduled", sql).await;
     // The only ready task: its claim sees nothing else waiting, and its
     // worker, idle after it, must still wake when the timer is due (this
     // runtime never polls while listening). Started by another process's

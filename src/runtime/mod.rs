@@ -639,35 +639,31 @@ impl RuntimeBuilder {
                 stuck_after: config.store.operation_timeout * 2,
                 batch_window: BATCH_WINDOW,
             };
-        let mut activity_settings = Vec::new();
+        // Each kind hands tasks over to the other (eager dispatch), so every
+        // worker's context, and with it its address, exists before any starts.
+        let mut activity = Vec::new();
         for (index, w) in self.activity_workers.into_iter().enumerate() {
             let queues =
                 handler::validate_worker(index, "activity", &w.queues, w.concurrency, w.lease)?;
             let settings =
                 worker_settings(TaskKind::Activity, index, queues, w.concurrency, w.lease);
-            activity_settings.push((settings, w.handler));
+            activity.push((settings, Job::Activity(w.handler), Context::new()));
         }
-        let mut workflow_settings = Vec::new();
+        let mut workflow = Vec::new();
         for (index, w) in self.workflow_workers.into_iter().enumerate() {
             let queues =
                 handler::validate_worker(index, "workflow", &w.queues, w.concurrency, w.lease)?;
             let settings =
                 worker_settings(TaskKind::Workflow, index, queues, w.concurrency, w.lease);
-            workflow_settings.push((settings, w.handler));
+            workflow.push((settings, Job::Workflow(w.handler), Context::new()));
         }
-        // Each kind hands tasks over to the other (eager dispatch), so both
-        // kinds' addresses exist before either starts.
-        let activity_contexts: Vec<Context<WorkerActor>> =
-            activity_settings.iter().map(|_| Context::new()).collect();
-        let workflow_contexts: Vec<Context<WorkerActor>> =
-            workflow_settings.iter().map(|_| Context::new()).collect();
-        let targets = |workers: Vec<(&WorkerSettings, &Context<WorkerActor>)>| {
+        let targets = |workers: &[(WorkerSettings, Job, Context<WorkerActor>)]| {
             if !config.eager_dispatch {
                 return Vec::new();
             }
             workers
-                .into_iter()
-                .map(|(settings, context)| EagerTarget {
+                .iter()
+                .map(|(settings, _, context)| EagerTarget {
                     worker_id: settings.worker_id.clone(),
                     queues: settings.queues.clone(),
                     lease: settings.lease,
@@ -675,41 +671,20 @@ impl RuntimeBuilder {
                 })
                 .collect::<Vec<_>>()
         };
-        let activity_targets = targets(
-            activity_settings
-                .iter()
-                .map(|(settings, _)| settings)
-                .zip(&activity_contexts)
-                .collect(),
-        );
-        let workflow_targets = targets(
-            workflow_settings
-                .iter()
-                .map(|(settings, _)| settings)
-                .zip(&workflow_contexts)
-                .collect(),
-        );
+        let (to_activity_workers, to_workflow_workers) = (targets(&activity), targets(&workflow));
         let mut workers = Vec::new();
-        for ((settings, handler), context) in activity_settings.into_iter().zip(activity_contexts) {
-            let actor = WorkerActor::new(
-                settings,
-                Job::Activity(handler),
-                store.clone(),
-                router.clone(),
-                health.clone(),
-            )
-            .handing_over_to(workflow_targets.clone());
-            workers.push(context.run(actor));
-        }
-        for ((settings, handler), context) in workflow_settings.into_iter().zip(workflow_contexts) {
-            let actor = WorkerActor::new(
-                settings,
-                Job::Workflow(handler),
-                store.clone(),
-                router.clone(),
-                health.clone(),
-            )
-            .handing_over_to(activity_targets.clone());
+        let handing_over = activity
+            .into_iter()
+            .map(|worker| (worker, &to_workflow_workers))
+            .chain(
+                workflow
+                    .into_iter()
+                    .map(|worker| (worker, &to_activity_workers)),
+            );
+        for ((settings, job, context), targets) in handing_over {
+            let actor =
+                WorkerActor::new(settings, job, store.clone(), router.clone(), health.clone())
+                    .handing_over_to(targets.clone());
             workers.push(context.run(actor));
         }
         let elects =

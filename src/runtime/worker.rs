@@ -100,6 +100,46 @@ impl EagerTarget {
             .count();
         Some((first, wanted))
     }
+
+    /// Reserves up to `wanted` of this worker's free slots: `None` when it
+    /// grants none (full, stopping, or gone).
+    async fn reserve(&self, wanted: usize) -> Option<Reservation<'_>> {
+        let reserved = self.addr.send(ReserveSlots { wanted }).await.unwrap_or(0);
+        (reserved > 0).then_some(Reservation {
+            target: self,
+            reserved,
+        })
+    }
+}
+
+/// Slots an [`EagerTarget`] reserved for the tasks a transaction is about
+/// to lease to it. Answered once, committed or not, by
+/// [`hand_over`](Self::hand_over).
+struct Reservation<'a> {
+    target: &'a EagerTarget,
+    reserved: usize,
+}
+
+impl Reservation<'_> {
+    /// What the transaction may lease: the target's queues, up to the
+    /// slots reserved.
+    fn slots(&self) -> EagerSlots<'_> {
+        EagerSlots {
+            worker: &self.target.worker_id,
+            queues: &self.target.queues,
+            max: self.reserved,
+            lease: self.target.lease,
+        }
+    }
+
+    /// Hands the tasks leased over (none when the transaction failed); the
+    /// slots they do not fill are freed.
+    fn hand_over(self, tasks: HandedOver) {
+        self.target.addr.do_send(TasksHandedOver {
+            tasks,
+            reserved: self.reserved,
+        });
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -623,38 +663,21 @@ impl WorkerActor {
                 (&a.instance_id, &a.execution_id).cmp(&(&b.instance_id, &b.execution_id))
             });
             owners.dedup();
-            let reserved = match &target {
-                Some(target) => target
-                    .addr
-                    .send(ReserveSlots {
-                        wanted: owners.len(),
-                    })
-                    .await
-                    .unwrap_or(0),
-                None => 0,
+            let reservation = match &target {
+                Some(target) => target.reserve(owners.len()).await,
+                None => None,
             };
-            let Some(target) = target.filter(|_| reserved > 0) else {
-                let outcome = store.complete_activity_tasks(&pairs).await;
-                return (batch, outcome);
-            };
-            let slots = EagerSlots {
-                worker: &target.worker_id,
-                queues: &target.queues,
-                max: reserved,
-                lease: target.lease,
-            };
+            let slots = reservation.as_ref().map(Reservation::slots);
             let outcome = store
-                .complete_activity_tasks_handing_over(&pairs, Some(&slots))
+                .complete_activity_tasks_handing_over(&pairs, slots.as_ref())
                 .await;
-            // Committed or not, the reservation is answered.
             let (tasks, outcome) = match outcome {
                 Ok((outcomes, tasks)) => (tasks, Ok(outcomes)),
                 Err(err) => (Vec::new(), Err(err)),
             };
-            target.addr.do_send(TasksHandedOver {
-                tasks: HandedOver::Workflows(tasks),
-                reserved,
-            });
+            if let Some(reservation) = reservation {
+                reservation.hand_over(HandedOver::Workflows(tasks));
+            }
             (batch, outcome)
         };
         ctx.spawn(record.into_actor(self).map(|(batch, outcome), act, ctx| {
@@ -831,36 +854,21 @@ impl WorkerActor {
         let store = self.store.clone();
         let targets = self.hand_over_to.clone();
         let record = async move {
-            let target = EagerTarget::for_decision(&targets, &task, &decision);
-            let reserved = match target {
-                Some((target, wanted)) => {
-                    target.addr.send(ReserveSlots { wanted }).await.unwrap_or(0)
-                }
-                None => 0,
+            let reservation = match EagerTarget::for_decision(&targets, &task, &decision) {
+                Some((target, wanted)) => target.reserve(wanted).await,
+                None => None,
             };
-            let Some(target) = target.map(|(t, _)| t).filter(|_| reserved > 0) else {
-                let result = store.complete_workflow_task(&task, decision.clone()).await;
-                return (task, decision, result);
-            };
-            let slots = EagerSlots {
-                worker: &target.worker_id,
-                queues: &target.queues,
-                max: reserved,
-                lease: target.lease,
-            };
+            let slots = reservation.as_ref().map(Reservation::slots);
             let result = store
-                .complete_workflow_task_leasing(&task, decision.clone(), Some(&slots))
+                .complete_workflow_task_leasing(&task, decision.clone(), slots.as_ref())
                 .await;
-            // Committed or not, the reservation is answered: the slots the
-            // leased activities did not fill are freed.
             let (tasks, result) = match result {
                 Ok(tasks) => (tasks, Ok(())),
                 Err(err) => (Vec::new(), Err(err)),
             };
-            target.addr.do_send(TasksHandedOver {
-                tasks: HandedOver::Activities(tasks),
-                reserved,
-            });
+            if let Some(reservation) = reservation {
+                reservation.hand_over(HandedOver::Activities(tasks));
+            }
             (task, decision, result)
         };
         ctx.spawn(record.into_actor(self).map(move |(task, decision, result), act, ctx| {

@@ -6,14 +6,11 @@ use std::time::Duration;
 use deadpool_postgres::GenericClient;
 use serde_json::{json, Value};
 
-use super::events::event_from_row_at;
 use super::model::{
     ActivityPoll, ActivityTask, EventType, InstanceRef, InstanceState, Lease, WorkflowTask,
 };
 use super::names::{Queue, WorkerId};
-use super::workflow_tasks::{
-    leased_task, EagerSlots, HAND_OVER_CLAIM_SQL, HAND_OVER_READ_SQL, RELEASE_CLAIM_SQL,
-};
+use super::workflow_tasks::{claimed_task, EagerSlots, HAND_OVER_CLAIM_SQL, HAND_OVER_READ_SQL};
 use super::{db, lease_seconds, Pipelined, Store, TouchedQueues, WakeToken};
 use crate::error::StoreError;
 use crate::trace_context::TraceCarrier;
@@ -37,6 +34,7 @@ const OWNER_METADATA_COLUMN: &str = "NULL::bytea";
 
 /// The parameters of [`HAND_OVER_CLAIM_SQL`] and its statements.
 struct HandOver<'a> {
+    slots: &'a EagerSlots<'a>,
     claim: tokio_postgres::Statement,
     read: tokio_postgres::Statement,
     worker: &'a str,
@@ -746,8 +744,7 @@ impl Store {
         let answer = std::sync::OnceLock::new();
         // The workflow tasks handed over: claimed after the recording, and
         // read in a statement of their own, as a claim reads them.
-        let hand_over = hand_over.filter(|slots| slots.max > 0);
-        let handing = match hand_over {
+        let handing = match hand_over.filter(|slots| slots.max > 0) {
             Some(slots) => {
                 let (claim, read) = futures::try_join!(
                     client.prepare_cached(&HAND_OVER_CLAIM_SQL),
@@ -755,6 +752,7 @@ impl Store {
                 )
                 .map_err(db("preparing a statement"))?;
                 Some(HandOver {
+                    slots,
                     claim,
                     read,
                     worker: slots.worker.as_str(),
@@ -805,18 +803,18 @@ impl Store {
         // and that attempt reports them).
         self.write_pipelined(client, statements, TouchedQueues::default())
             .await?;
-        let handed_over = match (hand_over, &handing) {
-            (Some(slots), Some(handing)) => {
-                self.handed_over_tasks(
+        let handed_over = match &handing {
+            Some(handing) => {
+                Self::handed_over_tasks(
                     client,
-                    slots,
+                    handing.slots,
                     handing.lease_id,
                     claimed.get().map_or(&[][..], Vec::as_slice),
                     events.get().map_or(&[][..], Vec::as_slice),
                 )
                 .await?
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         let rows = answer.get().map(Vec::as_slice).unwrap_or_default();
         let mut touched = TouchedQueues::default();
@@ -850,42 +848,26 @@ impl Store {
     }
 
     /// The workflow tasks [`HAND_OVER_CLAIM_SQL`] leased (`claimed`), with
-    /// their events (`events`, [`HAND_OVER_READ_SQL`]'s rows). One whose
-    /// events a previous holder processed meanwhile is given back, as a
-    /// claim gives it back.
+    /// their events (`events`, [`HAND_OVER_READ_SQL`]'s rows, in the order
+    /// of the instances' row ids). One whose events a previous holder
+    /// processed meanwhile is given back, as a claim gives it back.
     async fn handed_over_tasks(
-        &self,
         client: &super::PooledClient,
         slots: &EagerSlots<'_>,
         lease_id: i64,
         claimed: &[tokio_postgres::Row],
         events: &[tokio_postgres::Row],
     ) -> Result<Vec<WorkflowTask>, StoreError> {
+        let row_id = |row: &tokio_postgres::Row| row.get::<_, i64>(0);
+        let events_of: std::collections::HashMap<i64, &[tokio_postgres::Row]> = events
+            .chunk_by(|a, b| row_id(a) == row_id(b))
+            .map(|rows| (row_id(&rows[0]), rows))
+            .collect();
         let mut tasks = Vec::with_capacity(claimed.len());
         for row in claimed {
-            let row_id: i64 = row.get(0);
-            let (mut pending, mut history) = (Vec::new(), Vec::new());
-            for event in events.iter().filter(|e| e.get::<_, i64>(0) == row_id) {
-                let parsed = event_from_row_at(event, 3)?;
-                if event.get::<_, bool>(1) {
-                    history.push(parsed);
-                } else {
-                    pending.push(parsed);
-                }
-            }
-            if pending.is_empty() {
-                let release = client
-                    .prepare_cached(RELEASE_CLAIM_SQL)
-                    .await
-                    .map_err(db("preparing a statement"))?;
-                client
-                    .execute(&release, &[&row_id, &slots.worker.as_str(), &lease_id])
-                    .await
-                    .map_err(db("releasing an empty claim"))?;
-                continue;
-            }
             let lease = Lease::new(slots.worker.clone(), row.get(8), lease_id);
-            tasks.push(leased_task(row, 0, lease, pending, history)?);
+            let event_rows = events_of.get(&row_id(row)).copied().unwrap_or_default();
+            tasks.extend(claimed_task(client, row, 0, lease, event_rows, 1).await?);
         }
         if !tasks.is_empty() {
             tracing::debug!(count = tasks.len(), worker = %slots.worker, "workflow tasks handed over with their activities' results");

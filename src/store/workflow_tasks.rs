@@ -302,40 +302,10 @@ impl Store {
         if claimed.get::<_, Option<i64>>(2).is_none() {
             return Ok(nothing);
         }
-        let row = &claimed;
-        let mut events = Vec::new();
-        let mut history = Vec::new();
-        for r in &rows {
-            let event = event_from_row_at(r, 2)?;
-            if r.get::<_, bool>(0) {
-                history.push(event);
-            } else {
-                events.push(event);
-            }
-        }
-        if events.is_empty() {
-            // The events we were claimed for were processed by the previous
-            // holder, whose completion won the race: nothing to do. Give the
-            // instance back rather than sit on it until the lease expires.
-            client
-                .execute(
-                    &client
-                        .prepare_cached(RELEASE_CLAIM_SQL)
-                        .await
-                        .map_err(db("preparing a statement"))?,
-                    &[&row.get::<_, i64>(2), &worker.as_str(), &lease_id],
-                )
-                .await
-                .map_err(db("releasing an empty claim"))?;
+        let lease = Lease::new(worker.clone(), claimed.get(10), lease_id);
+        let Some(task) = claimed_task(&client, &claimed, 2, lease, &rows, 0).await? else {
             return Ok(nothing);
-        }
-        let task = leased_task(
-            row,
-            2,
-            Lease::new(worker.clone(), row.get(10), lease_id),
-            events,
-            history,
-        )?;
+        };
         tracing::debug!(
             instance_id = %task.instance.instance_id,
             queue = %task.queue,
@@ -734,7 +704,8 @@ impl Store {
         history.extend(plan.outcome_event.take());
         append_history(&tx, &task.instance, first_new_sequence, &history).await?;
 
-        let leased = scheduled_rows.leased_tasks(task, &eager_lease, &scheduled_activities)?;
+        let leased =
+            scheduled_rows.leased_tasks(task, &completion, &eager_lease, &scheduled_activities);
         self.commit_write(tx, touched, "committing the workflow task")
             .await?;
         if plan.ends_execution {
@@ -893,7 +864,7 @@ impl Store {
             self.finishes.ended(&task.instance.instance_id);
         }
         let rows = scheduled_activities.get().map_or(&[][..], Vec::as_slice);
-        let leased = scheduled_rows.leased_tasks(task, eager_lease, rows)?;
+        let leased = scheduled_rows.leased_tasks(task, completion, eager_lease, rows);
         crate::metrics::completion_duration(crate::kinds::TaskKind::Workflow, started);
         tracing::debug!(
             instance_id = %task.instance.instance_id,
@@ -1154,14 +1125,14 @@ impl Store {
             history.push(event);
             kinds.push(kind);
         };
-        for activity in &completion.activities {
+        for (command, activity) in completion.activities.iter().enumerate() {
             let queue = activity.queue.clone().unwrap_or_else(|| task.queue.clone());
             let data = self.encode(&json!({
                 "name": activity.name, "input": activity.input, "queue": queue.as_str()
             }))?;
             record(
                 NewEvent::new(EventType::ActivityScheduled, 0, data),
-                Scheduled::Activity { queue },
+                Scheduled::Activity { queue, command },
             );
         }
         for timer in &completion.timers {
@@ -1344,8 +1315,15 @@ fn check_bounds(completion: &WorkflowCompletion) -> Result<(), StoreError> {
 
 /// What a scheduling history event sets in motion once its sequence id is known.
 enum Scheduled {
-    Activity { queue: Queue },
-    Timer { delay: Duration, payload: Vec<u8> },
+    /// `command`: its index in the completion's `activities`.
+    Activity {
+        queue: Queue,
+        command: usize,
+    },
+    Timer {
+        delay: Duration,
+        payload: Vec<u8>,
+    },
     SubWorkflow(NewInstance),
     Other,
 }
@@ -1389,10 +1367,10 @@ struct ScheduledRows {
     activity_ids: Vec<String>,
     activity_queues: Vec<String>,
     activity_schedule_ids: Vec<i64>,
-    /// Whether each activity is leased at once (eager dispatch)...
+    /// Whether each activity is leased at once (eager dispatch).
     activity_leased: Vec<bool>,
-    /// ...and then its ActivityScheduled attributes (name and input).
-    activity_data: Vec<Option<Vec<u8>>>,
+    /// Each activity's index in the completion's `activities`.
+    activity_commands: Vec<usize>,
     /// Its own pending events: its timers' `TimerFired`, and the failures
     /// of sub-workflows it could not start.
     own_pending: Vec<NewEvent>,
@@ -1413,7 +1391,7 @@ impl ScheduledRows {
         budget: &mut EagerBudget<'_>,
     ) {
         match &scheduled.kind {
-            Scheduled::Activity { queue } => {
+            Scheduled::Activity { queue, command } => {
                 let leased = budget.take(queue);
                 if !leased {
                     touched.add_activity(queue);
@@ -1422,8 +1400,7 @@ impl ScheduledRows {
                 self.activity_queues.push(queue.as_str().to_string());
                 self.activity_schedule_ids.push(sequence_id);
                 self.activity_leased.push(leased);
-                self.activity_data
-                    .push(leased.then(|| scheduled.event.data.clone()));
+                self.activity_commands.push(*command);
             }
             Scheduled::Timer { delay, payload } => {
                 let mut fired = NewEvent::new(EventType::TimerFired, sequence_id, payload.clone());
@@ -1455,15 +1432,17 @@ impl ScheduledRows {
     }
 
     /// The activities [`SCHEDULE_ACTIVITIES_SQL`] leased (its `rows`), as
-    /// tasks for `lease`'s worker, in the decision's order.
+    /// tasks for `lease`'s worker, in the decision's order; their names and
+    /// inputs are `completion`'s.
     fn leased_tasks(
         &self,
         task: &WorkflowTask,
+        completion: &WorkflowCompletion,
         lease: &EagerLease<'_>,
         rows: &[tokio_postgres::Row],
-    ) -> Result<Vec<ActivityTask>, StoreError> {
+    ) -> Vec<ActivityTask> {
         let Some(slots) = lease.slots else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
         let mut leased = Vec::new();
         for row in rows.iter().filter(|row| row.get::<_, bool>(4)) {
@@ -1472,24 +1451,21 @@ impl ScheduledRows {
             let Some(index) = self.activity_ids.iter().position(|id| *id == activity_id) else {
                 continue;
             };
-            let attributes: serde_json::Value = match &self.activity_data[index] {
-                Some(data) => serde_json::from_slice(data)?,
-                None => serde_json::Value::Null,
-            };
+            let command = &completion.activities[self.activity_commands[index]];
             leased.push(ActivityTask {
                 row_id: row.get(0),
                 activity_id,
                 instance: task.instance.clone(),
                 queue: Queue::new(self.activity_queues[index].as_str()).unwrap_or_default(),
                 schedule_event_id: self.activity_schedule_ids[index],
-                name: attributes["name"].as_str().unwrap_or_default().to_string(),
-                input: attributes.get("input").cloned().unwrap_or_default(),
+                name: command.name.clone(),
+                input: command.input.clone(),
                 enqueued_at: row.get(3),
                 lease: Lease::new(slots.worker.clone(), row.get(2), lease.lease_id),
                 trace: crate::trace_context::TraceCarrier::from_metadata(task.metadata.as_ref()),
             });
         }
-        Ok(leased)
+        leased
     }
 }
 
@@ -1558,18 +1534,59 @@ pub(super) static HAND_OVER_READ_SQL: std::sync::LazyLock<String> =
         )
     });
 
-/// Gives back row `$1`'s lease if worker `$2` holds it under lease id `$3`:
-/// a claim that found the instance's events processed already.
-pub(super) const RELEASE_CLAIM_SQL: &str =
-    "UPDATE instances SET locked_until = NULL, lease_id = NULL
-      WHERE id = $1 AND worker = $2 AND lease_id = $3";
+/// The task of an instance just leased (`lease`), from `row`'s columns
+/// from `at` on (see [`leased_task`]), with its events: `event_rows`, each
+/// a flag at `recorded_at` (in the history, or pending), a position, then
+/// [`EVENT_COLUMNS`]. `None` when no event is pending: a previous holder,
+/// whose completion won the race, processed the events it was claimed for;
+/// the instance is given back rather than sat on until the lease expires.
+pub(super) async fn claimed_task(
+    client: &super::PooledClient,
+    row: &tokio_postgres::Row,
+    at: usize,
+    lease: Lease,
+    event_rows: &[tokio_postgres::Row],
+    recorded_at: usize,
+) -> Result<Option<WorkflowTask>, StoreError> {
+    let (mut pending, mut history) = (Vec::new(), Vec::new());
+    for event_row in event_rows {
+        let event = event_from_row_at(event_row, recorded_at + 2)?;
+        if event_row.get::<_, bool>(recorded_at) {
+            history.push(event);
+        } else {
+            pending.push(event);
+        }
+    }
+    if pending.is_empty() {
+        let release = client
+            .prepare_cached(
+                "UPDATE instances SET locked_until = NULL, lease_id = NULL
+                  WHERE id = $1 AND worker = $2 AND lease_id = $3",
+            )
+            .await
+            .map_err(db("preparing a statement"))?;
+        client
+            .execute(
+                &release,
+                &[
+                    &row.get::<_, i64>(at),
+                    &lease.worker().as_str(),
+                    &lease.lease_id(),
+                ],
+            )
+            .await
+            .map_err(db("releasing an empty claim"))?;
+        return Ok(None);
+    }
+    leased_task(row, at, lease, pending, history).map(Some)
+}
 
 /// The task of an instance just leased (`lease`), from `row`'s columns
 /// from `at` on: `id, instance_id, execution_id, queue, metadata,
 /// parent_instance_id, parent_execution_id, parent_schedule_event_id`
 /// (the lease's end follows them), with its pending `events` and its
 /// `history`.
-pub(super) fn leased_task(
+fn leased_task(
     row: &tokio_postgres::Row,
     at: usize,
     lease: Lease,

@@ -171,6 +171,82 @@ async fn claim_takes_only_from_the_given_queues_and_the_task_carries_its_queue()
 }
 
 #[actix_rt::test]
+async fn a_batch_claim_takes_one_task_per_instance_oldest_event_first_and_says_what_is_left() {
+    let store = store().await;
+    let (w, default) = (worker("w"), queues(["default"]).unwrap());
+    for id in ["i1", "i2", "i3"] {
+        store
+            .create_instance(NewInstance::new(id, q("default")))
+            .await
+            .unwrap();
+    }
+    // i1's events fill the head of the line: counted once.
+    for n in 0..3 {
+        store.signal_instance("i1", "poke", json!(n)).await.unwrap();
+    }
+    let poll = store
+        .poll_workflow_tasks(&w, &default, 2, LEASE)
+        .await
+        .unwrap();
+    let mut taken: Vec<&str> = poll
+        .tasks
+        .iter()
+        .map(|t| t.instance.instance_id.as_str())
+        .collect();
+    taken.sort_unstable();
+    assert_eq!(
+        taken,
+        ["i1", "i2"],
+        "the two instances with the oldest events"
+    );
+    let i1 = poll
+        .tasks
+        .iter()
+        .find(|t| t.instance.instance_id == "i1")
+        .unwrap();
+    assert_eq!(
+        types(&i1.new_events),
+        [
+            EventType::WorkflowExecutionStarted,
+            EventType::SignalReceived,
+            EventType::SignalReceived,
+            EventType::SignalReceived
+        ],
+        "every event of the instance, in order"
+    );
+    assert!(poll.more, "i3 still waits");
+    assert!(!poll.skipped_locked);
+    for task in &poll.tasks {
+        assert_eq!(task.lease.worker(), &w);
+    }
+    // Asking for more than is left takes what is left, and says so.
+    let poll = store
+        .poll_workflow_tasks(&w, &default, 5, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(poll.tasks.len(), 1);
+    assert_eq!(poll.tasks[0].instance.instance_id, "i3");
+    assert!(!poll.more);
+    // Each task completes on its own lease.
+    for task in poll.tasks {
+        store
+            .complete_workflow_task(&task, WorkflowCompletion::default())
+            .await
+            .unwrap();
+    }
+    let poll = store
+        .poll_workflow_tasks(&w, &default, 5, LEASE)
+        .await
+        .unwrap();
+    assert!(poll.tasks.is_empty() && !poll.more && !poll.skipped_locked);
+    let nothing = store
+        .poll_workflow_tasks(&w, &default, 0, LEASE)
+        .await
+        .unwrap();
+    assert!(nothing.tasks.is_empty());
+}
+
+#[actix_rt::test]
 async fn a_claimed_task_is_locked() {
     let store = store().await;
     store

@@ -77,9 +77,12 @@ pub(crate) enum ClaimEnd {
     /// It claimed this many tasks (possibly none).
     Claimed(usize),
     /// It claimed this many tasks, and saw nothing else waiting: what a
-    /// claim of one task per statement reports when its queues held no
-    /// other work (a claim that took fewer than it asked for says as much).
+    /// claim that may take fewer than it asked for while more waits (one
+    /// task per instance) reports when its queues held no other work.
     Drained(usize),
+    /// It claimed this many tasks, and saw more waiting than it took,
+    /// however many it took.
+    More(usize),
     /// It failed (the database, a deadline).
     Failed,
 }
@@ -109,8 +112,6 @@ pub(crate) struct WakeState {
     concurrency: usize,
     /// The fewest free slots worth a claim while other tasks run.
     min_refill: usize,
-    /// The most tasks one claim asks for.
-    claim_limit: usize,
     running: usize,
     phase: Phase,
     /// The last claim found the queues drained (it took fewer tasks than it
@@ -130,23 +131,19 @@ impl WakeState {
         Self {
             concurrency,
             min_refill: concurrency.div_ceil(2),
-            claim_limit: usize::MAX,
             running: 0,
             phase: Phase::Idle,
             drained: false,
         }
     }
 
-    /// A worker whose claims take one task per statement (workflow tasks):
-    /// a claim for many costs as much as many claims, so each claim asks
-    /// for one task, which starts as soon as it is claimed, and the next
-    /// claim follows at once while slots are free; a freed slot is claimed
-    /// at once; a wake-up during a claim with other slots free is owed the
-    /// next claim, not declined.
-    pub(crate) fn claiming_singly(concurrency: usize) -> Self {
+    /// A worker whose tasks are few per wake-up and each worth starting at
+    /// once (workflow tasks: a step's decision waits for its claim): a
+    /// freed slot is claimed at once, not kept for a fuller batch; a claim
+    /// still takes every free slot's task in one statement.
+    pub(crate) fn refilling_at_once(concurrency: usize) -> Self {
         Self {
             min_refill: 1,
-            claim_limit: 1,
             ..Self::new(concurrency)
         }
     }
@@ -168,7 +165,7 @@ impl WakeState {
     fn try_start(&mut self) -> Option<usize> {
         match self.phase {
             Phase::Idle if self.free() > 0 => {
-                let max = self.free().min(self.claim_limit);
+                let max = self.free();
                 self.phase = Phase::Claiming {
                     requested: max,
                     again: false,
@@ -281,17 +278,21 @@ impl WakeState {
         } = self.phase
         else {
             // Stopped meanwhile (or a stray end): only count what was claimed.
-            if let ClaimEnd::Claimed(claimed) | ClaimEnd::Drained(claimed) = end {
+            if let ClaimEnd::Claimed(claimed)
+            | ClaimEnd::Drained(claimed)
+            | ClaimEnd::More(claimed) = end
+            {
                 self.running += claimed;
             }
             return AfterClaim::Stopped;
         };
         self.phase = Phase::Idle;
         self.drained = false;
-        let (claimed, saw_nothing_else) = match end {
+        let (claimed, drained_queues) = match end {
             ClaimEnd::Failed => return AfterClaim::RetryLater,
-            ClaimEnd::Claimed(claimed) => (claimed, false),
+            ClaimEnd::Claimed(claimed) => (claimed, claimed < requested),
             ClaimEnd::Drained(claimed) => (claimed, true),
+            ClaimEnd::More(claimed) => (claimed, false),
         };
         self.running += claimed;
         if again {
@@ -302,7 +303,7 @@ impl WakeState {
                 None => AfterClaim::Full,
             };
         }
-        if (claimed < requested || saw_nothing_else) && !freed {
+        if drained_queues && !freed {
             // The queues were empty as of the claim: work written since is
             // announced by a wake-up.
             self.drained = true;
@@ -379,6 +380,7 @@ mod tests {
             for claimed in 0..=requested {
                 events.push(Event::ClaimEnded(ClaimEnd::Claimed(claimed)));
                 events.push(Event::ClaimEnded(ClaimEnd::Drained(claimed)));
+                events.push(Event::ClaimEnded(ClaimEnd::More(claimed)));
             }
         }
         events
@@ -394,10 +396,7 @@ mod tests {
                 match offer {
                     Offer::Started { max } => {
                         assert_eq!(before.phase, Phase::Idle, "{before:?}");
-                        assert!(
-                            max > 0 && max == free_before.min(before.claim_limit),
-                            "{before:?} -> {offer:?}"
-                        );
+                        assert!(max > 0 && max == free_before, "{before:?} -> {offer:?}");
                     }
                     Offer::Coalesced => {
                         // Accepted while claiming only if room is left after
@@ -445,17 +444,14 @@ mod tests {
                         // One claim fills every freed slot, and only a batch
                         // worth it: half the slots, or all of them.
                         assert_eq!(before.phase, Phase::Idle, "{before:?}");
-                        assert_eq!(max, free.min(after.claim_limit), "{before:?}");
+                        assert_eq!(max, free, "{before:?}");
                         assert!(max >= after.min_refill || after.running == 0);
                     }
                     Refill::Soon => {
                         assert_eq!(before.phase, Phase::Idle, "{before:?}");
                         assert!(free < after.min_refill && after.running > 0);
                         // Its timer then claims them: never left unclaimed.
-                        assert_eq!(
-                            after.clone().timer_fired(),
-                            Some(free.min(after.claim_limit))
-                        );
+                        assert_eq!(after.clone().timer_fired(), Some(free));
                     }
                     // Idle, only when its last claim found the queues drained
                     // and it declined nothing since.
@@ -493,18 +489,17 @@ mod tests {
                         assert_eq!(after.running, before.running);
                         assert_eq!(after.phase, Phase::Idle);
                     }
-                    (ClaimEnd::Claimed(n) | ClaimEnd::Drained(n), next) => {
+                    (ClaimEnd::Claimed(n) | ClaimEnd::Drained(n) | ClaimEnd::More(n), next) => {
                         assert_eq!(after.running, before.running + n);
                         assert!(after.running <= after.concurrency, "over capacity");
                         // More is likely after a full batch (unless the claim
                         // saw nothing else), a wake-up owed, or slots freed.
-                        let full = n == requested && matches!(end, ClaimEnd::Claimed(_));
+                        let full = n == requested && matches!(end, ClaimEnd::Claimed(_))
+                            || matches!(end, ClaimEnd::More(_));
                         let more = full || again || freed;
                         match next {
                             AfterClaim::ClaimAgain { max } => {
-                                assert!(
-                                    more && max == after.free().min(after.claim_limit) && max > 0
-                                );
+                                assert!(more && max == after.free() && max > 0);
                                 // A wake-up owed, or a batch worth claiming.
                                 assert!(
                                     again || max >= after.min_refill || after.running == 0,
@@ -520,10 +515,7 @@ mod tests {
                                 // Never with a wake-up owed; its timer claims.
                                 assert!(!again && (full || freed), "{before:?} {end:?}");
                                 assert!(after.free() > 0 && after.free() < after.min_refill);
-                                assert_eq!(
-                                    after.clone().timer_fired(),
-                                    Some(after.free().min(after.claim_limit))
-                                );
+                                assert_eq!(after.clone().timer_fired(), Some(after.free()));
                             }
                             AfterClaim::Idle => {
                                 assert!(!more);
@@ -573,7 +565,7 @@ mod tests {
     #[test]
     fn every_reachable_state_and_event_keeps_the_invariants() {
         for (concurrency, start) in
-            (1..=4).flat_map(|c| [(c, WakeState::new(c)), (c, WakeState::claiming_singly(c))])
+            (1..=4).flat_map(|c| [(c, WakeState::new(c)), (c, WakeState::refilling_at_once(c))])
         {
             let mut seen = HashSet::new();
             let mut queue = VecDeque::from([start]);
@@ -674,26 +666,41 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_claiming_singly_claims_each_freed_slot_at_once() {
-        let mut state = WakeState::claiming_singly(2);
-        assert_eq!(state.timer_fired(), Some(1));
-        // One task found: probably more, so the next claim follows at once.
-        assert_eq!(
-            state.claim_ended(ClaimEnd::Claimed(1)),
-            AfterClaim::ClaimAgain { max: 1 }
-        );
-        assert_eq!(state.claim_ended(ClaimEnd::Claimed(1)), AfterClaim::Full);
+    fn a_worker_refilling_at_once_claims_each_freed_slot_at_once() {
+        let mut state = WakeState::refilling_at_once(4);
+        assert_eq!(state.timer_fired(), Some(4));
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(4)), AfterClaim::Full);
+        // One slot of four freed: claimed now, not kept for a fuller batch.
         assert_eq!(state.slots_freed(1), Refill::Now { max: 1 });
     }
 
     #[test]
-    fn a_worker_claiming_singly_owes_a_wake_up_during_a_claim_the_next_claim() {
-        let mut state = WakeState::claiming_singly(8);
-        assert_eq!(state.offer(), Offer::Started { max: 1 });
-        // Seven slots stay free whatever the claim finds: not declined.
+    fn a_claim_that_saw_more_than_it_took_claims_again_with_the_slots_left() {
+        let mut state = WakeState::refilling_at_once(8);
+        assert_eq!(state.timer_fired(), Some(8));
+        // Three instances taken (the events first in line were theirs),
+        // others wait: the five slots left claim at once.
+        assert_eq!(
+            state.claim_ended(ClaimEnd::More(3)),
+            AfterClaim::ClaimAgain { max: 5 }
+        );
+        // Fewer than asked with nothing said: the queues were drained.
+        assert_eq!(state.claim_ended(ClaimEnd::Claimed(2)), AfterClaim::Idle);
+        assert_eq!(state.slots_freed(1), Refill::Nothing);
+    }
+
+    #[test]
+    fn a_worker_refilling_at_once_owes_a_wake_up_during_a_claim_the_next_claim() {
+        let mut state = WakeState::refilling_at_once(8);
+        state.running = 6;
+        assert_eq!(state.offer(), Offer::Started { max: 2 });
+        // The claim may fill both free slots: declined, another worker takes it.
+        assert_eq!(state.offer(), Offer::Declined);
+        state.slots_freed(1);
+        // Now room is left beyond the claim: owed the next claim.
         assert_eq!(state.offer(), Offer::Coalesced);
         assert_eq!(
-            state.claim_ended(ClaimEnd::Claimed(0)),
+            state.claim_ended(ClaimEnd::Drained(2)),
             AfterClaim::ClaimAgain { max: 1 }
         );
     }
@@ -745,7 +752,7 @@ mod tests {
 
     #[test]
     fn a_single_claim_that_saw_nothing_else_leaves_the_freed_slot_unclaimed() {
-        let mut state = WakeState::claiming_singly(1);
+        let mut state = WakeState::refilling_at_once(1);
         assert_eq!(state.timer_fired(), Some(1));
         // Its one slot filled: without more evidence, the slot it frees
         // looks again...
@@ -758,7 +765,7 @@ mod tests {
 
     #[test]
     fn a_timer_that_fires_while_every_slot_is_taken_makes_the_next_freed_slot_claim() {
-        let mut state = WakeState::claiming_singly(1);
+        let mut state = WakeState::refilling_at_once(1);
         assert_eq!(state.timer_fired(), Some(1));
         assert_eq!(state.claim_ended(ClaimEnd::Drained(1)), AfterClaim::Idle);
         // A retry comes due while the only slot runs a task...

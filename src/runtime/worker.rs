@@ -160,8 +160,10 @@ impl Claimed {
 /// What a claim found.
 struct ClaimResult {
     claimed: Vec<Claimed>,
-    /// It saw no other work waiting (a workflow claim says so).
-    drained: bool,
+    /// Whether it saw other work waiting, when the claim says so (a
+    /// workflow claim); `None` when its length says it (a batch shorter
+    /// than asked found the queues drained).
+    more: Option<bool>,
     due_in: Option<Duration>,
     skipped_locked: bool,
 }
@@ -298,7 +300,7 @@ impl WorkerActor {
         // tasks one per statement.
         let wake = match job {
             Job::Activity(_) => WakeState::new(settings.concurrency),
-            Job::Workflow(_) => WakeState::claiming_singly(settings.concurrency),
+            Job::Workflow(_) => WakeState::refilling_at_once(settings.concurrency),
         };
         let queue_names = settings
             .queues
@@ -408,21 +410,20 @@ impl WorkerActor {
                     .await?;
                 return Ok(ClaimResult {
                     claimed: poll.tasks.into_iter().map(Claimed::Activity).collect(),
-                    // A batch shorter than asked says as much by itself.
-                    drained: false,
+                    more: None,
                     due_in: poll.due_in,
                     skipped_locked: poll.skipped_locked,
                 });
             }
-            // One task per claim (the wake-up state asks for one): it
-            // starts as soon as it is claimed, and the next claim follows.
-            debug_assert_eq!(max, 1, "a workflow claim takes one task");
+            // Every free slot's task in one statement; an instance counts
+            // once however many of its events are in line, so a claim
+            // that took fewer than asked says whether more waits.
             let poll = store
-                .poll_workflow_task_detailed(worker, queues, lease)
+                .poll_workflow_tasks(worker, queues, max, lease)
                 .await?;
             Ok(ClaimResult {
-                drained: !poll.more,
-                claimed: poll.task.into_iter().map(Claimed::Workflow).collect(),
+                more: Some(poll.more),
+                claimed: poll.tasks.into_iter().map(Claimed::Workflow).collect(),
                 due_in: poll.due_in,
                 skipped_locked: poll.skipped_locked,
             })
@@ -468,10 +469,10 @@ impl WorkerActor {
             self.count(&self.settings.queues, |c| c.empty_polls += 1);
             crate::metrics::empty_poll(self.settings.kind, &self.settings.queues);
         }
-        let end = if found.drained {
-            ClaimEnd::Drained(found.claimed.len())
-        } else {
-            ClaimEnd::Claimed(found.claimed.len())
+        let end = match found.more {
+            None => ClaimEnd::Claimed(found.claimed.len()),
+            Some(false) => ClaimEnd::Drained(found.claimed.len()),
+            Some(true) => ClaimEnd::More(found.claimed.len()),
         };
         let after = self.wake.claim_ended(end);
         for task in found.claimed {

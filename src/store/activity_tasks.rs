@@ -10,7 +10,9 @@ use super::model::{
     ActivityPoll, ActivityTask, EventType, InstanceRef, InstanceState, Lease, WorkflowTask,
 };
 use super::names::{Queue, WorkerId};
-use super::workflow_tasks::{claimed_task, EagerSlots, HAND_OVER_CLAIM_SQL, HAND_OVER_READ_SQL};
+use super::workflow_tasks::{
+    claimed_task, events_by_row, EagerSlots, HAND_OVER_CLAIM_SQL, HAND_OVER_READ_SQL,
+};
 use super::{db, lease_seconds, Pipelined, Store, TouchedQueues, WakeToken};
 use crate::error::StoreError;
 use crate::trace_context::TraceCarrier;
@@ -858,15 +860,14 @@ impl Store {
         claimed: &[tokio_postgres::Row],
         events: &[tokio_postgres::Row],
     ) -> Result<Vec<WorkflowTask>, StoreError> {
-        let row_id = |row: &tokio_postgres::Row| row.get::<_, i64>(0);
-        let events_of: std::collections::HashMap<i64, &[tokio_postgres::Row]> = events
-            .chunk_by(|a, b| row_id(a) == row_id(b))
-            .map(|rows| (row_id(&rows[0]), rows))
-            .collect();
+        let events_of = events_by_row(events);
         let mut tasks = Vec::with_capacity(claimed.len());
         for row in claimed {
             let lease = Lease::new(slots.worker.clone(), row.get(8), lease_id);
-            let event_rows = events_of.get(&row_id(row)).copied().unwrap_or_default();
+            let event_rows = events_of
+                .get(&row.get::<_, i64>(0))
+                .copied()
+                .unwrap_or_default();
             tasks.extend(claimed_task(client, row, 0, lease, event_rows, 1).await?);
         }
         if !tasks.is_empty() {

@@ -68,7 +68,7 @@ use serde_json::Value;
 pub use model::{
     ActivityPoll, ActivityTask, CancelOutcome, Event, EventType, InstanceRef, InstanceSnapshot,
     InstanceState, Lease, NewInstance, QueueStats, ScheduleActivity, SendSignal, StartSubWorkflow,
-    StartTimer, WorkflowCompletion, WorkflowOutcome, WorkflowPoll, WorkflowTask,
+    StartTimer, WorkflowCompletion, WorkflowOutcome, WorkflowPoll, WorkflowTask, WorkflowTasksPoll,
     MAX_COMMANDS_PER_DECISION, MAX_TIMER_DELAY,
 };
 pub use names::{queues, Queue, WorkerId, MAX_QUEUE_NAME_LEN, QUEUE_NAME_RULE};

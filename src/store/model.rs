@@ -475,6 +475,42 @@ pub struct WorkflowPoll {
     pub more: bool,
 }
 
+/// What one poll for up to a number of workflow tasks found, from
+/// [`Store::poll_workflow_tasks`](super::Store::poll_workflow_tasks).
+///
+/// ```no_run
+/// # async fn f(store: pgwake::Store) -> Result<(), pgwake::StoreError> {
+/// # let (worker, queues) = (pgwake::WorkerId::unique("docs"), pgwake::queues(["orders"])?);
+/// let poll = store
+///     .poll_workflow_tasks(&worker, &queues, 8, std::time::Duration::from_secs(60))
+///     .await?;
+/// for task in &poll.tasks {
+///     println!("{}: {} new events", task.instance.instance_id, task.new_events.len());
+/// }
+/// if poll.more {
+///     println!("other instances have work: poll again when there is room");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkflowTasksPoll {
+    /// The tasks claimed, each of another instance, oldest pending event
+    /// first: as many as asked for at most, fewer when the queues hold
+    /// fewer instances with work (or several of the events first in line
+    /// belong to one instance).
+    pub tasks: Vec<WorkflowTask>,
+    /// As [`WorkflowPoll::due_in`].
+    pub due_in: Option<Duration>,
+    /// When none was claimed: as [`WorkflowPoll::skipped_locked`].
+    pub skipped_locked: bool,
+    /// When some were claimed: whether an instance of the queues that was
+    /// not claimed had work to process as of the claim (claimable, or held
+    /// by another transaction). False: the queues held nothing else then,
+    /// and work written since is announced.
+    pub more: bool,
+}
+
 /// The most commands of one kind (activities, timers, canceled timers,
 /// sub-workflows, signals, cancellations, history events) one
 /// [`WorkflowCompletion`] may hold; more is refused with

@@ -93,6 +93,9 @@ pub use context::{
     Sleep, SubWorkflow, SubWorkflowOptions, Timer, WorkflowContext,
 };
 pub use error::{ActivityError, ClientError, ReplayError, WorkflowError};
-pub use registry::{Activities, ActivityContext, Executor, Workflows, DEFAULT_CACHE_SIZE};
+pub use registry::{
+    Activities, ActivityContext, Executor, Workflows, DEFAULT_CACHE_SIZE,
+    DEFAULT_WORKFLOW_CONCURRENCY,
+};
 pub use retry::RetryPolicy;
 pub use tester::{TesterError, WorkflowTester, MAX_TESTER_TASKS};

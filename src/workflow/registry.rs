@@ -51,6 +51,13 @@ impl Default for Workflows {
 /// ([`Workflows::cache_size`]).
 pub const DEFAULT_CACHE_SIZE: usize = 1_000;
 
+/// How many workflow tasks a worker built by [`Workflows::worker`] runs at
+/// once unless told otherwise: a task is a short, deterministic step of
+/// code that mostly waits for its decision's commit, so one slot would
+/// leave the worker waiting on round trips (peers run hundreds by
+/// default). Change it with [`WorkflowWorker::concurrency`](crate::WorkflowWorker::concurrency).
+pub const DEFAULT_WORKFLOW_CONCURRENCY: usize = 16;
+
 /// Tells the caches of different [`Workflows::worker`] calls apart.
 static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -226,9 +233,10 @@ impl Workflows {
         }
     }
 
-    /// A worker for `queues` running every registered workflow. A task
-    /// whose history does not replay fails (it is retried, not applied),
-    /// with the [`ReplayError`] logged.
+    /// A worker for `queues` running every registered workflow,
+    /// [`DEFAULT_WORKFLOW_CONCURRENCY`] tasks at once. A task whose history
+    /// does not replay fails (it is retried, not applied), with the
+    /// [`ReplayError`] logged.
     ///
     /// ```
     /// use pgwake::workflow::{WorkflowContext, WorkflowError, Workflows};
@@ -276,6 +284,7 @@ impl Workflows {
                 })
             }
         })
+        .concurrency(DEFAULT_WORKFLOW_CONCURRENCY)
     }
 }
 

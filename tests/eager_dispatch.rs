@@ -291,3 +291,49 @@ async fn a_claim_that_took_the_only_ready_task_still_wakes_the_worker_for_a_late
     assert_eq!(napped, 1_500);
     runtime.shutdown(Duration::from_secs(5)).await;
 }
+
+#[actix_rt::test]
+async fn results_hand_their_workflow_tasks_to_the_workflow_worker_of_their_queue() {
+    let database = fresh_database().await.unwrap();
+    let mut config = RuntimeConfig::new(database.url());
+    config.fallback_while_listening = support::NEVER;
+    // Two workflow workers on queues of their own; the activity worker
+    // serves both. The workflow runs on the second worker's queue.
+    let runtime = Runtime::builder(config)
+        .workflow_worker(counting().worker(["first"]).concurrency(2))
+        .workflow_worker(counting().worker(["second"]).concurrency(2))
+        .activity_worker(inc().worker(["first", "second"]).concurrency(4))
+        .start()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !runtime.health().all_listening() {
+        assert!(Instant::now() < deadline, "the listeners never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let claims = || {
+        runtime
+            .health()
+            .counters(TaskKind::Workflow, "second")
+            .polls
+    };
+    let before = claims();
+    let client = Client::new(runtime.store().clone());
+    let options = StartOptions::default().queue(pgwake::Queue::new("second").unwrap());
+    client
+        .start("count", "routed", &10u64, options)
+        .await
+        .unwrap();
+    let total: u64 = client.result("routed", WAIT).await.unwrap();
+    assert_eq!(total, 10);
+    // Handed to the first workflow worker, whose queue is not theirs, the
+    // ten tasks after each activity would be claimed by the second, one
+    // claim each at least.
+    assert!(
+        claims() - before <= 4,
+        "{} claims for 11 workflow tasks, 10 of them handed over",
+        claims() - before
+    );
+    runtime.shutdown(Duration::from_secs(5)).await;
+}

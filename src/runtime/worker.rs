@@ -101,6 +101,26 @@ impl EagerTarget {
         Some((first, wanted))
     }
 
+    /// The one of `targets` serving the queue of most of `results`, the
+    /// first when none serves any.
+    fn for_results<'a>(
+        targets: &'a [EagerTarget],
+        results: &[PendingRecord],
+    ) -> Option<&'a EagerTarget> {
+        targets
+            .iter()
+            .enumerate()
+            .max_by_key(|(index, target)| {
+                let served = results
+                    .iter()
+                    .filter(|r| target.queues.contains(&r.task.queue))
+                    .count();
+                // The first of equals: `max_by_key` keeps the last.
+                (served, std::cmp::Reverse(*index))
+            })
+            .map(|(_, target)| target)
+    }
+
     /// Reserves up to `wanted` of this worker's free slots: `None` when it
     /// grants none (full, stopping, or gone).
     async fn reserve(&self, wanted: usize) -> Option<Reservation<'_>> {
@@ -652,9 +672,12 @@ impl WorkerActor {
         self.records_waiting_since = None;
         let batch = std::mem::take(&mut self.records);
         let store = self.store.clone();
-        // The workflow tasks these results make ready go to the first
-        // workflow worker of this process, as many as it has slots for.
-        let target = self.hand_over_to.first().cloned();
+        // The workflow tasks these results make ready go to a workflow
+        // worker of this process, as many as it has slots for: the one
+        // serving the queue of most of them (an activity's queue is its
+        // workflow's unless the workflow chose another), else the first.
+        // Only a guess: the hand-over takes nothing its queues do not hold.
+        let target = EagerTarget::for_results(&self.hand_over_to, &batch).cloned();
         let record = async move {
             let pairs: Vec<(&ActivityTask, Result<serde_json::Value, String>)> =
                 batch.iter().map(|r| (&r.task, r.report.clone())).collect();

@@ -316,8 +316,9 @@ impl WorkerActor {
         router: Addr<QueueRouter>,
         health: HealthBoard,
     ) -> Self {
-        // Activities are claimed in batches by one statement, workflow
-        // tasks one per statement.
+        // Both claim every free slot's task in one statement; activity
+        // workers refill in half batches (results come back together),
+        // workflow workers at once (a step waits for its claim).
         let wake = match job {
             Job::Activity(_) => WakeState::new(settings.concurrency),
             Job::Workflow(_) => WakeState::refilling_at_once(settings.concurrency),

@@ -495,10 +495,11 @@ pub struct WorkflowPoll {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct WorkflowTasksPoll {
-    /// The tasks claimed, each of another instance, oldest pending event
-    /// first: as many as asked for at most, fewer when the queues hold
-    /// fewer instances with work (or several of the events first in line
-    /// belong to one instance).
+    /// The tasks claimed, each of another instance, in the order of their
+    /// rows: the instances whose oldest pending events are oldest, as many
+    /// as asked for at most, fewer when the queues hold fewer instances
+    /// with work (or several of the events first in line belong to one
+    /// instance).
     pub tasks: Vec<WorkflowTask>,
     /// As [`WorkflowPoll::due_in`].
     pub due_in: Option<Duration>,

@@ -85,6 +85,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(10, "schedules", "000010_schedules"),
     migration!(11, "pipelined_checks", "000011_pipelined_checks"),
     migration!(12, "activity_lease_index", "000012_activity_lease_index"),
+    migration!(13, "pending_event_queues", "000013_pending_event_queues"),
 ];
 
 /// The newest version this binary carries: what [`up`] goes to by default

@@ -329,9 +329,11 @@ async fn results_hand_their_workflow_tasks_to_the_workflow_worker_of_their_queue
     assert_eq!(total, 10);
     // Handed to the first workflow worker, whose queue is not theirs, the
     // ten tasks after each activity would be claimed by the second, one
-    // claim each at least.
+    // claim each at least (21 claims, measured). Handed over, 2 to 4 on a
+    // quiet machine; a wake-up meeting a hand-over adds a claim or two
+    // while the whole suite runs.
     assert!(
-        claims() - before <= 4,
+        claims() - before < 10,
         "{} claims for 11 workflow tasks, 10 of them handed over",
         claims() - before
     );

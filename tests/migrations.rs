@@ -82,12 +82,13 @@ const EXPECTED_INDEXES_V1: &[&str] = &[
 /// The columns at the newest version (7 adds functions, 8 indexes, no
 /// columns).
 fn expected_columns() -> String {
-    columns_at(6)
+    columns_at(13)
 }
 
 /// The columns at `version` (5 or later): go-workflows' and, after each
 /// table's last one, the `lease_id` of migration 5, then on `instances` the
-/// `task_attempts` and `last_task_error` of migration 6.
+/// `task_attempts` and `last_task_error` of migration 6, and on
+/// `pending_events` the `queue` of migration 13.
 fn columns_at(version: i64) -> String {
     GO_WORKFLOWS_COLUMNS
         .lines()
@@ -100,6 +101,9 @@ fn columns_at(version: i64) -> String {
                     "instances.last_task_error text",
                 ],
                 "instances.worker character varying(64)" => &["instances.lease_id bigint"],
+                "pending_events.visible_at timestamp with time zone" if version >= 13 => {
+                    &["pending_events.queue character varying(128)"]
+                }
                 _ => &[],
             };
             std::iter::once(line).chain(added.iter().copied())
@@ -227,6 +231,8 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
         "activities(queue,visible_at)",
         "pending_events(id)",
         "pending_events(visible_at)",
+        "pending_events(queue,id)",
+        "pending_events(queue,visible_at)",
         "instances(instance_id)",
         "instances(created_at,id)",
         "activities(queue,locked_until)",
@@ -240,6 +246,7 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
         triggers(&client).await,
         [
             "activities:pgwake_activities_notify",
+            "pending_events:pgwake_pending_event_queue",
             "pending_events:pgwake_pending_events_notify"
         ]
     );
@@ -250,14 +257,32 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
             "pgwake_enqueue_activity",
             "pgwake_notify_activity_tasks",
             "pgwake_notify_workflow_tasks",
+            "pgwake_pending_event_queue",
             "pgwake_require",
             "pgwake_signal_workflow",
             "pgwake_start_workflow"
         ]
     );
 
-    // Down to 11: migration 12's per-queue lease index goes; to 10:
-    // migration 11's check function.
+    // Down to 12: migration 13's queue of pending events, its trigger and
+    // indexes go, and migration 8's walk across queues comes back; to 11:
+    // migration 12's per-queue lease index; to 10: migration 11's check
+    // function.
+    let report = migrate::down(&mut client, DownSteps::Steps(1))
+        .await
+        .unwrap();
+    assert_eq!(report.to, Some(12));
+    assert_eq!(columns(&client).await, columns_at(12));
+    let indexes_at_12 = indexes(&client).await;
+    assert!(!indexes_at_12.contains(&"pending_events(queue,id)".to_string()));
+    assert!(indexes_at_12.contains(&"pending_events(id)".to_string()));
+    assert_eq!(
+        triggers(&client).await,
+        [
+            "activities:pgwake_activities_notify",
+            "pending_events:pgwake_pending_events_notify"
+        ]
+    );
     let report = migrate::down(&mut client, DownSteps::Steps(1))
         .await
         .unwrap();
@@ -333,6 +358,7 @@ async fn up_to_newest_then_down_to_zero_then_up_again() {
         triggers(&client).await,
         [
             "activities:pgwake_activities_notify",
+            "pending_events:pgwake_pending_event_queue",
             "pending_events:pgwake_pending_events_notify"
         ]
     );
@@ -468,6 +494,7 @@ async fn a_database_left_at_version_one_by_go_workflows_is_upgraded() {
         triggers(&client).await,
         [
             "activities:pgwake_activities_notify",
+            "pending_events:pgwake_pending_event_queue",
             "pending_events:pgwake_pending_events_notify"
         ]
     );

@@ -130,8 +130,12 @@ async fn trigger_and_function_definitions(client: &Client) -> Vec<String> {
         .collect()
 }
 
-const STATEMENT_LEVEL_TRIGGERS: [&str; 2] = [
+/// The triggers at the newest version: the statement-level notification
+/// triggers, and the row-level one of migration 13 that names a pending
+/// event's queue (it notifies nothing).
+const STATEMENT_LEVEL_TRIGGERS: [&str; 3] = [
     "activities:pgwake_activities_notify statement",
+    "pending_events:pgwake_pending_event_queue row",
     "pending_events:pgwake_pending_events_notify statement",
 ];
 

@@ -172,3 +172,136 @@ async fn an_idle_queues_workflow_due_time_walks_a_bounded_number_of_other_queues
     let read = after.1 - before.1;
     assert!(read <= 5 * 2 * 100, "{read} timer index entries read");
 }
+
+/// Heap rows fetched so far through the indexes of `table`.
+async fn table_index_fetches(sql: &tokio_postgres::Client, table: &str) -> i64 {
+    sql.query_one(
+        "SELECT coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = $1",
+        &[&table],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[actix_rt::test]
+async fn a_quiet_queues_workflow_claim_reads_no_other_queues_ready_events() {
+    let database = fresh_database().await.unwrap();
+    let sql = support::connect(database.url()).await;
+    // 2,000 instances waiting on queue "busy", older than the one waiting
+    // on "quiet"; written as go-workflows writes them (no queue on the
+    // events: the trigger of migration 13 fills it).
+    sql.batch_execute(
+        "INSERT INTO instances (instance_id, execution_id, state, queue)
+         SELECT 'busy-' || n, 'e', 0, 'busy' FROM generate_series(1, 2000) n;
+         INSERT INTO pending_events (event_id, instance_id, execution_id, event_type, timestamp,
+                                     schedule_event_id)
+         SELECT 'started-' || n, 'busy-' || n, 'e', 1, now(), 0 FROM generate_series(1, 2000) n;
+         INSERT INTO instances (instance_id, execution_id, state, queue)
+         VALUES ('quiet-1', 'e', 0, 'quiet');
+         INSERT INTO pending_events (event_id, instance_id, execution_id, event_type, timestamp,
+                                     schedule_event_id)
+         VALUES ('started-quiet', 'quiet-1', 'e', 1, now(), 0);
+         ANALYZE;",
+    )
+    .await
+    .unwrap();
+    let unqueued: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pending_events WHERE queue IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unqueued, 0, "the trigger names every event's queue");
+    let initial = table_index_fetches(&sql, "pending_events").await;
+
+    let mut options = StoreOptions::default();
+    options.pool_size = 1;
+    let store = Store::connect(database.url(), options).await.unwrap();
+    let worker = WorkerId::new("quiet-worker").unwrap();
+    let quiet = queues(["quiet"]).unwrap();
+    let poll = store
+        .poll_workflow_tasks(&worker, &quiet, 8, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(poll.tasks.len(), 1);
+    assert_eq!(poll.tasks[0].instance.instance_id, "quiet-1");
+    assert!(!poll.more);
+    for _ in 0..4 {
+        let poll = store
+            .poll_workflow_tasks(&worker, &quiet, 8, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(poll.tasks.is_empty() && !poll.more && !poll.skipped_locked);
+    }
+    // Its connection ends: the server flushes that backend's statistics.
+    drop(store);
+    let fetched = support::until_some(
+        Duration::from_secs(30),
+        "the claims' statistics",
+        || async {
+            let now = table_index_fetches(&sql, "pending_events").await;
+            (now > initial).then_some(now - initial)
+        },
+    )
+    .await;
+    // Walked across queues in id order, five claims read the 2,000 older
+    // events of queue busy each, 10,000 rows; per queue, the one of quiet
+    // and its read.
+    assert!(fetched < 100, "{fetched} pending events read by 5 claims");
+}
+
+#[actix_rt::test]
+async fn an_event_written_before_its_instance_is_visible_is_still_claimed() {
+    let database = fresh_database().await.unwrap();
+    let sql = support::connect(database.url()).await;
+    // One statement: the trigger's look for the instance does not see it.
+    sql.batch_execute(
+        "WITH created AS (
+           INSERT INTO instances (instance_id, execution_id, state, queue)
+           VALUES ('same-statement', 'e', 0, 'orders'))
+         INSERT INTO pending_events (event_id, instance_id, execution_id, event_type, timestamp,
+                                     schedule_event_id)
+         VALUES ('started', 'same-statement', 'e', 1, now(), 0);",
+    )
+    .await
+    .unwrap();
+    let queue: Option<String> = sql
+        .query_one("SELECT queue FROM pending_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queue, None);
+    let store = Store::connect(database.url(), StoreOptions::default())
+        .await
+        .unwrap();
+    let worker = WorkerId::new("w").unwrap();
+    let poll = store
+        .poll_workflow_tasks(
+            &worker,
+            &queues(["orders"]).unwrap(),
+            8,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(poll.tasks.len(), 1);
+    assert_eq!(poll.tasks[0].instance.instance_id, "same-statement");
+    // Another queue's worker does not take it.
+    let store_b = Store::connect(database.url(), StoreOptions::default())
+        .await
+        .unwrap();
+    assert!(store_b.release_workflow_task(&poll.tasks[0]).await.unwrap());
+    let other = store_b
+        .poll_workflow_tasks(
+            &worker,
+            &queues(["other"]).unwrap(),
+            8,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(other.tasks.is_empty());
+}

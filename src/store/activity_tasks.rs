@@ -102,7 +102,7 @@ macro_rules! record_results_sql {
         WHERE instance_id = e.instance_id AND execution_id = e.execution_id) o ON true),
  results AS (
    SELECT input.ord, input.event_id, input.event_type, input.data, input.instance_id,
-          input.execution_id, d.schedule_event_id
+          input.execution_id, d.schedule_event_id, o.queue
      FROM deleted d JOIN input ON input.row_id = d.id
      JOIN owners o ON o.instance_id = input.instance_id AND o.execution_id = input.execution_id
     WHERE o.state = 0),
@@ -111,8 +111,8 @@ macro_rules! record_results_sql {
    SELECT event_id, instance_id, execution_id, data FROM results),
  events AS (
    INSERT INTO pending_events (event_id, instance_id, execution_id, event_type,
-                               timestamp, schedule_event_id)
-   SELECT event_id, instance_id, execution_id, event_type, now(), schedule_event_id
+                               timestamp, schedule_event_id, queue)
+   SELECT event_id, instance_id, execution_id, event_type, now(), schedule_event_id, queue
      FROM results ORDER BY ord)
  SELECT d.id IS NOT NULL, o.state, o.queue,
         CASE WHEN d.id IS NULL THEN EXISTS (

@@ -36,7 +36,10 @@ impl NewEvent {
 
 /// Inserts pending events with their attributes, in one statement: `$1`,
 /// `$2` the execution, `$3..$7` the [`EventColumns`] (ids, types,
-/// scheduling ids, delays, data). Takes no row locks on existing rows.
+/// scheduling ids, delays, data). Each event names its instance's queue,
+/// looked up once (migration 13: the claim's walks are per queue; an
+/// instance not visible yet leaves it NULL, which claims look for too).
+/// Takes no row locks on existing rows.
 pub(crate) const INSERT_PENDING_SQL: &str = "WITH input AS (
    SELECT * FROM unnest($3::text[], $4::int[], $5::bigint[], $6::float8[], $7::bytea[])
             WITH ORDINALITY AS t(event_id, event_type, schedule_event_id, delay_secs, data, ord)
@@ -45,9 +48,11 @@ pub(crate) const INSERT_PENDING_SQL: &str = "WITH input AS (
    SELECT event_id, $1, $2, data FROM input
  )
  INSERT INTO pending_events
-   (event_id, instance_id, execution_id, event_type, timestamp, schedule_event_id, visible_at)
+   (event_id, instance_id, execution_id, event_type, timestamp, schedule_event_id, visible_at,
+    queue)
  SELECT event_id, $1, $2, event_type, now(), schedule_event_id,
-        now() + make_interval(secs => delay_secs)
+        now() + make_interval(secs => delay_secs),
+        (SELECT i.queue FROM instances i WHERE i.instance_id = $1 AND i.execution_id = $2)
    FROM input ORDER BY ord";
 
 /// Appends events to an execution's history with their attributes, in one

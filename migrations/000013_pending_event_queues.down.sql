@@ -1,3 +1,5 @@
+CREATE INDEX IF NOT EXISTS idx_pending_events_visible_at
+  ON pending_events (visible_at) WHERE visible_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_pending_events_id_visible
   ON pending_events (id) WHERE visible_at IS NULL;
 DROP INDEX IF EXISTS idx_pending_events_unqueued;

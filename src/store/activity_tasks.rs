@@ -864,11 +864,7 @@ impl Store {
         let mut tasks = Vec::with_capacity(claimed.len());
         for row in claimed {
             let lease = Lease::new(slots.worker.clone(), row.get(8), lease_id);
-            let event_rows = events_of
-                .get(&row.get::<_, i64>(0))
-                .copied()
-                .unwrap_or_default();
-            tasks.extend(claimed_task(client, row, 0, lease, event_rows, 1).await?);
+            tasks.extend(claimed_task(client, row, 0, lease, &events_of).await?);
         }
         if !tasks.is_empty() {
             tracing::debug!(count = tasks.len(), worker = %slots.worker, "workflow tasks handed over with their activities' results");

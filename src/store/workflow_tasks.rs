@@ -18,6 +18,7 @@ use super::model::{
 };
 use super::names::{check_id, Queue, WorkerId};
 use super::stats::WORKFLOW_DUE_SQL;
+use super::{db, lease_seconds, Pipelined, Store, TouchedQueues};
 
 /// An instance `i` that worker `$2` may claim on the queues `$1`: active,
 /// not leased (or its lease ran out), and not sticky to another worker.
@@ -43,7 +44,6 @@ const CLAIMABLE_INSTANCE_OF_EVENT: &str = "i.queue || '' = pe.queue AND i.state 
 /// ones included: 0.7 ms at 100,000) and matched them to the events.
 const INSTANCE_OF_EVENT: &str = "SELECT x.id FROM instances x
      WHERE x.instance_id = pe.instance_id AND x.execution_id = pe.execution_id";
-use super::{db, lease_seconds, Pipelined, Store, TouchedQueues};
 
 /// The SQLSTATE `pgwake_require` raises with when a workflow task's lease
 /// is no longer its holder's.
@@ -261,81 +261,7 @@ impl Store {
         // the look runs once, not once per column that reads it.
         let started = std::time::Instant::now();
         let statement = client
-            .prepare_cached(&format!("WITH ready AS (
-                   SELECT r.id, r.event FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
-                     SELECT i.id, pe.id AS event FROM pending_events pe
-                       JOIN instances i ON i.id = ({INSTANCE_OF_EVENT})
-                      WHERE pe.queue >= q.name AND pe.queue <= q.name AND pe.visible_at IS NULL
-                        AND {CLAIMABLE_INSTANCE_OF_EVENT}
-                      ORDER BY pe.queue, pe.id
-                      LIMIT $5
-                      FOR UPDATE OF i SKIP LOCKED) r),
-                 fired AS (
-                   SELECT r.id, r.event FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
-                     SELECT i.id, pe.id AS event FROM pending_events pe
-                       JOIN instances i ON i.id = ({INSTANCE_OF_EVENT})
-                      WHERE pe.queue = q.name AND pe.visible_at <= now()
-                        AND {CLAIMABLE_INSTANCE_OF_EVENT}
-                      ORDER BY pe.visible_at, pe.id
-                      LIMIT $5
-                      FOR UPDATE OF i SKIP LOCKED) r),
-                 unqueued AS (
-                   SELECT i.id, pe.id AS event FROM pending_events pe
-                     JOIN instances i ON i.id = ({INSTANCE_OF_EVENT})
-                    WHERE pe.queue IS NULL AND (pe.visible_at IS NULL OR pe.visible_at <= now())
-                      AND {CLAIMABLE_INSTANCE}
-                    ORDER BY pe.id
-                    LIMIT $5
-                    FOR UPDATE OF i SKIP LOCKED),
-                 candidate AS (
-                   SELECT id FROM (SELECT * FROM ready UNION ALL SELECT * FROM fired
-                                   UNION ALL SELECT * FROM unqueued) c
-                    GROUP BY id ORDER BY min(event) LIMIT $5),
-                 claimed AS (
-                   UPDATE instances i
-                      SET locked_until = now() + make_interval(secs => $3), worker = $2, lease_id = $4
-                     FROM candidate c WHERE i.id = c.id
-                   RETURNING i.id, i.instance_id, i.execution_id, i.queue, i.metadata,
-                             i.parent_instance_id, i.parent_execution_id,
-                             i.parent_schedule_event_id::bigint AS parent_schedule, i.locked_until),
-                 -- Names the claimed rows for the statement that reads their events.
-                 named AS (
-                   SELECT set_config('pgwake.claimed',
-                                     (SELECT coalesce(string_agg(id::text, ','), '') FROM claimed),
-                                     true)),
-                 due AS MATERIALIZED (
-                   SELECT (SELECT due_in FROM ({WORKFLOW_DUE_SQL}) next) AS due_in,
-                          EXISTS (
-                            SELECT 1 FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
-                              SELECT 1 FROM pending_events pe
-                                JOIN instances i ON i.id = ({INSTANCE_OF_EVENT})
-                               WHERE pe.queue >= q.name AND pe.queue <= q.name
-                                 AND pe.visible_at IS NULL
-                                 AND {CLAIMABLE_INSTANCE_OF_EVENT}
-                                 AND i.id NOT IN (SELECT id FROM claimed)
-                               ORDER BY pe.queue, pe.id LIMIT 1) r)
-                          OR EXISTS (
-                            SELECT 1 FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
-                              SELECT 1 FROM pending_events pe
-                                JOIN instances i ON i.id = ({INSTANCE_OF_EVENT})
-                               WHERE pe.queue = q.name AND pe.visible_at <= now()
-                                 AND {CLAIMABLE_INSTANCE_OF_EVENT}
-                                 AND i.id NOT IN (SELECT id FROM claimed)
-                               ORDER BY pe.visible_at LIMIT 1) r)
-                          OR EXISTS (
-                            SELECT 1 FROM pending_events pe
-                              JOIN instances i ON i.id = ({INSTANCE_OF_EVENT})
-                             WHERE pe.queue IS NULL
-                               AND (pe.visible_at IS NULL OR pe.visible_at <= now())
-                               AND {CLAIMABLE_INSTANCE}
-                               AND i.id NOT IN (SELECT id FROM claimed)
-                             ORDER BY pe.id LIMIT 1) AS others,
-                          EXISTS (SELECT 1 FROM claimed) AS took),
-                 lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true))
-                 SELECT due.due_in, due.others AND NOT due.took AS skipped_locked,
-                        due.others AND due.took AS more, claimed.*
-                   FROM due CROSS JOIN lazy_commit CROSS JOIN named LEFT JOIN claimed ON true
-                  ORDER BY claimed.id"))
+            .prepare_cached(&CLAIM_SQL)
             .await
             .map_err(db("preparing a statement"))?;
         // The claimed instances' events and whole histories, read by the
@@ -403,11 +329,7 @@ impl Store {
         let events_of = events_by_row(&rows);
         for row in &claimed {
             let lease = Lease::new(worker.clone(), row.get(11), lease_id);
-            let event_rows = events_of
-                .get(&row.get::<_, i64>(3))
-                .copied()
-                .unwrap_or_default();
-            if let Some(task) = claimed_task(&client, row, 3, lease, event_rows, 1).await? {
+            if let Some(task) = claimed_task(&client, row, 3, lease, &events_of).await? {
                 tracing::debug!(
                     instance_id = %task.instance.instance_id,
                     queue = %task.queue,
@@ -1570,6 +1492,92 @@ impl ScheduledRows {
     }
 }
 
+/// The workflow claim's three walks of the pending events that make an
+/// instance of the queues `$1` claimable (see
+/// `Store::poll_workflow_tasks`): each queue's events visible at once in id
+/// order, each queue's timers that came due in due order, and the events
+/// whose queue is unknown in id order; each event joined to its instance by
+/// key. Each selects `columns`, adds the condition `extra` and ends with
+/// `tail` (a limit, a lock). One definition for the claim's candidates and
+/// its look for the others, which must walk alike.
+fn pending_walks(columns: &str, extra: &str, tail: &str) -> [String; 3] {
+    let per_queue = |condition: &str, order: &str| {
+        format!(
+            "SELECT r.* FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+               SELECT {columns} FROM pending_events pe
+                 JOIN instances i ON i.id = ({INSTANCE_OF_EVENT})
+                WHERE {condition} AND {CLAIMABLE_INSTANCE_OF_EVENT} {extra}
+                ORDER BY {order} {tail}) r"
+        )
+    };
+    [
+        // The range on the queue, not an equality: only the index on
+        // (queue, id) then serves the order.
+        per_queue(
+            "pe.queue >= q.name AND pe.queue <= q.name AND pe.visible_at IS NULL",
+            "pe.queue, pe.id",
+        ),
+        per_queue(
+            "pe.queue = q.name AND pe.visible_at <= now()",
+            "pe.visible_at, pe.id",
+        ),
+        format!(
+            "SELECT {columns} FROM pending_events pe
+               JOIN instances i ON i.id = ({INSTANCE_OF_EVENT})
+              WHERE pe.queue IS NULL AND (pe.visible_at IS NULL OR pe.visible_at <= now())
+                AND {CLAIMABLE_INSTANCE} {extra}
+              ORDER BY pe.id {tail}"
+        ),
+    ]
+}
+
+/// Claims up to `$5` workflow tasks of the queues `$1` for worker `$2`
+/// (for `$3` seconds, lease id `$4`), and says when the queues' next one
+/// is due and whether others wait (see `Store::poll_workflow_tasks`):
+/// `due_in, skipped_locked, more`, then the claimed rows' columns (those
+/// of [`leased_task`], then the lease's end), one row at least. Names the
+/// rows it leased in `pgwake.claimed` for [`HAND_OVER_READ_SQL`].
+static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let [ready, fired, unqueued] = pending_walks(
+        "i.id, pe.id AS event",
+        "",
+        "LIMIT $5 FOR UPDATE OF i SKIP LOCKED",
+    );
+    let [other_ready, other_fired, other_unqueued] =
+        pending_walks("1", "AND i.id NOT IN (SELECT id FROM claimed)", "LIMIT 1");
+    format!(
+        "WITH ready AS ({ready}),
+         fired AS ({fired}),
+         unqueued AS ({unqueued}),
+         candidate AS (
+           SELECT id FROM (SELECT * FROM ready UNION ALL SELECT * FROM fired
+                           UNION ALL SELECT * FROM unqueued) c
+            GROUP BY id ORDER BY min(event) LIMIT $5),
+         claimed AS (
+           UPDATE instances i
+              SET locked_until = now() + make_interval(secs => $3), worker = $2, lease_id = $4
+             FROM candidate c WHERE i.id = c.id
+           RETURNING i.id, i.instance_id, i.execution_id, i.queue, i.metadata,
+                     i.parent_instance_id, i.parent_execution_id,
+                     i.parent_schedule_event_id::bigint AS parent_schedule, i.locked_until),
+         -- Names the claimed rows for the statement that reads their events.
+         named AS (
+           SELECT set_config('pgwake.claimed',
+                             (SELECT coalesce(string_agg(id::text, ','), '') FROM claimed),
+                             true)),
+         due AS MATERIALIZED (
+           SELECT (SELECT due_in FROM ({WORKFLOW_DUE_SQL}) next) AS due_in,
+                  EXISTS ({other_ready}) OR EXISTS ({other_fired})
+                  OR EXISTS ({other_unqueued}) AS others,
+                  EXISTS (SELECT 1 FROM claimed) AS took),
+         lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true))
+         SELECT due.due_in, due.others AND NOT due.took AS skipped_locked,
+                due.others AND due.took AS more, claimed.*
+           FROM due CROSS JOIN lazy_commit CROSS JOIN named LEFT JOIN claimed ON true
+          ORDER BY claimed.id"
+    )
+});
+
 /// Leases to worker `$2` (for `$3` seconds, lease id `$4`) up to `$5` of
 /// the executions `$6`/`$7` that it may claim on the queues `$1` and that
 /// have events to process: the workflow tasks an activity worker's results
@@ -1651,23 +1659,28 @@ pub(super) fn events_by_row(rows: &[tokio_postgres::Row]) -> HashMap<i64, &[toki
 }
 
 /// The task of an instance just leased (`lease`), from `row`'s columns
-/// from `at` on (see [`leased_task`]), with its events: `event_rows`, each
-/// a flag at `recorded_at` (in the history, or pending), a position, then
-/// [`EVENT_COLUMNS`]. `None` when no event is pending: a previous holder,
-/// whose completion won the race, processed the events it was claimed for;
-/// the instance is given back rather than sat on until the lease expires.
+/// from `at` on (see [`leased_task`]), with its events: those of
+/// `events_of` ([`events_by_row`]) under its row id. `None` when no event
+/// is pending: a previous holder, whose completion won the race, processed
+/// the events it was claimed for; the instance is given back rather than
+/// sat on until the lease expires.
 pub(super) async fn claimed_task(
     client: &super::PooledClient,
     row: &tokio_postgres::Row,
     at: usize,
     lease: Lease,
-    event_rows: &[tokio_postgres::Row],
-    recorded_at: usize,
+    events_of: &HashMap<i64, &[tokio_postgres::Row]>,
 ) -> Result<Option<WorkflowTask>, StoreError> {
+    let event_rows = events_of
+        .get(&row.get::<_, i64>(at))
+        .copied()
+        .unwrap_or_default();
     let (mut pending, mut history) = (Vec::new(), Vec::new());
+    // HAND_OVER_READ_SQL's columns: the row id, whether the event is in the
+    // history, its position, then EVENT_COLUMNS.
     for event_row in event_rows {
-        let event = event_from_row_at(event_row, recorded_at + 2)?;
-        if event_row.get::<_, bool>(recorded_at) {
+        let event = event_from_row_at(event_row, 3)?;
+        if event_row.get::<_, bool>(1) {
             history.push(event);
         } else {
             pending.push(event);

@@ -59,8 +59,10 @@ enum Scenario {
     Workflow(workflow::WorkflowArgs),
     /// Whether pgwake's cost grows with its tables: the p50 of one claim,
     /// the enqueue-to-handler wake-up (one activity every 20 ms) and a
-    /// drain's tasks per second (8 workers of concurrency 100), on the
-    /// empty database and again on a populated one.
+    /// drain's tasks per second (8 workers of concurrency 100), on an
+    /// empty database and on a populated one beside it on the same server.
+    /// The two take turns, measurement by measurement, for `--rounds`
+    /// rounds; each figure is the median of its rounds.
     ///
     /// The populated database holds `--finished` finished instances on
     /// queue "done" with `--history-per-instance` history events each (and
@@ -68,8 +70,8 @@ enum Scenario {
     /// "backlog", `--leased` activities on the measured queue "busy" leased
     /// for an hour to a worker that is gone, and `--timers` pending events
     /// due in an hour on queue "sleepy"; each activity and timer is owned by
-    /// an active instance of its own. It is filled with set-based SQL and
-    /// analysed before the measurements.
+    /// an active instance of its own. It is filled with set-based SQL,
+    /// vacuumed, analysed and checkpointed before the measurements.
     Scale(scale::ScaleArgs),
 }
 
@@ -118,7 +120,8 @@ pub(crate) struct Server {
     pub(crate) url: String,
     pub(crate) description: String,
     owned: Option<TestPostgres>,
-    created_on: Option<(String, String)>,
+    /// The given server's URL and the databases created on it.
+    created_on: Option<(String, Vec<String>)>,
 }
 
 impl Server {
@@ -161,7 +164,7 @@ impl Server {
                     url,
                     description,
                     owned: None,
-                    created_on: Some((admin_url, database.name().to_string())),
+                    created_on: Some((admin_url, vec![database.name().to_string()])),
                 })
             }
         }
@@ -171,13 +174,36 @@ impl Server {
         self.owned.as_mut()
     }
 
+    /// The URL of another migrated database on the same server, for a
+    /// scenario that compares two databases side by side; dropped on
+    /// [`Server::close`] like the first.
+    pub(crate) async fn another_database(&mut self) -> Result<String, String> {
+        if let Some(server) = &self.owned {
+            let database = server.create_database().await.map_err(|e| e.to_string())?;
+            return Ok(database.url().to_string());
+        }
+        let Some((admin_url, names)) = &mut self.created_on else {
+            return Err("no server to create a database on".into());
+        };
+        let database = pgwake::testing::TestDatabases::new(admin_url.clone())
+            .create_database()
+            .await
+            .map_err(|e| e.to_string())?;
+        names.push(database.name().to_string());
+        Ok(database.url().to_string())
+    }
+
     pub(crate) async fn close(self) {
-        if let Some((admin_url, name)) = self.created_on {
+        if let Some((admin_url, names)) = self.created_on {
             if let Ok(config) = pgwake::ConnectionConfig::from_url(&admin_url) {
                 if let Ok(client) = config.connect().await {
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .await;
+                    for name in names {
+                        let _ = client
+                            .batch_execute(&format!(
+                                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                            ))
+                            .await;
+                    }
                 }
             }
         }
@@ -210,6 +236,18 @@ pub(crate) async fn connect(url: &str) -> Result<tokio_postgres::Client, String>
         .connect()
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The median of `samples` (NaN when there are none).
+pub(crate) fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 /// Latencies in microseconds, summarised in milliseconds.

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
-use super::{connect, row, Progress, Server};
+use super::{connect, median, row, Progress, Server};
 use crate::bounds::whole;
 
 /// The most outages of each kind (a server restart takes seconds).
@@ -229,17 +229,6 @@ fn signed_ms(later: Instant, earlier: Instant) -> f64 {
         ms(later - earlier)
     } else {
         -ms(earlier - later)
-    }
-}
-
-fn median(samples: &[f64]) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => sorted[n / 2],
-        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }
 

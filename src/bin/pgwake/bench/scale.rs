@@ -1,13 +1,16 @@
 //! `pgwake bench scale`: whether pgwake's cost grows with the size of its
 //! tables. The same three measurements (one claim, one wake-up, a drain) run
-//! on the freshly migrated, empty database, then on one shaped like a
-//! production database some months in: a million finished instances with
-//! their histories, a backlog on another queue, activities leased to a
-//! worker that is gone, and timers due in an hour.
+//! on a freshly migrated, empty database and on one beside it on the same
+//! server, shaped like a production database some months in: a million
+//! finished instances with their histories, a backlog on another queue,
+//! activities leased to a worker that is gone, and timers due in an hour.
 //!
 //! Every populated row sits on a queue other than the measured ones, or is
 //! not claimable: the populated run does the empty run's work, so any
-//! difference is the price of the rows around it.
+//! difference is the price of the rows around it. The two databases take
+//! turns, measurement by measurement and round by round, and the figures
+//! are medians over the rounds: a machine that runs slower for a minute
+//! slows both sides, not only the one measured then.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::latency;
 use super::throughput::{time_drain, Drain};
-use super::{connect, Latencies, Progress, Server};
+use super::{connect, median, Latencies, Progress, Server};
 use crate::bounds::whole;
 
 /// The most finished instances populated.
@@ -31,6 +34,8 @@ const MAX_ROWS: u64 = 10_000_000;
 const MAX_SAMPLES: u64 = 100_000;
 /// The most activities drained.
 const MAX_DRAIN: u64 = 10_000_000;
+/// The most rounds of measurements.
+const MAX_ROUNDS: u64 = 100;
 
 #[derive(Debug, Args)]
 pub(crate) struct ScaleArgs {
@@ -64,6 +69,10 @@ pub(crate) struct ScaleArgs {
     /// Activities bulk-inserted and drained (1 to 10000000).
     #[arg(long, default_value_t = 20_000, value_parser = whole(1, MAX_DRAIN, "activities"))]
     drain: u64,
+    /// Rounds of the three measurements on each database; the figures are
+    /// their medians (1 to 100).
+    #[arg(long, default_value_t = 3, value_parser = whole(1, MAX_ROUNDS, "rounds"))]
+    rounds: u64,
 }
 
 /// The queue of the claims and the wake-ups: in the populated database it
@@ -184,7 +193,7 @@ const TIMERS_SQL: &str = "
            now(), 2, now() + interval '1 hour'
       FROM generate_series(1, $1::bigint) n";
 
-/// The three figures of one database.
+/// The three figures of one database in one round.
 struct Figures {
     claim: Latencies,
     wake: Latencies,
@@ -203,29 +212,93 @@ impl Figures {
     }
 }
 
+/// One database's figures: each the median of its rounds' figures.
+struct Medians {
+    claim_p50_ms: f64,
+    claim_p99_ms: f64,
+    wake_p50_ms: f64,
+    wake_p99_ms: f64,
+    tasks_per_sec: f64,
+}
+
+impl Medians {
+    fn of(rounds: &[Figures]) -> Self {
+        let median_of =
+            |figure: fn(&Figures) -> f64| median(&rounds.iter().map(figure).collect::<Vec<_>>());
+        Self {
+            claim_p50_ms: median_of(|f| f.claim.quantile_ms(0.50)),
+            claim_p99_ms: median_of(|f| f.claim.quantile_ms(0.99)),
+            wake_p50_ms: median_of(|f| f.wake.quantile_ms(0.50)),
+            wake_p99_ms: median_of(|f| f.wake.quantile_ms(0.99)),
+            tasks_per_sec: median_of(|f| f.tasks_per_sec),
+        }
+    }
+
+    fn to_json(&self, rounds: &[Figures]) -> Value {
+        json!({
+            "claim_p50_ms": self.claim_p50_ms,
+            "claim_p99_ms": self.claim_p99_ms,
+            "wake_p50_ms": self.wake_p50_ms,
+            "wake_p99_ms": self.wake_p99_ms,
+            "tasks_per_sec": self.tasks_per_sec,
+            "rounds": rounds.iter().map(Figures::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
 fn text(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-async fn reset_owner(client: &tokio_postgres::Client) -> Result<(), String> {
-    client.batch_execute(RESET_OWNER_SQL).await.map_err(text)
+async fn reset_owner(url: &str) -> Result<(), String> {
+    connect(url)
+        .await?
+        .batch_execute(RESET_OWNER_SQL)
+        .await
+        .map_err(text)
 }
 
-/// Claims, wake-ups and the drain, each after a reset of the owner.
-async fn measure(label: &str, url: &str, args: &ScaleArgs) -> Result<Figures, String> {
-    let client = connect(url).await?;
-    reset_owner(&client).await?;
-    let claim = claims(label, url, args.claims).await?;
-    reset_owner(&client).await?;
-    let wake = wakes(label, url, args.wakes).await?;
-    reset_owner(&client).await?;
-    let tasks_per_sec = drain(label, url, &client, args.drain).await?;
-    reset_owner(&client).await?;
-    Ok(Figures {
-        claim,
-        wake,
-        tasks_per_sec,
-    })
+/// One database of the comparison.
+struct Side<'a> {
+    label: &'static str,
+    url: &'a str,
+    rounds: Vec<Figures>,
+}
+
+/// One round: claims, wake-ups and the drain, each after a reset of the
+/// owner, each run on both databases before the next, the order of the
+/// two alternating from round to round.
+async fn round(round: u64, sides: &mut [Side<'_>; 2], args: &ScaleArgs) -> Result<(), String> {
+    let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+    let mut claimed: [Option<Latencies>; 2] = [None, None];
+    let mut woken: [Option<Latencies>; 2] = [None, None];
+    let mut drained = [0.0; 2];
+    for &s in &order {
+        let label = format!("round {}, {}", round + 1, sides[s].label);
+        reset_owner(sides[s].url).await?;
+        claimed[s] = Some(claims(&label, sides[s].url, args.claims).await?);
+    }
+    for &s in &order {
+        let label = format!("round {}, {}", round + 1, sides[s].label);
+        reset_owner(sides[s].url).await?;
+        woken[s] = Some(wakes(&label, sides[s].url, args.wakes).await?);
+    }
+    for &s in &order {
+        let label = format!("round {}, {}", round + 1, sides[s].label);
+        reset_owner(sides[s].url).await?;
+        drained[s] = drain(&label, sides[s].url, args.drain).await?;
+        reset_owner(sides[s].url).await?;
+    }
+    for (s, side) in sides.iter_mut().enumerate() {
+        if let (Some(claim), Some(wake)) = (claimed[s].take(), woken[s].take()) {
+            side.rounds.push(Figures {
+                claim,
+                wake,
+                tasks_per_sec: drained[s],
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Inserts one ready activity, times the claim that takes it, completes
@@ -330,14 +403,10 @@ async fn wakes(label: &str, url: &str, wakes: u64) -> Result<Latencies, String> 
 /// Bulk-inserts `tasks` activities and drains them with 8 workers of
 /// concurrency 100, as `bench throughput`'s batch run does; timed from the
 /// runtime's start to the last completion.
-async fn drain(
-    label: &str,
-    url: &str,
-    client: &tokio_postgres::Client,
-    tasks: u64,
-) -> Result<f64, String> {
+async fn drain(label: &str, url: &str, tasks: u64) -> Result<f64, String> {
     let count = i64::try_from(tasks).unwrap_or(i64::MAX);
-    client
+    connect(url)
+        .await?
         .execute(DRAIN_INSERT_SQL, &[&count])
         .await
         .map_err(text)?;
@@ -350,17 +419,16 @@ async fn drain(
     time_drain(&format!("{label}: drain"), url, &drain, tasks).await
 }
 
-/// Empties the database (the empty run's leftovers included), then fills
-/// it in a few set-based statements and analyses it, as autovacuum would
-/// have by the time a database had grown this way. Returns how long it
-/// took and the database's size in bytes.
+/// Fills the database in a few set-based statements, then vacuums and
+/// analyses it, as autovacuum would have by the time a database had grown
+/// this way (left to autovacuum, the vacuum of the new rows would run
+/// during the measurements, on the populated side only), and asks for a
+/// checkpoint, so that the populated side does not start with gigabytes of
+/// dirty buffers to write out. Returns how long it took and the database's
+/// size in bytes.
 async fn populate(url: &str, args: &ScaleArgs) -> Result<(Duration, i64), String> {
     let client = connect(url).await?;
     let started = Instant::now();
-    client
-        .batch_execute("TRUNCATE instances, pending_events, history, activities, attributes")
-        .await
-        .map_err(text)?;
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let (finished, per_instance) = (count(args.finished), count(args.history_per_instance));
     let step = |what: &str| {
@@ -408,8 +476,14 @@ async fn populate(url: &str, args: &ScaleArgs) -> Result<(Duration, i64), String
         .execute(TIMERS_SQL, &[&count(args.timers), &"sleepy"])
         .await
         .map_err(text)?;
-    step("ANALYZE");
-    client.batch_execute("ANALYZE").await.map_err(text)?;
+    step("VACUUM ANALYZE");
+    client.batch_execute("VACUUM ANALYZE").await.map_err(text)?;
+    step("CHECKPOINT");
+    if let Err(e) = client.batch_execute("CHECKPOINT").await {
+        // CHECKPOINT needs a superuser or pg_checkpoint: without it the
+        // server's own checkpoints write the pages out in their time.
+        eprintln!("  no checkpoint ({e}); measuring without one");
+    }
     let took = started.elapsed();
     let size: i64 = client
         .query_one("SELECT pg_database_size(current_database())", &[])
@@ -419,11 +493,14 @@ async fn populate(url: &str, args: &ScaleArgs) -> Result<(Duration, i64), String
     Ok((took, size))
 }
 
-pub(crate) async fn run(server: Server, args: ScaleArgs) -> Result<(Value, Value), String> {
-    println!("scale on {}", server.description);
-    let description = server.description.clone();
-    let empty = measure("empty", &server.url, &args).await?;
-    let (populate_time, database_bytes) = populate(&server.url, &args).await?;
+/// Populates the second database, then runs the rounds on both. Returns
+/// how long populating took, the populated database's size and each side.
+async fn measure_both<'a>(
+    empty_url: &'a str,
+    populated_url: &'a str,
+    args: &ScaleArgs,
+) -> Result<(Duration, i64, Side<'a>, Side<'a>), String> {
+    let (populate_time, database_bytes) = populate(populated_url, args).await?;
     println!(
         "populated in {:.1} s: {} finished instances ({} history events), {} backlog, {} leased, {} timers; {:.0} MB",
         populate_time.as_secs_f64(),
@@ -434,10 +511,41 @@ pub(crate) async fn run(server: Server, args: ScaleArgs) -> Result<(Value, Value
         args.timers,
         database_bytes as f64 / 1e6
     );
-    let populated = measure("populated", &server.url, &args).await?;
+    let mut sides = [
+        Side {
+            label: "empty",
+            url: empty_url,
+            rounds: Vec::new(),
+        },
+        Side {
+            label: "populated",
+            url: populated_url,
+            rounds: Vec::new(),
+        },
+    ];
+    for r in 0..args.rounds {
+        round(r, &mut sides, args).await?;
+    }
+    let [empty, populated] = sides;
+    Ok((populate_time, database_bytes, empty, populated))
+}
+
+pub(crate) async fn run(mut server: Server, args: ScaleArgs) -> Result<(Value, Value), String> {
+    println!("scale on {}", server.description);
+    let description = server.description.clone();
+    let empty_url = server.url.clone();
+    let populated_url = server.another_database().await?;
+    // The databases are dropped whether or not the measurements succeed.
+    let measured = measure_both(&empty_url, &populated_url, &args).await;
     server.close().await;
+    let (populate_time, database_bytes, empty_side, populated_side) = measured?;
+    let (empty, populated) = (
+        Medians::of(&empty_side.rounds),
+        Medians::of(&populated_side.rounds),
+    );
 
     let ratio = |populated: f64, empty: f64| populated / empty.max(0.001);
+    println!("medians of {} rounds", args.rounds);
     println!(
         "{:<22} {:>10} {:>10} {:>10}",
         "measure", "empty", "populated", "ratio"
@@ -449,30 +557,10 @@ pub(crate) async fn run(server: Server, args: ScaleArgs) -> Result<(Value, Value
         );
     };
     let (e, p) = (&empty, &populated);
-    line(
-        "claim p50 ms",
-        3,
-        e.claim.quantile_ms(0.5),
-        p.claim.quantile_ms(0.5),
-    );
-    line(
-        "claim p99 ms",
-        3,
-        e.claim.quantile_ms(0.99),
-        p.claim.quantile_ms(0.99),
-    );
-    line(
-        "wake p50 ms",
-        3,
-        e.wake.quantile_ms(0.5),
-        p.wake.quantile_ms(0.5),
-    );
-    line(
-        "wake p99 ms",
-        3,
-        e.wake.quantile_ms(0.99),
-        p.wake.quantile_ms(0.99),
-    );
+    line("claim p50 ms", 3, e.claim_p50_ms, p.claim_p50_ms);
+    line("claim p99 ms", 3, e.claim_p99_ms, p.claim_p99_ms);
+    line("wake p50 ms", 3, e.wake_p50_ms, p.wake_p50_ms);
+    line("wake p99 ms", 3, e.wake_p99_ms, p.wake_p99_ms);
     line("tasks/s", 0, e.tasks_per_sec, p.tasks_per_sec);
 
     let config = json!({
@@ -484,6 +572,7 @@ pub(crate) async fn run(server: Server, args: ScaleArgs) -> Result<(Value, Value
         "claims": args.claims,
         "wakes": args.wakes,
         "drain": args.drain,
+        "rounds": args.rounds,
         "warmup": WARMUP,
         "claim_max": CLAIM_MAX,
         "wake_interval_ms": WAKE_INTERVAL.as_millis() as u64,
@@ -492,11 +581,11 @@ pub(crate) async fn run(server: Server, args: ScaleArgs) -> Result<(Value, Value
         "server": description,
     });
     let results = json!({
-        "empty": empty.to_json(),
-        "populated": populated.to_json(),
+        "empty": empty.to_json(&empty_side.rounds),
+        "populated": populated.to_json(&populated_side.rounds),
         "populated_over_empty": {
-            "claim_p50": ratio(populated.claim.quantile_ms(0.5), empty.claim.quantile_ms(0.5)),
-            "wake_p50": ratio(populated.wake.quantile_ms(0.5), empty.wake.quantile_ms(0.5)),
+            "claim_p50": ratio(populated.claim_p50_ms, empty.claim_p50_ms),
+            "wake_p50": ratio(populated.wake_p50_ms, empty.wake_p50_ms),
             "tasks_per_sec": ratio(populated.tasks_per_sec, empty.tasks_per_sec),
         },
         "populate_seconds": populate_time.as_secs_f64(),

@@ -289,3 +289,57 @@ async fn an_event_written_before_its_instance_is_visible_is_still_claimed() {
         .unwrap();
     assert!(other.tasks.is_empty());
 }
+
+#[actix_rt::test]
+async fn an_idle_queues_activity_claims_read_no_other_queues_ready_rows() {
+    let database = fresh_database().await.unwrap();
+    let sql = support::connect(database.url()).await;
+    let mut options = StoreOptions::default();
+    options.pool_size = 1;
+    let store = Store::connect(database.url(), options).await.unwrap();
+    let worker = WorkerId::new("idle-worker").unwrap();
+    let idle = queues(["idle"]).unwrap();
+    // The claim is planned once per connection: here, while the table is
+    // empty, as on a new deployment before its first backlog.
+    let first = store
+        .poll_activity_tasks_detailed(&worker, &idle, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(first.tasks.is_empty());
+    // Then 2,000 ready activities arrive on queue "busy"; nothing on "idle".
+    sql.batch_execute(
+        "INSERT INTO activities (activity_id, instance_id, execution_id, event_type, timestamp,
+                                 schedule_event_id, queue)
+         SELECT 'ready-' || n, 'i-' || n, 'e', 11, now(), 1, 'busy'
+           FROM generate_series(1, 2000) n",
+    )
+    .await
+    .unwrap();
+    let initial = table_index_fetches(&sql, "activities").await;
+    let ready_index = "idx_activities_queue_id_ready";
+    let ready_walks_before = index_reads(&sql, ready_index).await.0;
+    for _ in 0..5 {
+        let poll = store
+            .poll_activity_tasks_detailed(&worker, &idle, 10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(poll.tasks.is_empty());
+        assert_eq!(poll.due_in, None, "nothing of queue idle is due");
+        assert!(!poll.skipped_locked);
+    }
+    // Its connection ends: the server flushes that backend's statistics.
+    drop(store);
+    // The walks of the queue's ready rows are counted (so the statistics
+    // are in)...
+    support::until_some(
+        Duration::from_secs(30),
+        "the claims' statistics",
+        || async { (index_reads(&sql, ready_index).await.0 > ready_walks_before).then_some(()) },
+    )
+    .await;
+    // ...and the rows read through any index of the table are few.
+    let fetched = table_index_fetches(&sql, "activities").await - initial;
+    // Looked for across queues, the rows come due were found by walking
+    // every ready row of every queue: 2,000 per claim.
+    assert!(fetched < 50, "{fetched} activities read by 5 claims");
+}

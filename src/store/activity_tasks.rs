@@ -348,6 +348,11 @@ impl Store {
         //   queue, id`, which an equality reduces to id) was planned as a
         //   walk of the primary key through every other queue's backlog
         //   (130 ms a claim);
+        // - rows come due are looked for per queue too, through the index of
+        //   migration 3 on `(queue, visible_at)`: across queues, on
+        //   statistics taken while the table was small, the look walked the
+        //   index on `(locked_until, queue)` from `locked_until IS NULL`,
+        //   that is every ready row of every queue;
         // - expired leases and rows come due are two ordered index scans:
         //   as one OR they were a bitmap scan, which cannot mark the index
         //   entries of deleted rows dead, so every claim re-read every
@@ -374,8 +379,8 @@ impl Store {
         // snapshot, and then the next poll sees it as it is).
         let started = std::time::Instant::now();
         let statement = client
-                    .prepare_cached(&format!(
-                        "WITH ready AS (
+            .prepare_cached(&format!(
+                "WITH ready AS (
                        SELECT r.id FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
                          SELECT id FROM activities
                           WHERE queue >= q.name AND queue <= q.name
@@ -390,10 +395,11 @@ impl Store {
                           ORDER BY locked_until LIMIT $4
                           FOR UPDATE SKIP LOCKED) r),
                      came_due AS (
-                       SELECT id FROM activities
-                        WHERE queue = ANY($1) AND visible_at <= now() AND locked_until IS NULL
-                        ORDER BY visible_at LIMIT $4
-                        FOR UPDATE SKIP LOCKED),
+                       SELECT r.id FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+                         SELECT id FROM activities
+                          WHERE queue = q.name AND visible_at <= now() AND locked_until IS NULL
+                          ORDER BY visible_at LIMIT $4
+                          FOR UPDATE SKIP LOCKED) r),
                      candidate AS (
                        SELECT id FROM (SELECT id FROM ready UNION ALL SELECT id FROM expired
                                        UNION ALL SELECT id FROM came_due) c
@@ -425,10 +431,12 @@ impl Store {
                                      AND s.id NOT IN (SELECT id FROM claimed)
                                    ORDER BY s.locked_until LIMIT 1) r)
                                 OR EXISTS (
-                                SELECT 1 FROM activities s
-                                 WHERE s.queue = ANY($1) AND s.visible_at <= now() AND s.locked_until IS NULL
-                                   AND s.id NOT IN (SELECT id FROM claimed)
-                                 ORDER BY s.visible_at LIMIT 1)
+                                SELECT 1 FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+                                  SELECT id FROM activities s
+                                   WHERE s.queue = q.name AND s.visible_at <= now()
+                                     AND s.locked_until IS NULL
+                                     AND s.id NOT IN (SELECT id FROM claimed)
+                                   ORDER BY s.visible_at LIMIT 1) r)
                               ELSE false END AS skipped_locked
                          FROM short),
                      -- A claim is a lease: if its commit is lost in a crash, the task
@@ -445,12 +453,12 @@ impl Store {
                               AND event_id = c.activity_id LIMIT 1) at ON true{})
                          ON true
                       ORDER BY c.id",
-                        super::stats::ACTIVITY_DUE_SQL,
-                        OWNER_METADATA_COLUMN,
-                        OWNER_METADATA_JOIN,
-                    ))
-                    .await
-                    .map_err(db("preparing a statement"))?;
+                super::stats::ACTIVITY_DUE_SQL,
+                OWNER_METADATA_COLUMN,
+                OWNER_METADATA_JOIN,
+            ))
+            .await
+            .map_err(db("preparing a statement"))?;
         // Planned where only index walks are left to the planner (see
         // `index_walks_only!`): with lagging statistics, the claim's UPDATE
         // scanned the whole table, and the rows come due were looked for

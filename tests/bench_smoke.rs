@@ -165,7 +165,7 @@ fn workflow_writes_the_rate_step_percentiles_and_replay_costs() {
 }
 
 #[test]
-fn scale_writes_the_three_figures_for_the_empty_and_the_populated_database() {
+fn scale_writes_the_three_figures_for_the_empty_and_the_populated_database_each_round() {
     let results = bench(&[
         "scale",
         "--finished",
@@ -182,9 +182,13 @@ fn scale_writes_the_three_figures_for_the_empty_and_the_populated_database() {
         "20",
         "--drain",
         "500",
+        "--rounds",
+        "2",
     ]);
     for database in ["empty", "populated"] {
         let figures = &results[database];
+        let rounds = figures["rounds"].as_array().expect("each round's figures");
+        assert_eq!(rounds.len(), 2, "{database}: {results}");
         assert_numbers(
             figures,
             database,

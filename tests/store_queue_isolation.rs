@@ -22,6 +22,25 @@ async fn index_reads(sql: &tokio_postgres::Client, index: &str) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
+/// A store of one pooled connection: the statistics of its statements are
+/// flushed when it is dropped, and its claims are planned once.
+async fn one_connection_store(url: &str) -> Store {
+    let mut options = StoreOptions::default();
+    options.pool_size = 1;
+    Store::connect(url, options).await.unwrap()
+}
+
+/// Waits until the statistics collector counts more scans of `index` than
+/// `scans_before`: the dropped store's statistics are in.
+async fn until_walked(sql: &tokio_postgres::Client, index: &str, scans_before: i64) {
+    support::until_some(
+        Duration::from_secs(30),
+        "the claims' statistics",
+        || async { (index_reads(sql, index).await.0 > scans_before).then_some(()) },
+    )
+    .await;
+}
+
 #[actix_rt::test]
 async fn an_idle_queues_claims_and_due_times_read_no_other_queues_leases() {
     let database = fresh_database().await.unwrap();
@@ -48,9 +67,7 @@ async fn an_idle_queues_claims_and_due_times_read_no_other_queues_leases() {
     let before = index_reads(&sql, go_workflows_index).await;
     let per_queue_before = index_reads(&sql, per_queue_index).await;
 
-    let mut options = StoreOptions::default();
-    options.pool_size = 1;
-    let store = Store::connect(database.url(), options).await.unwrap();
+    let store = one_connection_store(database.url()).await;
     let worker = WorkerId::new("idle-worker").unwrap();
     let idle = queues(["idle"]).unwrap();
     for _ in 0..5 {
@@ -67,14 +84,7 @@ async fn an_idle_queues_claims_and_due_times_read_no_other_queues_leases() {
     drop(store);
 
     // The per-queue index was walked (so the statistics are in)...
-    support::until_some(
-        Duration::from_secs(30),
-        "the claims' statistics",
-        || async {
-            (index_reads(&sql, per_queue_index).await.0 > per_queue_before.0).then_some(())
-        },
-    )
-    .await;
+    until_walked(&sql, per_queue_index, per_queue_before.0).await;
     // ...and the index ordered by lease time across queues not at all: a
     // walk of it reads the 4,000 leases of queue busy.
     assert_eq!(index_reads(&sql, go_workflows_index).await, before);
@@ -113,9 +123,7 @@ async fn a_queues_workflow_due_time_is_its_own_next_timer_and_reads_no_other_que
     .unwrap();
     let initial = table_index_fetches(&sql, "pending_events").await;
     // One connection per store: its end flushes all its statistics at once.
-    let mut options = StoreOptions::default();
-    options.pool_size = 1;
-    let store = Store::connect(database.url(), options).await.unwrap();
+    let store = one_connection_store(database.url()).await;
 
     // Each queue gets its own next timer exactly, whatever comes before it.
     let early = secs(
@@ -201,9 +209,7 @@ async fn a_quiet_queues_workflow_claim_reads_no_other_queues_ready_events() {
     assert_eq!(unqueued, 0, "the trigger names every event's queue");
     let initial = table_index_fetches(&sql, "pending_events").await;
 
-    let mut options = StoreOptions::default();
-    options.pool_size = 1;
-    let store = Store::connect(database.url(), options).await.unwrap();
+    let store = one_connection_store(database.url()).await;
     let worker = WorkerId::new("quiet-worker").unwrap();
     let quiet = queues(["quiet"]).unwrap();
     let poll = store
@@ -294,9 +300,7 @@ async fn an_event_written_before_its_instance_is_visible_is_still_claimed() {
 async fn an_idle_queues_activity_claims_read_no_other_queues_ready_rows() {
     let database = fresh_database().await.unwrap();
     let sql = support::connect(database.url()).await;
-    let mut options = StoreOptions::default();
-    options.pool_size = 1;
-    let store = Store::connect(database.url(), options).await.unwrap();
+    let store = one_connection_store(database.url()).await;
     let worker = WorkerId::new("idle-worker").unwrap();
     let idle = queues(["idle"]).unwrap();
     // The claim is planned once per connection: here, while the table is
@@ -331,12 +335,7 @@ async fn an_idle_queues_activity_claims_read_no_other_queues_ready_rows() {
     drop(store);
     // The walks of the queue's ready rows are counted (so the statistics
     // are in)...
-    support::until_some(
-        Duration::from_secs(30),
-        "the claims' statistics",
-        || async { (index_reads(&sql, ready_index).await.0 > ready_walks_before).then_some(()) },
-    )
-    .await;
+    until_walked(&sql, ready_index, ready_walks_before).await;
     // ...and the rows read through any index of the table are few.
     let fetched = table_index_fetches(&sql, "activities").await - initial;
     // Looked for across queues, the rows come due were found by walking

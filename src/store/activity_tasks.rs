@@ -34,6 +34,89 @@ const OWNER_METADATA_JOIN: &str = "";
 #[cfg(not(feature = "opentelemetry"))]
 const OWNER_METADATA_COLUMN: &str = "NULL::bytea";
 
+/// The activity claim (see `poll_activity_tasks_detailed_unbounded` for
+/// its shape), built once: it is sent at every claim.
+static ACTIVITY_CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH ready AS (
+                       SELECT r.id FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+                         SELECT id FROM activities
+                          WHERE queue >= q.name AND queue <= q.name
+                            AND locked_until IS NULL AND visible_at IS NULL
+                          ORDER BY queue, id LIMIT $4
+                          FOR UPDATE SKIP LOCKED) r),
+                     expired AS (
+                       SELECT r.id FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+                         SELECT id FROM activities
+                          WHERE queue = q.name AND locked_until < now()
+                            AND (visible_at IS NULL OR visible_at <= now())
+                          ORDER BY locked_until LIMIT $4
+                          FOR UPDATE SKIP LOCKED) r),
+                     came_due AS (
+                       SELECT r.id FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+                         SELECT id FROM activities
+                          WHERE queue = q.name AND visible_at <= now() AND locked_until IS NULL
+                          ORDER BY visible_at LIMIT $4
+                          FOR UPDATE SKIP LOCKED) r),
+                     candidate AS (
+                       SELECT id FROM (SELECT id FROM ready UNION ALL SELECT id FROM expired
+                                       UNION ALL SELECT id FROM came_due) c
+                        ORDER BY id LIMIT $4),
+                     claimed AS (
+                       UPDATE activities a
+                          SET locked_until = now() + make_interval(secs => $3), worker = $2,
+                              lease_id = $5
+                        WHERE a.id = ANY(ARRAY(SELECT id FROM candidate))
+                       RETURNING a.id, a.activity_id, a.instance_id, a.execution_id, a.queue,
+                                 a.schedule_event_id, a.locked_until, a.timestamp),
+                     -- A full batch polls again at once: it needs no due time and no
+                     -- look for skipped rows.
+                     short AS (SELECT (SELECT count(*) FROM claimed) < $4 AS short),
+                     due AS (
+                       SELECT CASE WHEN short THEN (SELECT due_in FROM ({}) next) END AS due_in,
+                              CASE WHEN short THEN EXISTS (
+                                SELECT 1 FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+                                  SELECT id FROM activities s
+                                   WHERE s.queue >= q.name AND s.queue <= q.name
+                                     AND s.locked_until IS NULL AND s.visible_at IS NULL
+                                     AND s.id NOT IN (SELECT id FROM claimed)
+                                   ORDER BY s.queue, s.id LIMIT 1) r)
+                                OR EXISTS (
+                                SELECT 1 FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+                                  SELECT id FROM activities s
+                                   WHERE s.queue = q.name AND s.locked_until < now()
+                                     AND (s.visible_at IS NULL OR s.visible_at <= now())
+                                     AND s.id NOT IN (SELECT id FROM claimed)
+                                   ORDER BY s.locked_until LIMIT 1) r)
+                                OR EXISTS (
+                                SELECT 1 FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
+                                  SELECT id FROM activities s
+                                   WHERE s.queue = q.name AND s.visible_at <= now()
+                                     AND s.locked_until IS NULL
+                                     AND s.id NOT IN (SELECT id FROM claimed)
+                                   ORDER BY s.visible_at LIMIT 1) r)
+                              ELSE false END AS skipped_locked
+                         FROM short),
+                     -- A claim is a lease: if its commit is lost in a crash, the task
+                     -- is claimed again, and fencing keeps completion exactly-once.
+                     -- So it need not wait for its WAL flush.
+                     lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true))
+                     SELECT due.due_in, due.skipped_locked, c.id, c.activity_id, c.instance_id,
+                            c.execution_id, c.queue, c.schedule_event_id, c.locked_until, at.data,
+                            c.timestamp, {}
+                       FROM due CROSS JOIN lazy_commit LEFT JOIN (claimed c
+                         LEFT JOIN LATERAL (
+                           SELECT data FROM attributes
+                            WHERE instance_id = c.instance_id AND execution_id = c.execution_id
+                              AND event_id = c.activity_id LIMIT 1) at ON true{})
+                         ON true
+                      ORDER BY c.id",
+        super::stats::ACTIVITY_DUE_SQL,
+        OWNER_METADATA_COLUMN,
+        OWNER_METADATA_JOIN,
+    )
+});
+
 /// The parameters of [`HAND_OVER_CLAIM_SQL`] and its statements.
 struct HandOver<'a> {
     slots: &'a EagerSlots<'a>,
@@ -379,84 +462,7 @@ impl Store {
         // snapshot, and then the next poll sees it as it is).
         let started = std::time::Instant::now();
         let statement = client
-            .prepare_cached(&format!(
-                "WITH ready AS (
-                       SELECT r.id FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
-                         SELECT id FROM activities
-                          WHERE queue >= q.name AND queue <= q.name
-                            AND locked_until IS NULL AND visible_at IS NULL
-                          ORDER BY queue, id LIMIT $4
-                          FOR UPDATE SKIP LOCKED) r),
-                     expired AS (
-                       SELECT r.id FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
-                         SELECT id FROM activities
-                          WHERE queue = q.name AND locked_until < now()
-                            AND (visible_at IS NULL OR visible_at <= now())
-                          ORDER BY locked_until LIMIT $4
-                          FOR UPDATE SKIP LOCKED) r),
-                     came_due AS (
-                       SELECT r.id FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
-                         SELECT id FROM activities
-                          WHERE queue = q.name AND visible_at <= now() AND locked_until IS NULL
-                          ORDER BY visible_at LIMIT $4
-                          FOR UPDATE SKIP LOCKED) r),
-                     candidate AS (
-                       SELECT id FROM (SELECT id FROM ready UNION ALL SELECT id FROM expired
-                                       UNION ALL SELECT id FROM came_due) c
-                        ORDER BY id LIMIT $4),
-                     claimed AS (
-                       UPDATE activities a
-                          SET locked_until = now() + make_interval(secs => $3), worker = $2,
-                              lease_id = $5
-                        WHERE a.id = ANY(ARRAY(SELECT id FROM candidate))
-                       RETURNING a.id, a.activity_id, a.instance_id, a.execution_id, a.queue,
-                                 a.schedule_event_id, a.locked_until, a.timestamp),
-                     -- A full batch polls again at once: it needs no due time and no
-                     -- look for skipped rows.
-                     short AS (SELECT (SELECT count(*) FROM claimed) < $4 AS short),
-                     due AS (
-                       SELECT CASE WHEN short THEN (SELECT due_in FROM ({}) next) END AS due_in,
-                              CASE WHEN short THEN EXISTS (
-                                SELECT 1 FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
-                                  SELECT id FROM activities s
-                                   WHERE s.queue >= q.name AND s.queue <= q.name
-                                     AND s.locked_until IS NULL AND s.visible_at IS NULL
-                                     AND s.id NOT IN (SELECT id FROM claimed)
-                                   ORDER BY s.queue, s.id LIMIT 1) r)
-                                OR EXISTS (
-                                SELECT 1 FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
-                                  SELECT id FROM activities s
-                                   WHERE s.queue = q.name AND s.locked_until < now()
-                                     AND (s.visible_at IS NULL OR s.visible_at <= now())
-                                     AND s.id NOT IN (SELECT id FROM claimed)
-                                   ORDER BY s.locked_until LIMIT 1) r)
-                                OR EXISTS (
-                                SELECT 1 FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL (
-                                  SELECT id FROM activities s
-                                   WHERE s.queue = q.name AND s.visible_at <= now()
-                                     AND s.locked_until IS NULL
-                                     AND s.id NOT IN (SELECT id FROM claimed)
-                                   ORDER BY s.visible_at LIMIT 1) r)
-                              ELSE false END AS skipped_locked
-                         FROM short),
-                     -- A claim is a lease: if its commit is lost in a crash, the task
-                     -- is claimed again, and fencing keeps completion exactly-once.
-                     -- So it need not wait for its WAL flush.
-                     lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true))
-                     SELECT due.due_in, due.skipped_locked, c.id, c.activity_id, c.instance_id,
-                            c.execution_id, c.queue, c.schedule_event_id, c.locked_until, at.data,
-                            c.timestamp, {}
-                       FROM due CROSS JOIN lazy_commit LEFT JOIN (claimed c
-                         LEFT JOIN LATERAL (
-                           SELECT data FROM attributes
-                            WHERE instance_id = c.instance_id AND execution_id = c.execution_id
-                              AND event_id = c.activity_id LIMIT 1) at ON true{})
-                         ON true
-                      ORDER BY c.id",
-                super::stats::ACTIVITY_DUE_SQL,
-                OWNER_METADATA_COLUMN,
-                OWNER_METADATA_JOIN,
-            ))
+            .prepare_cached(&ACTIVITY_CLAIM_SQL)
             .await
             .map_err(db("preparing a statement"))?;
         // Planned where only index walks are left to the planner (see
